@@ -81,9 +81,12 @@ _KEYED = re.compile(
     (?!\*\*\*)("[^"]*"|'[^']*'|[^\s,;&"']+)
     """
 )
-# Authorization headers: the scheme may be absent ("Authorization: abc123").
+# Authorization headers: the scheme may be absent ("Authorization: abc123"). The
+# possessive "?+" keeps an already masked "Bearer ***" from being read as a
+# scheme-less header whose value is "Bearer" (redact() must be idempotent: the
+# filter and the formatter both run it).
 _AUTH_HEADER = re.compile(
-    r"(?i)\b(authorization[\"']?\s*[=:]\s*[\"']?)(?:(bearer|basic|digest|token)\s+)?(?!\*\*\*)[^\s,;\"']+"
+    r"(?i)\b(authorization[\"']?\s*[=:]\s*[\"']?)(?:(bearer|basic|digest|token)\s+)?+(?!\*\*\*)[^\s,;\"']+"
 )
 _BEARER = re.compile(r"(?i)\b(bearer\s+)(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*")
 # URL userinfo: mqtts://user:secret@host

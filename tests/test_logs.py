@@ -174,6 +174,8 @@ def test_json_format() -> None:
 )
 def test_redact_patterns(text: str, expected: str) -> None:
     assert redact(text) == expected
+    # Idempotent: the handler filter and the formatter both redact.
+    assert redact(expected) == expected
 
 
 def _emit_everywhere(secret: str, fmt: str) -> str:
@@ -260,3 +262,10 @@ def test_whole_process_under_a_real_stderr(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert TEXT_LINE.match(proc.stderr.strip())
     assert proc.stderr.strip().endswith("INFO edge_agent: using ***")
+
+
+def test_patterns_through_handler_are_masked_once() -> None:
+    out = io.StringIO()
+    setup_logging("info", stream=out)
+    logging.getLogger("h").info("sending Authorization: Bearer abc.def to %s", "x")
+    assert _lines(out)[0].endswith("INFO h: sending Authorization: Bearer *** to x")
