@@ -51,6 +51,7 @@ _PARTIAL_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: [\x20-\x7e]*)?\r?")
 _MAX_HEADERS = 100
 _DRAIN_BYTES = 64 * 1024  # what we read and discard after answering, at most
 _DRAIN_SECONDS = 1.0
+_REFUSE_SECONDS = 0.25  # write and drain budget for a 503 past the connection cap
 
 
 class _Reject(Exception):
@@ -222,6 +223,7 @@ class HealthServer:
         self._evict_after = min(1.0, request_timeout / 2)
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.StreamWriter, _Conn] = {}
+        self._refusing: dict[asyncio.StreamWriter, _Conn] = {}
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError if the address cannot be bound."""
@@ -244,26 +246,24 @@ class HealthServer:
         if server is None:
             return
         server.close()
-        conns = list(self._conns.values())
+        # Abort rather than cancel: asyncio's stream callback (3.11) calls
+        # task.exception() on the handler task, which raises for a cancelled one. An
+        # aborted transport ends every pending read, so the handlers return by themselves.
+        conns = [*self._conns.values(), *self._refusing.values()]
         for conn in conns:
             conn.writer.transport.abort()
-            if conn.task is not None:
-                conn.task.cancel()
-        tasks = [c.task for c in conns if c.task is not None]
+        tasks = [c.task for c in conns if c.task is not None and not c.task.done()]
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=1.0)
+            for task in stuck:  # cannot happen short of a bug; do not hang shutdown on it
+                task.cancel()
         await server.wait_closed()
 
     # -- connection handling ------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._conns) >= self._max_conns and not self._evict_one():
-            # At the cap with nobody to evict: refuse at once rather than queue.
-            try:
-                writer.write(_error(503, (("Retry-After", "1"),)))
-                writer.close()
-            except Exception:  # the peer may already be gone
-                writer.transport.abort()
+            await self._refuse(reader, writer)
             return
         conn = _Conn(writer, self._clock())
         conn.task = asyncio.current_task()
@@ -279,6 +279,26 @@ class HealthServer:
         finally:
             self._conns.pop(writer, None)
 
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """At the cap with nobody to evict: 503 at once rather than queue. Refusals get
+        their own bounded set of slots and a short drain; past that, a plain reset."""
+        if len(self._refusing) >= self._max_conns:
+            writer.transport.abort()
+            return
+        conn = _Conn(writer, self._clock())
+        conn.reading = False
+        conn.task = asyncio.current_task()
+        self._refusing[writer] = conn
+        try:
+            await self._finish(
+                reader, writer, _error(503, (("Retry-After", "1"),)), _REFUSE_SECONDS
+            )
+        except Exception:  # never out of the handler
+            log.exception("health endpoint: unexpected error refusing a connection")
+            writer.transport.abort()
+        finally:
+            self._refusing.pop(writer, None)
+
     def _evict_one(self) -> bool:
         """Abort the oldest connection still dribbling its head; True if one went."""
         now = self._clock()
@@ -289,9 +309,7 @@ class HealthServer:
             return False
         victim = min(stale, key=lambda c: c.opened_at)
         self._conns.pop(victim.writer, None)
-        victim.writer.transport.abort()
-        if victim.task is not None:
-            victim.task.cancel()
+        victim.writer.transport.abort()  # its pending read ends; the handler returns
         return True
 
     async def _serve(
@@ -320,6 +338,8 @@ class HealthServer:
                 head_only = request.method == "HEAD"
                 response = self._route(request, head_only)
         conn.reading = False
+        if writer.transport.is_closing():  # evicted or shut down meanwhile
+            return
         await self._finish(reader, writer, response)
 
     async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
@@ -345,12 +365,18 @@ class HealthServer:
                 raise _Reject(431 if line_done else 400)
 
     async def _finish(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: bytes
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        response: bytes,
+        budget: float | None = None,
     ) -> None:
         """Send, half-close, then drain briefly: unread input at close() makes the kernel
         send RST instead of FIN, and a RST can destroy the response before it is read."""
+        write_budget = self._timeout if budget is None else budget
+        drain_budget = min(_DRAIN_SECONDS, self._timeout) if budget is None else budget
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(write_budget):
                 writer.write(response)
                 await writer.drain()
                 if writer.can_write_eof():
@@ -359,7 +385,7 @@ class HealthServer:
             writer.transport.abort()  # the client does not read: drop what is buffered
             return
         try:
-            async with asyncio.timeout(min(_DRAIN_SECONDS, self._timeout)):
+            async with asyncio.timeout(drain_budget):
                 drained = 0
                 while drained < _DRAIN_BYTES:
                     chunk = await reader.read(4096)
