@@ -1,0 +1,379 @@
+"""The durable state under `agent.state_dir`: one SQLite database (WAL).
+
+Everything that must survive a kill -9 is written in one transaction per
+checkpoint (`Store.commit`): new batches with their seq numbers, the records
+still waiting for a batch, changed window state, the fingerprints of the
+messages whose effect that state holds, and the deletion of batches the upstream
+broker acknowledged. Readings are acknowledged to the local broker only after
+that transaction commits (see `edge_agent.runtime`).
+
+Tables:
+  meta(k, v)                 seq counters per stream, subscribed filters
+  outbox(id, stream, seq, topic, payload, sent)   batches not yet PUBACKed
+  pending(stream, n, record) records not yet cut into a batch (n: arrival order)
+  windows(pipeline, key, state)                   open window state per key
+  held(block, fps)           delivery fingerprints, 256 packet ids per row
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import cbor2
+
+from edge_agent.errors import StateError
+
+__all__ = ["CommitResult", "Checkpoint", "OutboxRow", "Restored", "Store"]
+
+log = logging.getLogger("edge_agent.buffer")
+
+DB_NAME = "edge-agent.db"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    sent REAL NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_drop_order ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS pending (
+    stream INTEGER NOT NULL, n INTEGER NOT NULL, record BLOB NOT NULL,
+    PRIMARY KEY (stream, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS windows (
+    pipeline TEXT NOT NULL, key TEXT NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (pipeline, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held (block INTEGER PRIMARY KEY, fps BLOB NOT NULL);
+"""
+
+
+@dataclass(slots=True)
+class NewBatch:
+    stream: int
+    seq: int
+    topic: str
+    payload: bytes
+    sent: float
+    priority: int = 0
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """What one transaction makes durable."""
+
+    batches: list[NewBatch] = field(default_factory=list)
+    seqs: dict[int, int] = field(default_factory=dict)  # stream -> next seq
+    pending_add: list[tuple[int, int, bytes]] = field(default_factory=list)  # (stream, n, record)
+    pending_done: dict[int, int] = field(default_factory=dict)  # stream -> first n still pending
+    windows: dict[str, dict[str, bytes | None]] = field(default_factory=dict)  # pipeline -> key -> state
+    windows_gone: list[str] = field(default_factory=list)  # pipelines removed by a reload
+    held: dict[int, bytes] = field(default_factory=dict)  # block -> 1 KiB of fingerprints
+    acked: list[tuple[int, int]] = field(default_factory=list)  # (outbox id, payload size) PUBACKed
+
+    def empty(self) -> bool:
+        return not (
+            self.batches
+            or self.pending_add
+            or self.pending_done
+            or any(self.windows.values())
+            or self.windows_gone
+            or self.held
+            or self.acked
+        )
+
+
+@dataclass(slots=True)
+class OutboxRow:
+    id: int
+    stream: int
+    seq: int
+    topic: str
+    payload: bytes
+    sent: float
+    priority: int = 0
+
+
+@dataclass(slots=True)
+class CommitResult:
+    ids: list[int]  # outbox ids of the new batches, in order
+    dropped: dict[str, int]  # reason -> batches dropped by the buffer policy
+    dropped_ids: list[int]  # outbox ids removed by the policy (the sender forgets them)
+
+
+@dataclass(slots=True)
+class Restored:
+    seqs: dict[int, int]
+    pending: dict[int, list[tuple[int, Any]]]  # stream -> [(n, record)]
+    windows: dict[str, list[tuple[str, bytes]]]
+    held: dict[int, bytes]
+    outbox_batches: int
+    outbox_bytes: int
+    outbox_oldest_sent: float | None
+    meta: dict[str, Any]
+
+
+class Store:
+    """The state database. Construct, then `await open()`; no I/O before that."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        when_full: str = "drop_oldest",
+        ttl: float = 7 * 86400.0,
+        synchronous: str = "FULL",
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DB_NAME
+        self.max_bytes = max_bytes
+        self.when_full = when_full
+        self.ttl = ttl
+        self._synchronous = synchronous
+        self._db: aiosqlite.Connection | None = None
+        # Running totals of what the outbox holds, kept in step with each commit.
+        self.outbox_batches = 0
+        self.outbox_payload_bytes = 0
+        self.outbox_oldest_sent: float | None = None
+        self.page_size = 4096
+
+    # -- open / restore ---------------------------------------------------
+
+    async def open(self) -> Restored:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"state_dir {self.state_dir}: cannot create it: {exc.strerror}") from exc
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):
+            raise StateError(f"state_dir {self.state_dir}: not writable by this user")
+        try:
+            return await self._open_once()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+                raise StateError(f"state_dir {self.state_dir}: disk full") from exc
+            await self._close_quietly()
+            aside = self._move_aside(str(exc))
+            log.error("state database %s is unreadable (%s); moved it to %s and started a fresh one",
+                      self.path, exc, aside)
+            return await self._open_once()
+
+    async def _open_once(self) -> Restored:
+        db = self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # Bound the WAL left on disk after a checkpoint (SD cards, buffer.max_bytes).
+        await db.execute("PRAGMA journal_size_limit = 4194304")
+        await db.execute("PRAGMA wal_autocheckpoint = 1000")
+        async with db.execute("PRAGMA quick_check") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+        await db.executescript(_SCHEMA)
+        async with db.execute("PRAGMA page_size") as cur:
+            self.page_size = int((await cur.fetchone())[0])  # type: ignore[index]
+        meta: dict[str, Any] = {}
+        async with db.execute("SELECT k, v FROM meta") as cur:
+            async for k, v in cur:
+                meta[k] = v
+        seqs = {int(k[4:]): int(v) for k, v in meta.items() if k.startswith("seq:")}
+        pending: dict[int, list[tuple[int, Any]]] = {}
+        async with db.execute("SELECT stream, n, record FROM pending ORDER BY stream, n") as cur:
+            async for stream, n, rec in cur:
+                pending.setdefault(stream, []).append((n, cbor2.loads(rec)))
+        windows: dict[str, list[tuple[str, bytes]]] = {}
+        async with db.execute("SELECT pipeline, key, state FROM windows") as cur:
+            async for p, k, s in cur:
+                windows.setdefault(p, []).append((k, s))
+        held: dict[int, bytes] = {}
+        async with db.execute("SELECT block, fps FROM held") as cur:
+            async for b, f in cur:
+                held[b] = f
+        async with db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox") as cur:
+            n, size = await cur.fetchone()  # type: ignore[misc]
+        async with db.execute("SELECT sent FROM outbox ORDER BY id LIMIT 1") as cur:
+            row = await cur.fetchone()
+        oldest = row[0] if row else None
+        self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = int(n), int(size), oldest
+        return Restored(seqs, pending, windows, held, int(n), int(size), oldest, meta)
+
+    def _move_aside(self, reason: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                with contextlib.suppress(OSError):
+                    src.rename(Path(str(aside) + suffix))
+        return aside
+
+    async def _close_quietly(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                await self._db.close()
+        self._db = None
+
+    async def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._db.close()
+            self._db = None
+
+    # -- the one transaction ---------------------------------------------
+
+    async def commit(self, cp: Checkpoint, now: float) -> CommitResult:
+        """Make a checkpoint durable in one transaction; apply the buffer bounds."""
+        db = self._require()
+        ids: list[int] = []
+        dropped: dict[str, int] = {}
+        dropped_ids: list[int] = []
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            if cp.acked:
+                await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in cp.acked])
+            for b in cp.batches:
+                cur = await db.execute(
+                    "INSERT INTO outbox (stream, seq, topic, payload, sent, priority) VALUES (?, ?, ?, ?, ?, ?)",
+                    (b.stream, b.seq, b.topic, b.payload, b.sent, b.priority),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            if cp.seqs:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
+                    [(f"seq:{s}", n) for s, n in cp.seqs.items()],
+                )
+            for stream, first in cp.pending_done.items():
+                await db.execute("DELETE FROM pending WHERE stream = ? AND n < ?", (stream, first))
+            if cp.pending_add:
+                await db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", cp.pending_add)
+            for pipeline in cp.windows_gone:
+                await db.execute("DELETE FROM windows WHERE pipeline = ?", (pipeline,))
+            for pipeline, states in cp.windows.items():
+                put = [(pipeline, k, s) for k, s in states.items() if s is not None]
+                gone = [(pipeline, k) for k, s in states.items() if s is None]
+                if put:
+                    await db.executemany("INSERT OR REPLACE INTO windows VALUES (?, ?, ?)", put)
+                if gone:
+                    await db.executemany("DELETE FROM windows WHERE pipeline = ? AND key = ?", gone)
+            if cp.held:
+                await db.executemany("INSERT OR REPLACE INTO held VALUES (?, ?)", list(cp.held.items()))
+            batches = self.outbox_batches + len(cp.batches) - len(cp.acked)
+            size = (
+                self.outbox_payload_bytes
+                + sum(len(b.payload) for b in cp.batches)
+                - sum(n for _, n in cp.acked)
+            )
+            batches, size = await self._apply_bounds(db, now, batches, size, dropped, dropped_ids)
+            oldest = self.outbox_oldest_sent
+            if cp.acked or dropped_ids or oldest is None:
+                async with db.execute("SELECT sent FROM outbox ORDER BY id LIMIT 1") as cur:
+                    row = await cur.fetchone()
+                oldest = row[0] if row else None
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            raise
+        self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = batches, size, oldest
+        return CommitResult(ids, dropped, dropped_ids)
+
+    async def _apply_bounds(
+        self,
+        db: aiosqlite.Connection,
+        now: float,
+        batches: int,
+        total: int,
+        dropped: dict[str, int],
+        dropped_ids: list[int],
+    ) -> tuple[int, int]:
+        """Drop by ttl, then by size policy; return the outbox's new (batches, bytes)."""
+        oldest = self.outbox_oldest_sent
+        if self.ttl > 0 and oldest is not None and oldest < now - self.ttl:
+            async with db.execute(
+                "SELECT id, length(payload) FROM outbox WHERE sent < ?", (now - self.ttl,)
+            ) as cur:
+                old = [(r[0], r[1]) async for r in cur]
+            if old:
+                await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in old])
+                dropped["ttl"] = len(old)
+                dropped_ids.extend(i for i, _ in old)
+                batches -= len(old)
+                total -= sum(n for _, n in old)
+        # The payload total is the budget's measure; the file itself is kept near
+        # it by incremental vacuum and the WAL size limit (see the README).
+        budget = self._payload_budget()
+        if total <= budget:
+            return batches, total
+        order = "ASC" if self.when_full == "drop_oldest" else "DESC"
+        victims: list[int] = []
+        # Lower priority goes first; within a priority, the when_full policy decides.
+        async with db.execute(
+            f"SELECT id, length(payload) FROM outbox ORDER BY priority ASC, id {order}"
+        ) as cur:
+            async for i, size in cur:
+                if total <= budget:
+                    break
+                victims.append(i)
+                total -= size
+        await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in victims])
+        dropped["full"] = dropped.get("full", 0) + len(victims)
+        dropped_ids.extend(victims)
+        return batches - len(victims), total
+
+    def _payload_budget(self) -> int:
+        # Leave room for the other tables, b-tree overhead and the WAL.
+        return max(0, int(self.max_bytes * 0.8) - 64 * 1024)
+
+    async def reclaim(self) -> None:
+        """Give free pages back to the file system and trim the WAL (idle moments)."""
+        db = self._require()
+        await db.execute("PRAGMA incremental_vacuum")
+        await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- reads for the sender ----------------------------------------------
+
+    async def outbox_after(self, after_id: int, limit: int) -> list[OutboxRow]:
+        db = self._require()
+        async with db.execute(
+            "SELECT id, stream, seq, topic, payload, sent, priority FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ) as cur:
+            return [OutboxRow(*r) async for r in cur]
+
+    async def set_meta(self, items: Iterable[tuple[str, Any]]) -> None:
+        db = self._require()
+        await db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(items))
+
+    def disk_bytes(self) -> int:
+        """The database and its journal files on disk."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(str(self.path) + suffix).st_size
+        return total
+
+    def _require(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StateError("state database is not open")
+        return self._db
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return "full" in str(exc).lower()

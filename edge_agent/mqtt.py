@@ -1,0 +1,414 @@
+"""paho-mqtt driven by the asyncio event loop: the one module that imports paho.
+
+No `loop_start()` thread: paho's socket callbacks map to `loop.add_reader` /
+`loop.add_writer`, and a 1 s task calls `loop_misc()` for keepalives. Only the
+blocking TCP/TLS connect runs in the default executor; what paho announces from
+that thread is applied on the loop once the connect returns.
+
+One `MqttClient` is one connection. Reconnecting means a new `MqttClient`: no
+paho-side queue survives a disconnect, so what is resent after an outage is
+decided by the caller (the outbox), never by paho.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.errors import EdgeAgentError
+
+__all__ = ["Message", "MqttClient", "MqttError", "TlsSettings"]
+
+log = logging.getLogger("edge_agent.mqtt")
+
+Message = paho.MQTTMessage
+
+
+class MqttError(EdgeAgentError):
+    """A connection, subscription or publish failed; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    ca_file: str = ""  # "" = the system's trust store
+    cert_file: str = ""
+    key_file: str = ""
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file or None)
+        return ctx
+
+
+_CONNACK_REASONS_RETRYABLE = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, rate
+
+
+class MqttClient:
+    """One MQTT 5 connection, read and written from the event loop."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str = "",
+        clean_start: bool = True,
+        session_expiry: float | None = None,
+        receive_maximum: int | None = None,
+        manual_ack: bool = False,
+        tls: TlsSettings | None = None,
+        username: str = "",
+        password: str = "",
+        keepalive: int = 30,
+        on_message: Callable[[Message], None] | None = None,
+        max_inflight: int = 100,
+    ) -> None:
+        self.host, self.port = host, port
+        self._client_id = client_id
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._receive_maximum = receive_maximum
+        self._manual_ack = manual_ack
+        self._tls = tls
+        self._username, self._password = username, password
+        self._keepalive = keepalive
+        self._on_message = on_message
+        self._max_inflight = max_inflight
+        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: Any = None
+        self._misc_task: asyncio.Task[None] | None = None
+        self._connack: asyncio.Future[bool] | None = None
+        self._disconnected: asyncio.Future[str] | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
+        self._in_connect = False
+        self._want_reader = False
+        self._publish_props: dict[str, Properties] = {}
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> bool:
+        """Open the connection; return the broker's session-present flag."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._connack = loop.create_future()
+        self._disconnected = loop.create_future()
+        c = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=self._manual_ack,
+            reconnect_on_failure=False,
+        )
+        # Callers keep their own in-flight window at or below this: paho's
+        # _update_inflight() scans its whole queue on every PUBACK, so letting
+        # publishes queue inside paho turns draining quadratic.
+        c.max_inflight_messages_set(self._max_inflight)
+        c.max_queued_messages_set(0)
+        if self._username:
+            c.username_pw_set(self._username, self._password or None)
+        if self._tls is not None:
+            c.tls_set_context(self._tls.context())
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        if self._on_message is not None:
+            c.on_message = self._on_message_cb
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_socket_register_write
+        c.on_socket_unregister_write = self._on_socket_unregister_write
+        self._client = c
+        props = Properties(PacketTypes.CONNECT)
+        if self._session_expiry is not None:
+            props.SessionExpiryInterval = min(int(self._session_expiry), 0xFFFFFFFF)
+        if self._receive_maximum is not None:
+            props.ReceiveMaximum = max(1, min(int(self._receive_maximum), 65535))
+        self._in_connect = True
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(
+                    None,
+                    lambda: c.connect(
+                        self.host,
+                        self.port,
+                        keepalive=self._keepalive,
+                        clean_start=self._clean_start,
+                        properties=props,
+                    ),
+                ),
+                timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
+            self._teardown()
+            raise MqttError(f"cannot connect to {self.host}:{self.port}: {_describe(exc)}") from exc
+        finally:
+            self._in_connect = False
+        # paho announced its socket from the executor thread; attach it here, on the loop.
+        self._attach()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._connack), timeout)
+        except TimeoutError as exc:
+            self._teardown()
+            raise MqttError(f"no CONNACK from {self.host}:{self.port} within {timeout:g} s") from exc
+        except MqttError:
+            self._teardown()
+            raise
+
+    async def disconnect(self, timeout: float = 2.0) -> None:
+        """Send DISCONNECT (flushing queued packets first) and close."""
+        c = self._client
+        if c is None:
+            return
+        if self.connected:
+            c.disconnect()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                assert self._disconnected is not None
+                await asyncio.wait_for(asyncio.shield(self._disconnected), timeout)
+        self._teardown()
+
+    def close(self) -> None:
+        """Drop the connection at once, without DISCONNECT (as a crash would)."""
+        self._teardown()
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self._client is not None
+            and self._disconnected is not None
+            and not self._disconnected.done()
+            and self._connack is not None
+            and self._connack.done()
+            and not self._connack.exception()
+        )
+
+    async def wait_disconnected(self) -> str:
+        """Wait until the connection is lost or closed; return the reason."""
+        assert self._disconnected is not None, "connect() first"
+        return await asyncio.shield(self._disconnected)
+
+    # -- data ------------------------------------------------------------
+
+    async def subscribe(self, filters: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
+        """Subscribe and return the granted QoS per filter; raise MqttError on refusal."""
+        c = self._require()
+        opts = [(f, paho.SubscribeOptions(qos=q)) for f, q in filters]
+        rc, mid = c.subscribe(opts)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe failed: {paho.error_string(rc)}")
+        assert self._loop is not None
+        fut: asyncio.Future[list[Any]] = self._loop.create_future()
+        self._subacks[mid] = fut
+        try:
+            codes = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._subacks.pop(mid, None)
+        granted = []
+        for (topic, _), code in zip(filters, codes, strict=False):
+            value = code.value if hasattr(code, "value") else int(code)
+            if value >= 0x80:
+                raise MqttError(f"subscription to {topic!r} refused: {code}")
+            granted.append(value)
+        return granted
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, content_type: str | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a PUBLISH; the future completes on PUBACK (QoS 1) or once written (QoS 0)."""
+        c = self._require()
+        props = None
+        if content_type:
+            # Building a paho Properties costs ~30 us; it is packed at publish
+            # time, so one per content type serves every message.
+            props = self._publish_props.get(content_type)
+            if props is None:
+                props = self._publish_props[content_type] = Properties(PacketTypes.PUBLISH)
+                props.ContentType = content_type
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        info = c.publish(topic, payload, qos=qos, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            fut.set_exception(MqttError(f"publish failed: {paho.error_string(info.rc)}"))
+            return fut
+        if info.is_published():
+            fut.set_result(None)
+        else:
+            self._pending[info.mid] = fut
+        return fut
+
+    def ack(self, mid: int, qos: int = 1) -> None:
+        """Send the PUBACK for a received message (manual_ack mode)."""
+        if self._client is not None and qos > 0:
+            self._client.ack(mid, qos)
+
+    @property
+    def unacked_publishes(self) -> int:
+        return len(self._pending)
+
+    # -- paho callbacks (all on the loop, except socket-open during connect) --
+
+    def _require(self) -> paho.Client:
+        if self._client is None or not self.connected:
+            raise MqttError(f"not connected to {self.host}:{self.port}")
+        return self._client
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        fut = self._connack
+        if fut is None or fut.done():
+            return
+        if reason.is_failure:
+            fut.set_exception(MqttError(f"{self.host}:{self.port} refused the connection: {reason}"))
+        else:
+            fut.set_result(bool(flags.session_present))
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        why = str(reason)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(MqttError(f"{self.host}:{self.port} closed the connection: {why}"))
+        self._fail_pending(why)
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result(why)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is None or fut.done():
+            return
+        if reason.is_failure:
+            fut.set_exception(MqttError(f"upstream broker refused the publish: {reason}"))
+        else:
+            fut.set_result(None)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        fut = self._subacks.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(list(codes))
+
+    def _on_message_cb(self, client: paho.Client, userdata: Any, message: Message) -> None:
+        assert self._on_message is not None
+        try:
+            self._on_message(message)
+        except Exception:  # never raise into paho
+            log.exception("message handler failed")
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._sock = sock
+        self._want_reader = True
+        if not self._in_connect:
+            self._attach()
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._detach(sock)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._in_connect or self._loop is None:
+            return  # _attach() checks want_write() once connect() returns
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.add_writer(sock, self._do_write)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and not self._in_connect:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_writer(sock)
+
+    # -- socket plumbing -------------------------------------------------
+
+    def _attach(self) -> None:
+        loop, c, sock = self._loop, self._client, self._sock
+        if loop is None or c is None or sock is None or not self._want_reader:
+            return
+        self._want_reader = False
+        loop.add_reader(sock, self._do_read)
+        if c.want_write():
+            loop.add_writer(sock, self._do_write)
+        if self._misc_task is None:
+            self._misc_task = loop.create_task(self._misc(), name=f"mqtt-misc-{self.host}:{self.port}")
+
+    def _detach(self, sock: Any) -> None:
+        loop = self._loop
+        if loop is not None and sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sock)
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_writer(sock)
+
+    def _do_read(self) -> None:
+        # loop_read() handles one packet per call (paho reads the header a byte
+        # at a time); drain everything the socket holds in one loop turn so a
+        # burst costs one select() instead of one per message.
+        c = self._client
+        if c is None:
+            return
+        read = c._packet_read  # private, but the only way to learn "socket drained" (AGAIN)
+        for _ in range(10_000):
+            if c._sock is None:
+                return
+            rc = read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                c._loop_rc_handle(rc)
+                return
+
+    def _do_write(self) -> None:
+        c = self._client
+        if c is not None:
+            c.loop_write()
+
+    async def _misc(self) -> None:
+        while self._client is not None:
+            await asyncio.sleep(1.0)
+            c = self._client
+            if c is None:
+                return
+            c.loop_misc()
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(MqttError(f"connection lost before PUBACK: {why}"))
+        for fut in self._subacks.values():
+            if not fut.done():
+                fut.set_exception(MqttError(f"connection lost before SUBACK: {why}"))
+
+    def _teardown(self) -> None:
+        c, self._client = self._client, None
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            self._misc_task = None
+        self._detach(self._sock)
+        if c is not None:
+            with contextlib.suppress(Exception):
+                c.on_socket_close = None
+                c.on_socket_unregister_write = None
+                sock = c.socket()
+                if sock is not None:
+                    sock.close()
+                c._sock = None
+        self._sock = None
+        self._fail_pending("closed")
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(MqttError("closed"))
+            self._connack.exception()  # mark retrieved
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result("closed")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

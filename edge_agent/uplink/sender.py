@@ -1,0 +1,228 @@
+"""Batches leave through here: outbox -> upstream broker, oldest first.
+
+A batch leaves the outbox only after its PUBACK (the runtime deletes it in its
+next commit). The in-memory queue mirrors the outbox's tail while it is small;
+after a disconnect, at start, or when the queue would grow too large, it is
+refilled from the database in id order, so a 100,000-batch backlog costs a page
+of memory, not the whole backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.buffer.store import OutboxRow, Store
+from edge_agent.config import UpstreamSection
+from edge_agent.mqtt import MqttClient, MqttError, TlsSettings
+from edge_agent.uplink.backoff import Backoff
+
+__all__ = ["Uplink"]
+
+log = logging.getLogger("edge_agent.uplink")
+
+CONTENT_TYPE = "application/cbor"
+_MEMORY_ROWS = 2000  # rows mirrored in memory before the queue falls back to the database
+_PAGE = 500
+
+
+class Uplink:
+    """Keeps a connection to the upstream broker and drains the outbox through it."""
+
+    def __init__(
+        self,
+        cfg: UpstreamSection,
+        *,
+        client_id: str,
+        store: Store,
+        max_inflight: int = 32,
+        ack_timeout: float = 30.0,
+        password: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.store = store
+        self.max_inflight = max_inflight
+        self.ack_timeout = ack_timeout
+        self.password = password
+        self.connected = False
+        self.lost_since: float | None = time.monotonic()  # unreachable until the first CONNACK
+        self.last_ack: float | None = None
+        self.last_error = ""
+        self.batches_sent = 0
+        self.acked: list[tuple[int, int]] = []  # (id, size), taken by the runtime's commit
+        self._queue: deque[OutboxRow] = deque()
+        self._cursor = 0  # highest outbox id mirrored in memory
+        self._backlog = True  # the database may hold rows beyond the cursor
+        self._skip: set[int] = set()  # acked or dropped, maybe still in the database
+        self._wake = asyncio.Event()
+        self._client: MqttClient | None = None
+        self._on_state: Callable[[bool], None] | None = None
+
+    # -- fed by the runtime ---------------------------------------------
+
+    def offer(self, rows: list[OutboxRow]) -> None:
+        """Newly committed batches, in id order."""
+        if not rows:
+            return
+        if not self._backlog and len(self._queue) + len(rows) <= _MEMORY_ROWS:
+            self._queue.extend(rows)
+            self._cursor = rows[-1].id
+        else:
+            self._backlog = True
+        self._wake.set()
+
+    def forget(self, ids: list[int]) -> None:
+        """Batches the buffer policy dropped: never send them."""
+        if ids:
+            self._skip.update(ids)
+            gone = set(ids)
+            self._queue = deque(r for r in self._queue if r.id not in gone)
+
+    def take_acked(self) -> list[tuple[int, int]]:
+        acked, self.acked = self.acked, []
+        return acked
+
+    def committed_deletions(self, ids: list[tuple[int, int]]) -> None:
+        """The runtime deleted these from the database: stop remembering them."""
+        self._skip.difference_update(i for i, _ in ids)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- the connection loop ----------------------------------------------
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        cfg = self.cfg
+        tls = TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None
+        while True:
+            client = MqttClient(
+                host=cfg.host,
+                port=cfg.port,
+                client_id=self.client_id,
+                clean_start=True,
+                tls=tls,
+                username=cfg.username,
+                password=self.password,
+                max_inflight=self.max_inflight + 8,
+            )
+            try:
+                await client.connect(timeout=10.0)
+            except (MqttError, OSError) as exc:
+                self._note_error(str(exc))
+                await asyncio.sleep(backoff.next())
+                continue
+            self._client = client
+            self.connected = True
+            self.lost_since = None
+            self.last_error = ""
+            backoff.reset()
+            log.info("upstream connected: %s:%d", cfg.host, cfg.port)
+            try:
+                await self._send_until_lost(client)
+            except MqttError as exc:
+                self._note_error(str(exc))
+            finally:
+                self.connected = False
+                self.lost_since = time.monotonic()
+                self._client = None
+                client.close()
+                self._rewind()
+            await asyncio.sleep(backoff.next())
+
+    def _note_error(self, why: str) -> None:
+        if why != self.last_error:
+            log.warning("upstream %s:%d unreachable: %s", self.cfg.host, self.cfg.port, why)
+        self.last_error = why
+
+    def _rewind(self) -> None:
+        """After a disconnect, every unacknowledged batch goes again, in order."""
+        self._queue.clear()
+        self._cursor = 0
+        self._backlog = True
+
+    async def _send_until_lost(self, client: MqttClient) -> None:
+        inflight: dict[int, tuple[OutboxRow, float]] = {}
+        lost = asyncio.ensure_future(client.wait_disconnected())
+        done_q: asyncio.Queue[tuple[OutboxRow, BaseException | None]] = asyncio.Queue()
+
+        def on_done(row: OutboxRow, fut: asyncio.Future[None]) -> None:
+            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+            done_q.put_nowait((row, exc))
+
+        try:
+            while not lost.done():
+                # Refill the memory queue from the database when it ran dry.
+                if not self._queue and self._backlog:
+                    await self._load_page()
+                while self._queue and len(inflight) < self.max_inflight:
+                    row = self._queue.popleft()
+                    if row.id in self._skip:
+                        continue
+                    fut = client.publish(row.topic, row.payload, self.cfg.qos, CONTENT_TYPE)
+                    inflight[row.id] = (row, time.monotonic())
+                    fut.add_done_callback(lambda f, r=row: on_done(r, f))
+                # Drain completions.
+                while not done_q.empty():
+                    row, exc = done_q.get_nowait()
+                    inflight.pop(row.id, None)
+                    if exc is not None:
+                        raise exc if isinstance(exc, MqttError) else MqttError(str(exc))
+                    self._acked(row)
+                if inflight:
+                    oldest = min(t for _, t in inflight.values())
+                    if time.monotonic() - oldest > self.ack_timeout:
+                        raise MqttError(f"no PUBACK within {self.ack_timeout:g} s")
+                self._wake.clear()
+                if (self._queue or self._backlog) and len(inflight) < self.max_inflight:
+                    continue
+                waiters = [lost, asyncio.ensure_future(self._wake.wait()),
+                           asyncio.ensure_future(done_q.get())]
+                try:
+                    finished, _ = await asyncio.wait(
+                        waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waiters[1:]:
+                        w.cancel()
+                getter = waiters[2]
+                if getter in finished and not getter.cancelled():
+                    done_q.put_nowait(getter.result())
+        finally:
+            lost.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lost
+
+    def _acked(self, row: OutboxRow) -> None:
+        self.batches_sent += 1
+        self.last_ack = time.monotonic()
+        self.acked.append((row.id, len(row.payload)))
+        self._skip.add(row.id)
+
+    async def _load_page(self) -> None:
+        rows = await self.store.outbox_after(self._cursor, _PAGE)
+        if not rows:
+            self._backlog = False
+            return
+        self._cursor = rows[-1].id
+        self._queue.extend(r for r in rows if r.id not in self._skip)
+        if len(rows) < _PAGE:
+            self._backlog = False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.disconnect()
+
+
+def read_password(path: str) -> str:
+    """The upstream password, from `password_file` (never from the config itself)."""
+    if not path:
+        return ""
+    return Path(path).read_text().strip("\r\n")
