@@ -853,3 +853,21 @@ async def test_start_fails_on_a_taken_port(server: HealthServer, agent: Agent) -
     with pytest.raises(OSError):
         await other.start()
     await other.close()
+
+
+async def test_answered_clients_that_linger_make_room(make_server: ServerFactory) -> None:
+    now = [0.0]
+    srv = await make_server(max_connections=2, request_timeout=5.0, clock=lambda: now[0])
+    lingering = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(b"GET /readyz HTTP/1.1\r\n\r\n")
+        async with asyncio.timeout(2):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        lingering.append(writer)  # answered, but keeps the connection open
+    try:
+        assert len(srv._conns) == 2
+        assert (await get(srv.port, "/healthz")).status == 200  # no 503: one was evicted
+    finally:
+        for w in lingering:
+            w.close()

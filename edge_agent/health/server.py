@@ -74,12 +74,14 @@ class _Request:
 class _Conn:
     """Book-keeping for one open connection, for the cap and for close()."""
 
-    __slots__ = ("opened_at", "reading", "task", "writer")
+    __slots__ = ("evictable_at", "opened_at", "task", "writer")
 
-    def __init__(self, writer: asyncio.StreamWriter, opened_at: float) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, opened_at: float, evictable_at: float) -> None:
         self.writer = writer
         self.opened_at = opened_at
-        self.reading = True
+        # When the cap is reached, a connection past this time may be dropped for a new
+        # one: a head still dribbling in after a while, or an answered one still draining.
+        self.evictable_at = evictable_at
         self.task: asyncio.Task[None] | None = None
 
 
@@ -265,7 +267,8 @@ class HealthServer:
         if len(self._conns) >= self._max_conns and not self._evict_one():
             await self._refuse(reader, writer)
             return
-        conn = _Conn(writer, self._clock())
+        now = self._clock()
+        conn = _Conn(writer, now, now + self._evict_after)
         conn.task = asyncio.current_task()
         self._conns[writer] = conn
         try:
@@ -285,8 +288,7 @@ class HealthServer:
         if len(self._refusing) >= self._max_conns:
             writer.transport.abort()
             return
-        conn = _Conn(writer, self._clock())
-        conn.reading = False
+        conn = _Conn(writer, self._clock(), math.inf)
         conn.task = asyncio.current_task()
         self._refusing[writer] = conn
         try:
@@ -302,12 +304,10 @@ class HealthServer:
     def _evict_one(self) -> bool:
         """Abort the oldest connection still dribbling its head; True if one went."""
         now = self._clock()
-        stale = [
-            c for c in self._conns.values() if c.reading and now - c.opened_at >= self._evict_after
-        ]
+        stale = [c for c in self._conns.values() if c.evictable_at <= now]
         if not stale:
             return False
-        victim = min(stale, key=lambda c: c.opened_at)
+        victim = min(stale, key=lambda c: c.evictable_at)
         self._conns.pop(victim.writer, None)
         victim.writer.transport.abort()  # its pending read ends; the handler returns
         return True
@@ -337,10 +337,10 @@ class HealthServer:
             else:
                 head_only = request.method == "HEAD"
                 response = self._route(request, head_only)
-        conn.reading = False
+        conn.evictable_at = math.inf  # being answered
         if writer.transport.is_closing():  # evicted or shut down meanwhile
             return
-        await self._finish(reader, writer, response)
+        await self._finish(reader, writer, response, conn=conn)
 
     async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
         """The request head up to its blank line; None on a silent close."""
@@ -370,6 +370,7 @@ class HealthServer:
         writer: asyncio.StreamWriter,
         response: bytes,
         budget: float | None = None,
+        conn: _Conn | None = None,
     ) -> None:
         """Send, half-close, then drain briefly: unread input at close() makes the kernel
         send RST instead of FIN, and a RST can destroy the response before it is read."""
@@ -384,6 +385,8 @@ class HealthServer:
         except (TimeoutError, OSError):
             writer.transport.abort()  # the client does not read: drop what is buffered
             return
+        if conn is not None:
+            conn.evictable_at = self._clock()  # answered: first to go if room is needed
         try:
             async with asyncio.timeout(drain_budget):
                 drained = 0
