@@ -263,7 +263,9 @@ class PayloadDecoder:
         else:
             try:
                 obj = _parse_cbor(payload)
-            except Exception:  # cbor2 raises CBORDecodeError, but also e.g. OverflowError from odd tags
+            except (
+                Exception
+            ):  # cbor2 raises CBORDecodeError, but also e.g. OverflowError from odd tags
                 rejects[REASON_BAD_CBOR] += 1
                 return 1
 
