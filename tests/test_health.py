@@ -871,3 +871,20 @@ async def test_answered_clients_that_linger_make_room(make_server: ServerFactory
     finally:
         for w in lingering:
             w.close()
+
+
+async def test_cancelled_handler_ends_quietly(make_server: ServerFactory) -> None:
+    srv = await make_server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    async with asyncio.timeout(2):
+        while not srv._conns:
+            await asyncio.sleep(0.01)
+    (conn,) = srv._conns.values()
+    assert conn.task is not None
+    conn.task.cancel()  # what asyncio.run does to leftover tasks at exit
+    async with asyncio.timeout(2):
+        assert await reader.read() == b""
+        while srv._conns:
+            await asyncio.sleep(0.01)
+    writer.close()
+    assert (await get(srv.port, "/healthz")).status == 200  # and the fixture saw no loop error

@@ -274,8 +274,9 @@ class HealthServer:
         try:
             await self._serve(reader, writer, conn)
         except asyncio.CancelledError:
+            # Nothing awaits this task, and on 3.11 asyncio's done-callback calls
+            # task.exception(), which would raise for a cancelled task: end quietly.
             writer.transport.abort()
-            raise
         except Exception:  # never out of the handler: asyncio would only log it anyway
             log.exception("health endpoint: unexpected error")
             writer.transport.abort()
