@@ -1,7 +1,9 @@
-"""The shipped systemd units load cleanly and stay hardened (systemd-analyze)."""
+"""Packaging: the systemd units (systemd-analyze verify/security) and Dockerfile.arm64."""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -168,8 +170,9 @@ def test_bridge_instance_unit_reaches_only_its_device() -> None:
     assert d[("Service", "DevicePolicy")] == ["closed"]
     assert d[("Service", "SupplementaryGroups")] == ["dialout"]
     assert d[("Unit", "BindsTo")] == ["dev-%i.device"]
-    assert "firmware-bridge run -c /etc/edge-agent/firmware-bridge-%i.toml" in (
-        d[("Service", "ExecStart")][0]
+    assert (
+        "firmware-bridge run -c /etc/edge-agent/firmware-bridge-%i.toml"
+        in (d[("Service", "ExecStart")][0])
     )
 
 
@@ -191,3 +194,129 @@ def test_checks_catch_a_weakened_or_broken_unit(tmp_path: Path) -> None:
     )
     with pytest.raises(AssertionError, match="exposure"):
         exposure(weak)
+
+
+# ---- Dockerfile.arm64 (no docker engine here: structure and the health mapping) ----
+
+DOCKERFILE = ROOT / "Dockerfile.arm64"
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """Instructions (NAME, args) grouped by stage, continuations joined, ARGs resolved."""
+    lines: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    assert not pending, "dangling line continuation"
+    args: dict[str, str] = {}
+    stages: list[list[tuple[str, str]]] = []
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        name = name.upper()
+        if name == "ARG" and not stages:
+            key, _, default = rest.partition("=")
+            args[key.strip()] = default.strip()
+            continue
+        if name == "FROM":
+            for key, value in args.items():
+                rest = rest.replace("${" + key + "}", value).replace("$" + key, value)
+            stages.append([])
+        assert stages, f"{name} before the first FROM"
+        stages[-1].append((name, rest.strip()))
+    return stages
+
+
+def test_dockerfile_is_multistage_arm64_python311_slim() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    for stage in stages:
+        name, args = stage[0]
+        assert name == "FROM"
+        assert "--platform=linux/arm64" in args.split()
+        assert re.search(r"\bpython:3\.11-slim-bookworm\b", args), args
+    assert re.search(r"\bAS build\b", stages[0][0][1], re.IGNORECASE)
+    build_runs = " ".join(a for n, a in stages[0] if n == "RUN")
+    assert "pip wheel" in build_runs and "venv" in build_runs
+    final = stages[-1]
+    assert any(n == "COPY" and a.startswith("--from=build ") for n, a in final)
+    # The compiler stays in the build stage.
+    assert not any(n == "RUN" and "gcc" in a for n, a in final)
+
+
+def test_dockerfile_runtime_contract() -> None:
+    final = dockerfile_stages()[-1]
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for name, args in final:
+        by_name[name].append(args)
+    users = by_name["USER"]
+    assert users, "the image must not run as root"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    assert re.search(rf"useradd .*--uid {re.escape(user)}\b", " ".join(by_name["RUN"])), user
+    assert by_name["VOLUME"] == ["/var/lib/edge-agent"]
+    assert any("/etc/edge-agent/agent.toml" in a for a in by_name["COPY"])
+    assert len(by_name["HEALTHCHECK"]) == 1
+    assert "edge-agent health -c /etc/edge-agent/agent.toml" in by_name["HEALTHCHECK"][0]
+    assert json.loads(by_name["ENTRYPOINT"][-1]) == [
+        "edge-agent",
+        "run",
+        "-c",
+        "/etc/edge-agent/agent.toml",
+    ]
+
+
+def _dockerignore_excludes(path: str) -> bool:
+    """Docker's rule, simplified: patterns in order, the last that matches wins."""
+    excluded = False
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern.removeprefix("**/")):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerfile_copies_only_what_the_context_holds() -> None:
+    for stage in dockerfile_stages():
+        for name, args in stage:
+            if name != "COPY" or args.startswith("--from="):
+                continue
+            *sources, _dest = args.split()
+            for source in sources:
+                top = source.rstrip("/").split("/")[0]
+                assert not _dockerignore_excludes(top), f"{source} is excluded by .dockerignore"
+                # README.md is the lead's; everything else must already be here.
+                if top != "README.md":
+                    assert (ROOT / top).exists(), source
+    assert _dockerignore_excludes(".git") and _dockerignore_excludes("tests")
+
+
+def test_healthcheck_maps_degraded_to_healthy_and_failing_to_unhealthy(tmp_path: Path) -> None:
+    (healthcheck,) = [a for n, a in dockerfile_stages()[-1] if n == "HEALTHCHECK"]
+    command = healthcheck.split(" CMD ", 1)[1]
+    fake = tmp_path / "edge-agent"
+    fake.write_text('#!/bin/sh\necho \'{"status": "x"}\'\nexit "$FAKE_RC"\n')
+    fake.chmod(0o755)
+    docker_status = {}
+    for rc in (0, 1, 2):
+        proc = subprocess.run(
+            ["/bin/sh", "-c", command],
+            env={"PATH": f"{tmp_path}:/usr/bin:/bin", "FAKE_RC": str(rc)},
+            capture_output=True,
+            timeout=10,
+        )
+        docker_status[rc] = proc.returncode
+    # edge-agent health: 0 ok, 1 degraded, 2 failing -> docker: 0 healthy, 1 unhealthy.
+    assert docker_status == {0: 0, 1: 0, 2: 1}
