@@ -667,6 +667,8 @@ def _format(v: object) -> str:
     )
 
 
+# slots=True leaves no class attribute holding the default; ask the field.
+_DEFAULT_SIZE: float = PipelineConfig.__dataclass_fields__["size"].default
 _WINDOWS = ("tumbling", "sliding", "session", "count", "none")
 
 
@@ -853,6 +855,8 @@ class _Validator:
             problem += f" (with {_dotted(other)} from {self.env_origin[other[:2]]})"
         elif where >= 0:
             problem += f" (with {_dotted(other)} on line {where})"
+        else:
+            problem += f" (with {_dotted(other)})"
         self.error(later, problem)
 
     # -- the document
@@ -1032,7 +1036,7 @@ class _Validator:
                 self.conflict(
                     ("pipeline", n, "name"),
                     ("pipeline", first, "name"),
-                    f"duplicate pipeline name {show_value(p.name)} (also pipeline[{first}])",
+                    f"duplicate pipeline name {show_value(p.name)}",
                 )
             names.setdefault(p.name, n)
             out.append(p)
@@ -1069,7 +1073,7 @@ class _Validator:
                 )
                 ok = False
         elif size is None:
-            v["size"] = PipelineConfig.size
+            v["size"] = _DEFAULT_SIZE
         elif size <= 0:
             self.error(kp("size"), f"must be longer than 0, got {show_value(given['size'])}")
             ok = False
