@@ -60,6 +60,7 @@ def track_seq(board: BoardState, seq: int, modulus: int) -> int:
         return SeqResult.OK
     board.resets += 1
     board.lost += seq % modulus if modulus else seq
+    board.offset = None  # a rebooted board's uptime restarted: learn its clock afresh
     return SeqResult.OK
 
 
