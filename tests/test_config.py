@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import shutil
 import socket
 import textwrap
 from pathlib import Path
@@ -647,3 +645,320 @@ def test_line_numbers_survive_multiline_strings_arrays_and_comments() -> None:
         "agent.toml:13: pipeline[0].aggregates: expected an array of aggregate names, got an array",
         'agent.toml:18: upstream.port: expected an integer, got "here"',
     ]
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_environment_overrides_single_keys() -> None:
+    env = {
+        "EDGE_AGENT_LOCAL_PORT": "1884",
+        "EDGE_AGENT_UPSTREAM_HOST": "broker",
+        "EDGE_AGENT_UPSTREAM_MAX_BATCH_WINDOWS": "20",
+        "EDGE_AGENT_UPSTREAM_MAX_BATCH_DELAY": "250ms",
+        "EDGE_AGENT_UPSTREAM_RATE_LIMIT": "5/s",
+        "EDGE_AGENT_AGENT_STATE_DIR": "/tmp/edge-state",
+        "EDGE_AGENT_AGENT_ID": "42",  # a string key takes the text, not the TOML integer
+        "EDGE_AGENT_BUFFER_MAX_BYTES": "1MiB",
+        "EDGE_AGENT_BUFFER_TTL": "60",  # a TOML integer: seconds
+        "EDGE_AGENT_HEALTH_LISTEN": "[::1]:9300",
+        "EDGE_AGENT_LOCAL_HOST": '"quoted.host"',  # a TOML string
+        "PATH": "/usr/bin",  # not ours
+        "edge_agent_local_port": "1",  # not upper case: not an override
+    }
+    cfg = load("[local]\nport = 1000\n[upstream]\ntls = false\n" + PIPE, env)
+    assert cfg.local.port == 1884
+    assert cfg.local.host == "quoted.host"
+    assert cfg.upstream.host == "broker"
+    assert cfg.upstream.max_batch_windows == 20
+    assert cfg.upstream.max_batch_delay == 0.25
+    assert cfg.upstream.rate_limit == RateLimit(5.0, None)
+    assert cfg.agent.state_dir == Path("/tmp/edge-state")
+    assert cfg.agent.id == "42"
+    assert cfg.buffer.max_bytes == 2**20 and cfg.buffer.ttl == 60.0
+    assert cfg.health.address == ("::1", 9300)
+    assert load(PIPE, {"EDGE_AGENT_UPSTREAM_TLS": "true"}).upstream.tls is True
+
+
+def test_load_config_reads_os_environ_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text(PIPE)
+    monkeypatch.setenv("EDGE_AGENT_UPSTREAM_PORT", "8883")
+    assert load_config(f).upstream.port == 8883
+    assert load_config(f, environ={}).upstream.port == 1883
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"EDGE_AGENT_LOCAL_PORT": "abc"},
+            'agent.toml: EDGE_AGENT_LOCAL_PORT: local.port: expected an integer, got "abc"',
+        ),
+        (
+            {"EDGE_AGENT_UPSTREAM_QOS": "1.5"},
+            "agent.toml: EDGE_AGENT_UPSTREAM_QOS: upstream.qos: expected an integer, got 1.5",
+        ),
+        (
+            {"EDGE_AGENT_UPSTREAM_PROT": "1"},
+            "agent.toml: EDGE_AGENT_UPSTREAM_PROT: names no config key (expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_UPSTREAM_HOST)",
+        ),
+        (
+            {"EDGE_AGENT_METRICS_PORT": "1"},
+            "agent.toml: EDGE_AGENT_METRICS_PORT: names no config key (expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_UPSTREAM_HOST)",
+        ),
+        (
+            {"EDGE_AGENT_UPSTREAM": "x"},
+            "agent.toml: EDGE_AGENT_UPSTREAM: names no config key (expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_UPSTREAM_HOST)",
+        ),
+        (
+            {"EDGE_AGENT_LOCAL_Port": "1"},
+            "agent.toml: EDGE_AGENT_LOCAL_Port: names no config key (expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_UPSTREAM_HOST)",
+        ),
+        (
+            {"EDGE_AGENT_PIPELINE_SIZE": "5s"},
+            "agent.toml: EDGE_AGENT_PIPELINE_SIZE: [[pipeline]] keys cannot be overridden from the environment",
+        ),
+        (
+            {"EDGE_AGENT_UPSTREAM_TLS": "false"},
+            "agent.toml: EDGE_AGENT_UPSTREAM_TLS: upstream.tls: ca_file needs tls = true (with upstream.ca_file on line 3)",
+        ),
+    ],
+)
+def test_environment_errors(env: dict[str, str], message: str) -> None:
+    text = '[upstream]\ntls = true\nca_file = "/etc/hostname"\n' + PIPE
+    assert error(text, env) == message
+
+
+def test_environment_error_comes_after_file_errors() -> None:
+    msg = error("[local]\nqos = 9\n" + PIPE, {"EDGE_AGENT_NOPE_X": "1"})
+    assert msg.splitlines() == [
+        "agent.toml:2: local.qos: must be between 0 and 2, got 9",
+        "agent.toml: EDGE_AGENT_NOPE_X: names no config key (expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_UPSTREAM_HOST)",
+    ]
+
+
+# --------------------------------------------------------------------------- hash
+
+
+def test_hash_ignores_formatting_comments_order_and_spelling() -> None:
+    a = load(
+        """
+        [upstream]
+        host = "up"
+        max_batch_delay = "1s"
+        [[pipeline]]
+        name = "p"
+        size = "1m"
+        """
+    )
+    b = load(
+        """
+        # the same thing, differently written
+        [[pipeline]]
+        size   = 60       # one minute
+        name='p'
+
+        [upstream]
+        max_batch_delay = "1000ms"
+        host = "up"
+        port = 1883       # the default, spelled out
+        """
+    )
+    assert a.hash == b.hash
+    assert len(a.hash) == 12 and int(a.hash, 16) >= 0
+
+
+def test_hash_changes_with_any_value_and_with_overrides() -> None:
+    base = load('[agent]\nid = "a"\n' + PIPE)
+    variants = [
+        load('[agent]\nid = "b"\n' + PIPE),
+        load('[agent]\nid = "a"\n[[pipeline]]\nsize = "11s"\n'),
+        load('[agent]\nid = "a"\n[[pipeline]]\naggregates = ["min", "max"]\n'),
+        load('[agent]\nid = "a"\n[[pipeline]]\naggregates = ["count", "max", "min", "mean"]\n'),
+        load('[agent]\nid = "a"\n' + PIPE + PIPE.replace("]]", "]]\nname = 'b'")),
+        load('[agent]\nid = "a"\n' + PIPE, {"EDGE_AGENT_UPSTREAM_HOST": "other"}),
+        load('[agent]\nid = "a"\n[upstream]\nrate_limit = "1/s"\n' + PIPE),
+    ]
+    hashes = {base.hash, *(v.hash for v in variants)}
+    # count is always added, so leaving it out is the same effective config
+    implied = load('[agent]\nid = "a"\n[[pipeline]]\naggregates = ["min", "max", "mean"]\n')
+    assert implied.hash == base.hash
+    assert len(hashes) == 1 + len(variants)
+
+
+def test_restart_needed() -> None:
+    a = load('[agent]\nid = "a"\n' + PIPE)
+    assert restart_needed(a, load('[agent]\nid = "a"\n[[pipeline]]\nsize = "5s"\n')) == []
+    assert restart_needed(a, load('[agent]\nid = "b"\nstate_dir = "/x"\n' + PIPE)) == [
+        "agent.id",
+        "agent.state_dir",
+    ]
+
+
+# --------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("10s", 10.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("7d", 604800.0),
+        ("0s", 0.0),
+        ("1.5s", 1.5),
+        (".5m", 30.0),
+        ("1h30m", 5400.0),
+        ("1m 30s", 90.0),
+        (" 10s ", 10.0),
+        ("10", 10.0),
+        ("2.5", 2.5),
+        (3, 3.0),
+        (0.1, 0.1),
+        ("100ms", 0.1),
+        ("1ms", 0.001),
+    ],
+)
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "s", "10x", "10 seconds", "-1s", "1e3s", "10S", "5M", "1h-30m", "ms", True, [1]]
+)
+def test_parse_duration_rejects(bad: object) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(bad)  # type: ignore[arg-type]
+
+
+def test_parse_duration_rejects_negative_and_infinite_numbers() -> None:
+    with pytest.raises(ValueError, match="must not be negative, got -1"):
+        parse_duration(-1)
+    with pytest.raises(ValueError, match="expected a finite duration, got inf"):
+        parse_duration(float("inf"))
+
+
+@given(st.integers(0, 10**12), st.sampled_from(["ms", "s", "m", "h", "d"]))
+def test_duration_terms_are_exact(n: int, unit: str) -> None:
+    num, den = {"ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1), "d": (86400, 1)}[unit]
+    assert parse_duration(f"{n}{unit}") == n * num / den
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**6))
+def test_duration_sums_compound_terms(s: int, ms: int) -> None:
+    assert parse_duration(f"{s}s{ms}ms") == (s * 1000 + ms) / 1000
+
+
+@given(st.integers(0, 10**10))
+def test_format_duration_round_trips_whole_milliseconds(ms: int) -> None:
+    seconds = ms / 1000
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [
+        ("512KiB", 512 * 1024),
+        ("256MiB", 256 * 2**20),
+        ("1GiB", 2**30),
+        ("2TiB", 2 * 2**40),
+        ("64KB", 64000),
+        ("64kB", 64000),
+        ("1MB", 10**6),
+        ("1mib", 2**20),
+        ("100B", 100),
+        ("100", 100),
+        ("1.5KiB", 1536),
+        ("1 MiB", 2**20),
+        (4096, 4096),
+        (0, 0),
+    ],
+)
+def test_parse_size(text: str | int, n: int) -> None:
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "KiB", "10 kibibytes", "-1KiB", "1e3", "1.5", 1.5, True, "10Kb/s"]
+)
+def test_parse_size_rejects(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(bad)  # type: ignore[arg-type]
+
+
+def test_parse_size_rejects_fractional_bytes_and_negative_ints() -> None:
+    with pytest.raises(ValueError, match=r'"0\.1KiB" is not a whole number of bytes'):
+        parse_size("0.1KiB")
+    with pytest.raises(ValueError, match="must not be negative, got -5"):
+        parse_size(-5)
+
+
+@given(st.integers(0, 2**50))
+def test_format_size_round_trips(n: int) -> None:
+    assert parse_size(format_size(n)) == n
+    assert parse_size(str(n)) == n == parse_size(n)
+
+
+@given(
+    st.integers(0, 2**20),
+    st.sampled_from([("KiB", 1024), ("MiB", 2**20), ("GiB", 2**30), ("KB", 1000)]),
+)
+def test_size_units_multiply(n: int, unit: tuple[str, int]) -> None:
+    assert parse_size(f"{n}{unit[0]}") == n * unit[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("", None),
+        ("   ", None),
+        ("20/s", RateLimit(20.0, None)),
+        ("0.5/s", RateLimit(0.5, None)),
+        ("64KiB/s", RateLimit(None, 65536.0)),
+        ("1000B/s", RateLimit(None, 1000.0)),
+        ("1MiB/s", RateLimit(None, 2**20)),
+        ("20/s, 64KiB/s", RateLimit(20.0, 65536.0)),
+        ("64KiB/s,20/s", RateLimit(20.0, 65536.0)),
+        (" 20 / s ", RateLimit(20.0, None)),
+    ],
+)
+def test_parse_rate_limit(text: str, limit: RateLimit | None) -> None:
+    assert parse_rate_limit(text) == limit
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "20",
+        "20/m",
+        "/s",
+        "x/s",
+        "20/s,",
+        "1/s, 2/s, 3/s",
+        "1KiB/s, 2KiB/s",
+        "0/s",
+        "0KiB/s",
+        "20 per s",
+        "5Kb/s",
+    ],
+)
+def test_parse_rate_limit_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rate_limit(bad)
+
+
+@given(st.integers(1, 10**6), st.integers(1, 10**6))
+def test_rate_limit_round_trips_both_terms(batches: int, kib: int) -> None:
+    limit = parse_rate_limit(f"{batches}/s, {kib}KiB/s")
+    assert limit == RateLimit(float(batches), float(kib * 1024))
+
+
+def test_rate_limit_burst_is_one_seconds_worth_at_least_one_batch() -> None:
+    assert RateLimit(0.5, None).burst_batches == 1.0
+    assert RateLimit(20.0, 100.0).burst_batches == 20.0
+    assert RateLimit(20.0, 100.0).burst_bytes == 100.0
+    assert RateLimit(None, None).burst_batches is None
