@@ -1,0 +1,5 @@
+"""Event-time windows and watermarks (SPEC 3): one `WindowEngine` per pipeline."""
+
+from edge_agent.windows.engine import Emitted, Reading, WindowEngine
+
+__all__ = ["Emitted", "Reading", "WindowEngine"]

@@ -1,0 +1,216 @@
+"""Window partials: the running state of SPEC 3 aggregates, and how to combine them.
+
+A partial is a plain list (cheap to create, index, copy and serialise)::
+
+    [0] n  [1] sum  [2] mean  [3] m2  [4] min  [5] max
+    [6] first_ts  [7] first_v  [8] last_ts  [9] last_v  [10] values
+
+Only the slots the configured aggregates need are updated: `add` is generated per
+aggregate set so the per-reading path has no branches for unused aggregates.
+`mean` comes from `sum / n` unless `stddev` is configured, which keeps Welford's
+running mean and m2 (numerically sane; partials combine with Chan's formula).
+`values` exists only when a `pN` is configured: an ``array('d')`` (8 bytes per
+reading) up to 10,000 readings, then a bounded `Sketch` (see sketch.py).
+
+Memory per partial: ~190 bytes (11-slot list, floats shared until written),
+plus 8 bytes per reading up to 10,000 when a percentile is configured.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Callable, Sequence
+from math import inf, sqrt
+
+from edge_agent.errors import ConfigError
+from edge_agent.windows.sketch import Sketch, exact_quantile
+
+__all__ = ["EXACT_LIMIT", "Aggregates"]
+
+EXACT_LIMIT = 10_000
+
+N, SUM, MEAN, M2, MIN, MAX, FT, FV, LT, LV, VALS = range(11)
+
+_SIMPLE = ("count", "sum", "min", "max", "mean", "first", "last", "stddev")
+_PCT = re.compile(r"p([1-9][0-9]?)\Z")
+
+Partial = list  # the layout above
+
+
+class Aggregates:
+    """Everything about one pipeline's aggregate list: new/add/combine/fill/dump/load."""
+
+    __slots__ = ("_outs", "_template", "_welford", "add", "names", "pct")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        outs: list[tuple[str, str, float]] = []
+        for name in names:
+            if name in _SIMPLE:
+                if name != "count":
+                    outs.append((name, name, 0.0))
+            elif m := _PCT.match(name):
+                outs.append((name, "p", int(m.group(1)) / 100))
+            else:
+                raise ConfigError(f"unknown aggregate {name!r}")
+        self.names = tuple(names)
+        self._outs = tuple(dict.fromkeys(outs))
+        kinds = {k for _, k, _ in outs}
+        self.pct = "p" in kinds
+        welford = "stddev" in kinds
+        self._template: list[object] = [0, 0.0, 0.0, 0.0, inf, -inf, inf, 0.0, -inf, 0.0, None]
+        self.add = _make_add(
+            use_sum=("sum" in kinds) or ("mean" in kinds and not welford),
+            welford=welford,
+            use_min="min" in kinds,
+            use_max="max" in kinds,
+            first="first" in kinds,
+            last="last" in kinds,
+            pct=self.pct,
+        )
+        self._welford = welford
+
+    def new(self) -> Partial:
+        p = self._template.copy()
+        if self.pct:
+            p[VALS] = array("d")
+        return p
+
+    def copy(self, p: Partial) -> Partial:
+        q = p.copy()
+        vals = q[VALS]
+        if vals is not None:
+            q[VALS] = array("d", vals) if vals.__class__ is array else vals.copy()
+        return q
+
+    def combine(self, dst: Partial, src: Partial) -> None:
+        """Fold src into dst (src's readings are all later or all earlier in event time)."""
+        n2 = src[N]
+        if not n2:
+            return
+        n1 = dst[N]
+        n = n1 + n2
+        dst[N] = n
+        dst[SUM] += src[SUM]
+        if n1:
+            d = src[MEAN] - dst[MEAN]
+            dst[MEAN] += d * n2 / n
+            dst[M2] += src[M2] + d * d * n1 * n2 / n
+        else:
+            dst[MEAN] = src[MEAN]
+            dst[M2] = src[M2]
+        if src[MIN] < dst[MIN]:
+            dst[MIN] = src[MIN]
+        if src[MAX] > dst[MAX]:
+            dst[MAX] = src[MAX]
+        if src[FT] < dst[FT]:
+            dst[FT] = src[FT]
+            dst[FV] = src[FV]
+        if src[LT] > dst[LT]:
+            dst[LT] = src[LT]
+            dst[LV] = src[LV]
+        a = dst[VALS]
+        if a is None:
+            return
+        b = src[VALS]
+        if a.__class__ is array and b.__class__ is array and len(a) + len(b) <= EXACT_LIMIT:
+            a.extend(b)
+            return
+        sk = a if a.__class__ is Sketch else Sketch.of(a)
+        if b.__class__ is Sketch:
+            sk.merge(b)
+        else:
+            for v in b:
+                sk.add(v)
+        dst[VALS] = sk
+
+    def fill(self, rec: dict[str, object], p: Partial) -> None:
+        """Write each configured aggregate of p into the record, named as configured."""
+        n = p[N]
+        srt: list[float] | None = None
+        for name, kind, q in self._outs:
+            if kind == "p":
+                vals = p[VALS]
+                if vals.__class__ is Sketch:
+                    rec[name] = vals.quantile(q)
+                else:
+                    if srt is None:
+                        srt = sorted(vals)
+                    rec[name] = exact_quantile(srt, q)
+            elif kind == "mean":
+                rec[name] = p[MEAN] if self._welford else p[SUM] / n
+            elif kind == "sum":
+                rec[name] = p[SUM]
+            elif kind == "min":
+                rec[name] = p[MIN]
+            elif kind == "max":
+                rec[name] = p[MAX]
+            elif kind == "first":
+                rec[name] = p[FV]
+            elif kind == "last":
+                rec[name] = p[LV]
+            else:  # stddev, sample (n - 1); 0 for a single reading
+                rec[name] = sqrt(max(p[M2], 0.0) / (n - 1)) if n > 1 else 0.0
+
+    @staticmethod
+    def dump(p: Partial) -> list[object]:
+        vals = p[VALS]
+        if vals is None:
+            return p[:VALS]
+        if vals.__class__ is array:
+            return [*p[:VALS], vals.tobytes()]
+        return [*p[:VALS], vals.dump()]
+
+    @staticmethod
+    def load(data: list[object]) -> Partial:
+        p = list(data)
+        if len(p) == VALS:
+            p.append(None)
+        else:
+            raw = p[VALS]
+            if isinstance(raw, bytes):
+                a = array("d")
+                a.frombytes(raw)
+                p[VALS] = a
+            else:
+                p[VALS] = Sketch.load(raw)  # type: ignore[arg-type]
+        return p
+
+
+def _make_add(
+    *,
+    use_sum: bool,
+    welford: bool,
+    use_min: bool,
+    use_max: bool,
+    first: bool,
+    last: bool,
+    pct: bool,
+) -> Callable[[Partial, float, float], None]:
+    # Generated once per pipeline so the hot path carries no per-aggregate branches.
+    body = ["    p[0] += 1"]
+    if use_sum:
+        body.append("    p[1] += v")
+    if welford:
+        body += ["    d = v - p[2]", "    m = p[2] + d / p[0]", "    p[2] = m", "    p[3] += d * (v - m)"]
+    if use_min:
+        body.append("    if v < p[4]: p[4] = v")
+    if use_max:
+        body.append("    if v > p[5]: p[5] = v")
+    if first:  # by event time, ties by arrival: the earlier arrival stays
+        body += ["    if ts < p[6]:", "        p[6] = ts", "        p[7] = v"]
+    if last:  # ties by arrival: the later arrival wins
+        body += ["    if ts >= p[8]:", "        p[8] = ts", "        p[9] = v"]
+    if pct:
+        body += [
+            "    x = p[10]",
+            "    if x.__class__ is _array:",
+            "        x.append(v)",
+            "        if len(x) > _LIMIT: p[10] = _Sketch.of(x)",
+            "    else:",
+            "        x.add(v)",
+        ]
+    src = "def add(p, ts, v):\n" + "\n".join(body) + "\n"
+    ns: dict[str, object] = {"_array": array, "_LIMIT": EXACT_LIMIT, "_Sketch": Sketch}
+    exec(compile(src, "<edge_agent.windows.aggregates.add>", "exec"), ns)
+    return ns["add"]  # type: ignore[return-value]

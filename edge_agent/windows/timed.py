@@ -1,0 +1,256 @@
+"""Tumbling and sliding windows over panes (SPEC 3), exact about time.
+
+Readings go into panes (grid.py), never into each of the size/slide windows that
+cover them, so the per-reading cost does not depend on size/slide. Windows are
+assembled from their panes' partials when they fire.
+
+Per key state: newest event time, watermark, last wall time, ``upto`` (watermark
+of the last firing scan), ``chk`` (the watermark at which a scan is next needed:
+the next window end holding readings, or the next pane/revision to forget), a
+cache of the current pane (bounds, partial, end of its first window), the live
+panes ``{j: partial}`` and ``fires {k: firings}`` of fired windows still inside
+allowed lateness.
+
+Fast path per reading: the reading falls in the cached pane and every window of
+that pane is still open -> one generated ``add`` call. Everything else (new pane,
+late reading) takes `_slow`.
+
+Memory per key: ~300 bytes of key state plus one partial (~190 bytes, see
+aggregates.py) per live pane. Live panes: the panes of still-open windows plus
+those within allowed lateness, i.e. about (size + max_out_of_orderness +
+allowed_lateness) / pane width, and never more than the panes that got readings.
+A pane is forgotten once every window covering it is past allowed lateness
+(watermark >= end + allowed_lateness); a window's firing count is kept only until then.
+"""
+
+from __future__ import annotations
+
+from math import inf
+from typing import Any
+
+from edge_agent.config import PipelineConfig
+from edge_agent.errors import ConfigError
+from edge_agent.windows.aggregates import Partial
+from edge_agent.windows.engine import Emitted, Reading, WindowEngine
+from edge_agent.windows.grid import Grid
+
+__all__ = ["TimedEngine"]
+
+
+class _Key:
+    __slots__ = (
+        "chk",
+        "cur",
+        "efirst",
+        "fires",
+        "hi",
+        "lo",
+        "maxts",
+        "panes",
+        "queued",
+        "upto",
+        "wall",
+        "wm",
+    )
+
+    def __init__(self) -> None:
+        self.maxts = -inf
+        self.wm = -inf
+        self.upto = -inf
+        self.chk = inf
+        self.wall = 0.0
+        self.queued = False
+        self.panes: dict[int, Partial] = {}
+        self.fires: dict[int, int] = {}
+        self._uncache()
+
+    def _uncache(self) -> None:
+        self.lo = inf
+        self.hi = -inf
+        self.cur: Partial | None = None
+        self.efirst = -inf
+
+
+class TimedEngine(WindowEngine):
+    """Tumbling (slide = size) and sliding windows."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        super().__init__(cfg)
+        size = float(cfg.size)
+        slide = size if cfg.window == "tumbling" else float(cfg.slide or 0.0)
+        if size <= 0 or slide <= 0 or slide > size:
+            raise ConfigError(f"pipeline {cfg.name}: bad window size/slide {size}/{slide}")
+        self.grid = Grid(size, slide)
+        self._ooo = float(cfg.max_out_of_orderness)
+        self._lateness = float(cfg.allowed_lateness)
+
+    # -- per reading ---------------------------------------------------------------
+
+    def process(self, readings: list[Reading], wall: float, out: Emitted) -> None:
+        keys = self._keys
+        dirty_add = self._dirty.add
+        add = self.aggs.add
+        ooo = self._ooo
+        for key, ts, v in readings:
+            k = keys.get(key)
+            if k is None:
+                k = keys[key] = _Key()
+            k.wall = wall
+            if not k.queued:
+                self._queue(key, k, wall)
+            if k.lo <= ts < k.hi and k.wm < k.efirst:
+                add(k.cur, ts, v)
+            else:
+                self._slow(key, k, ts, v, out)
+            if ts > k.maxts:
+                k.maxts = ts
+                w = ts - ooo
+                if w > k.wm:
+                    k.wm = w
+                    if w >= k.chk:
+                        self._scan(key, k, out)
+            dirty_add(key)
+        self.readings_in += len(readings)
+
+    def _slow(self, key: str, k: _Key, ts: float, v: float, out: Emitted) -> None:
+        g = self.grid
+        j = g.pane_of(ts)
+        klo, khi = g.first_window(j), g.last_window(j)
+        wm = k.wm
+        efirst = g.end(klo)
+        panes = k.panes
+        if efirst > wm:  # on time for all its windows
+            p = panes.get(j)
+            if p is None:
+                p = panes[j] = self.aggs.new()
+                if efirst < k.chk:
+                    k.chk = efirst
+            self.aggs.add(p, ts, v)
+            k.lo, k.hi, k.cur, k.efirst = g.bound(j), g.bound(j + 1), p, efirst
+            return
+        # Some windows of this pane are closed. Nothing with readings has an end in
+        # (upto, wm] (wm < chk), so marking it scanned keeps late firings from repeating.
+        k.upto = wm
+        lateness = self._lateness
+        kc = g.last_closed(wm)
+        takers = [kk for kk in range(klo, min(khi, kc) + 1) if wm < g.end(kk) + lateness]
+        open_end = g.end(kc + 1) if kc < khi else None  # first open window of this pane
+        if not takers and open_end is None:
+            self._late(out, key, ts, v)
+            return
+        p = panes.get(j)
+        if p is None:
+            p = panes[j] = self.aggs.new()
+            nxt = open_end if open_end is not None else g.end(khi) + lateness
+            if nxt < k.chk:
+                k.chk = nxt
+        self.aggs.add(p, ts, v)
+        k.lo, k.hi, k.cur, k.efirst = g.bound(j), g.bound(j + 1), p, efirst
+        fires = k.fires
+        for kk in takers:  # each accepted late reading re-fires its window at once
+            rev = fires.get(kk, 0)
+            fires[kk] = rev + 1
+            self._fire(out, key, k, kk, rev)
+
+    def _fire(self, out: Emitted, key: str, k: _Key, kk: int, rev: int) -> None:
+        g = self.grid
+        panes = k.panes
+        first = kk * g.m
+        if g.np == 1:
+            p = panes[first]
+        else:
+            p = None
+            last = first + g.np
+            if g.np <= len(panes):
+                parts = [panes[j] for j in range(first, last) if j in panes]
+            else:
+                parts = [panes[j] for j in sorted(panes) if first <= j < last]
+            combine = self.aggs.combine
+            for part in parts:
+                if p is None:
+                    p = self.aggs.copy(part)
+                else:
+                    combine(p, part)
+        self._emit(out, key, g.start(kk), g.end(kk), rev, p)
+
+    # -- watermark moves -----------------------------------------------------------
+
+    def _scan(self, key: str, k: _Key, out: Emitted) -> None:
+        """Fire windows with readings whose end passed the watermark; forget old state."""
+        g = self.grid
+        wm, old = k.wm, k.upto
+        k.upto = wm
+        panes, fires = k.panes, k.fires
+        lateness = self._lateness
+        kb = g.last_closed(wm)
+        ka = g.last_closed(old)  # windows <= ka fired in earlier scans
+        m, np_ = g.m, g.np
+        due: set[int] = set()
+        for j in panes:
+            lo = -((np_ - 1 - j) // m)
+            hi = j // m
+            if lo <= ka:
+                lo = ka + 1
+            if hi > kb:
+                hi = kb
+            if lo <= hi:
+                due.update(range(lo, hi + 1))
+        for kk in sorted(due):
+            rev = fires.get(kk, 0)
+            if g.end(kk) + lateness > wm:
+                fires[kk] = rev + 1
+            self._fire(out, key, k, kk, rev)
+        # forget panes (and firing counts) past allowed lateness; find the next check
+        chk = inf
+        nxt_open = kb + 1
+        for j in list(panes):
+            hi = j // m
+            gc_at = g.end(hi) + lateness
+            if gc_at <= wm:
+                del panes[j]
+                continue
+            lo = -((np_ - 1 - j) // m)
+            e = g.end(lo if lo > nxt_open else nxt_open) if hi >= nxt_open else gc_at
+            if e < chk:
+                chk = e
+            if gc_at < chk:
+                chk = gc_at
+        if fires:
+            for kk in [kk for kk in fires if g.end(kk) + lateness <= wm]:
+                del fires[kk]
+        k.chk = chk
+        if k.efirst <= wm:
+            k._uncache()
+
+    def _go_idle(self, key: str, k: _Key, out: Emitted) -> None:
+        if not k.panes:
+            return
+        target = self.grid.end(self.grid.last_window(max(k.panes)))
+        if target > k.wm:
+            k.wm = target
+            self._scan(key, k, out)
+
+    # -- checkpoints and figures ---------------------------------------------------
+
+    def _dump_key(self, k: _Key) -> list[Any]:
+        dump = self.aggs.dump
+        return [
+            k.maxts,
+            k.wm,
+            k.upto,
+            k.chk,
+            k.wall,
+            [[j, dump(p)] for j, p in k.panes.items()],
+            [[kk, n] for kk, n in k.fires.items()],
+        ]
+
+    def _load_key(self, data: list[Any]) -> _Key:
+        load = self.aggs.load
+        k = _Key()
+        k.maxts, k.wm, k.upto, k.chk, k.wall = data[:5]
+        k.panes = {j: load(p) for j, p in data[5]}
+        k.fires = {kk: n for kk, n in data[6]}
+        return k
+
+    def open_windows(self) -> int:
+        return sum(len(k.panes) for k in self._keys.values())
