@@ -192,7 +192,12 @@ def _make_add(
     if use_sum:
         body.append("    p[1] += v")
     if welford:
-        body += ["    d = v - p[2]", "    m = p[2] + d / p[0]", "    p[2] = m", "    p[3] += d * (v - m)"]
+        body += [
+            "    d = v - p[2]",
+            "    m = p[2] + d / p[0]",
+            "    p[2] = m",
+            "    p[3] += d * (v - m)",
+        ]
     if use_min:
         body.append("    if v < p[4]: p[4] = v")
     if use_max:

@@ -32,7 +32,7 @@ def exact_fraction(x: float) -> Fraction:
 
 
 class Grid:
-    __slots__ = ("d", "m", "np", "pane", "pw", "s", "h")
+    __slots__ = ("d", "h", "m", "np", "pane", "pw", "s")
 
     def __init__(self, size: float, slide: float) -> None:
         fs, fh = exact_fraction(size), exact_fraction(slide)
