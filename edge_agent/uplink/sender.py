@@ -225,4 +225,8 @@ def read_password(path: str) -> str:
     """The upstream password, from `password_file` (never from the config itself)."""
     if not path:
         return ""
-    return Path(path).read_text().strip("\r\n")
+    from edge_agent.logs import register_secret
+
+    password = Path(path).read_text().strip("\r\n")
+    register_secret(password)
+    return password

@@ -1,0 +1,271 @@
+"""run / start / stop / status / health: the agent's life cycle from the shell.
+
+The pid file `<state_dir>/edge-agent.pid` names the running agent. `start` spawns
+`run` in a new session and waits for the sd_notify READY=1 datagram it sends once
+subscribed on the local broker: the same signal systemd's Type=notify waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from edge_agent.config import Config, load_config
+from edge_agent.errors import EdgeAgentError
+
+__all__ = ["health", "run", "start", "status", "stop"]
+
+PID_NAME = "edge-agent.pid"
+LOG_NAME = "edge-agent.log"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0
+
+
+def pid_file(cfg: Config) -> Path:
+    return Path(cfg.agent.state_dir) / PID_NAME
+
+
+def read_pid(cfg: Config) -> int | None:
+    """The pid of the running agent for this config, or None."""
+    try:
+        pid = int(pid_file(cfg).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _alive(pid):
+        return None
+    # Guard against a recycled pid: the process must be an edge-agent.
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    if b"edge_agent" not in cmdline and b"edge-agent" not in cmdline:
+        return None
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours is not running.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# -- run ----------------------------------------------------------------------
+
+
+def run(config_path: str) -> int:
+    cfg = load_config(config_path)
+    from edge_agent.logs import setup_logging
+
+    setup_logging(cfg.agent.log_level, cfg.agent.log_format)
+    running = read_pid(cfg)
+    if running is not None and running != os.getpid():
+        raise EdgeAgentError(f"already running as pid {running} (state_dir {cfg.agent.state_dir})")
+    return asyncio.run(_run(cfg))
+
+
+async def _run(cfg: Config) -> int:
+    from edge_agent.runtime import Agent
+
+    agent = Agent(cfg)
+    loop = asyncio.get_running_loop()
+    signals = {"n": 0}
+
+    def on_stop() -> None:
+        signals["n"] += 1
+        if signals["n"] > 1:  # a second signal: stop now, without the graceful stages
+            os._exit(1)
+        agent.request_stop()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    pf = pid_file(cfg)
+    try:
+        await agent.run(lambda: _write_pid(pf))
+    finally:
+        with contextlib.suppress(OSError):
+            if pf.read_text().split()[0] == str(os.getpid()):
+                pf.unlink()
+    return 0
+
+
+def _write_pid(pf: Path) -> None:
+    tmp = pf.with_suffix(".tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    tmp.replace(pf)
+
+
+# -- start / stop / status --------------------------------------------------------
+
+
+def start(config_path: str) -> int:
+    cfg = load_config(config_path)
+    pid = read_pid(cfg)
+    if pid is not None:
+        print(f"edge-agent already running (pid {pid})")
+        return 0
+    state_dir = Path(cfg.agent.state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log_out = open(state_dir / LOG_NAME, "ab")  # noqa: SIM115 (handed to the child)
+    except OSError as exc:
+        raise EdgeAgentError(f"state_dir {state_dir}: {exc.strerror}") from exc
+    with tempfile.TemporaryDirectory(prefix="edge-agent-start-") as tmp:
+        sock_path = os.path.join(tmp, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(sock_path)
+        sock.settimeout(0.2)
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path}
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "-c", config_path],
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+        log_out.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        with sock:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    data = sock.recv(4096)
+                    if b"READY=1" in data.split(b"\n"):
+                        print(f"edge-agent started (pid {proc.pid})")
+                        return 0
+                code = proc.poll()
+                if code is not None:
+                    raise EdgeAgentError(
+                        f"exited with code {code} before it was ready: {_log_tail(state_dir)}"
+                    )
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        raise EdgeAgentError(
+            f"not ready within {START_TIMEOUT:.0f} s (not subscribed on the local broker "
+            f"{cfg.local.host}:{cfg.local.port}); stopped it. {_log_tail(state_dir)}"
+        )
+
+
+def _log_tail(state_dir: Path, lines: int = 5) -> str:
+    try:
+        text = (state_dir / LOG_NAME).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
+
+
+def stop(config_path: str) -> int:
+    cfg = load_config(config_path)
+    pid = read_pid(cfg)
+    if pid is None:
+        print("edge-agent is not running")
+        return 0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            print(f"edge-agent stopped (pid {pid})")
+            return 0
+        time.sleep(0.05)
+    raise EdgeAgentError(f"pid {pid} did not stop within {STOP_TIMEOUT:.0f} s")
+
+
+def status(config_path: str) -> int:
+    cfg = load_config(config_path)
+    pid = read_pid(cfg)
+    if pid is None:
+        print("edge-agent is not running")
+        return 3
+    print(f"edge-agent is running (pid {pid})")
+    addr = cfg.health.address
+    if addr is not None:
+        code, body = _fetch(_base_url(cfg.health.listen) + "/healthz", None, 3.0)
+        if isinstance(body, dict):
+            reasons = "; ".join(body.get("reasons") or []) or "-"
+            print(f"health: {body.get('status')} ({reasons})")
+            c = body.get("counters", {})
+            print("counters: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+            buf = body.get("buffer", {})
+            print(f"buffer: {buf.get('batches')} batch(es), {buf.get('bytes')} bytes")
+        else:
+            print(f"health: unreachable ({body})")
+    return 0
+
+
+# -- health -------------------------------------------------------------------------
+
+
+def _base_url(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    host = host or "127.0.0.1"
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    return f"http://{host}:{port}"
+
+
+def health_url(url: str | None, config_path: str | None) -> str:
+    if url:
+        if "://" not in url:
+            url = "http://" + url
+        url = url.rstrip("/")
+        return url if url.endswith("/healthz") else url + "/healthz"
+    listen = "127.0.0.1:9100"
+    if config_path:
+        cfg = load_config(config_path)
+        listen = cfg.health.listen or listen
+    return _base_url(listen) + "/healthz"
+
+
+def _fetch(url: str, token: str | None, timeout: float) -> tuple[int, object]:
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        except (ValueError, OSError):
+            return exc.code, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return 0, str(reason)
+
+
+def health(url: str | None, config_path: str | None, token: str | None, timeout: float) -> int:
+    target = health_url(url, config_path)
+    token = token or os.environ.get("EDGE_AGENT_HEALTH_TOKEN")
+    code, body = _fetch(target, token, timeout)
+    if not isinstance(body, dict) or "status" not in body:
+        print(f"{target}: unreachable or not an edge-agent ({body})", file=sys.stderr)
+        return 2
+    print(json.dumps(body, indent=2))
+    return {"ok": 0, "degraded": 1}.get(str(body["status"]), 2)

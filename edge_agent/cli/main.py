@@ -1,0 +1,113 @@
+"""`edge-agent` command line (SPEC 6). The only place exceptions become exit codes.
+
+Exit codes: 0 success, 2 usage or config error (a missing config file too),
+1 other failure; `status` exits 3 when the agent is not running; `health` exits
+0 ok, 1 degraded, 2 failing or unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 on usage errors, as the spec wants
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edge-agent", description="Store-and-forward MQTT edge agent.")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("scaffold", help="write a commented agent.toml and a systemd unit into DIR")
+    s.add_argument("dir")
+
+    for name, text in (
+        ("check", "validate a config file"),
+        ("run", "run in the foreground (what systemd calls)"),
+        ("start", "start in the background; returns once it is ready"),
+        ("stop", "stop the running agent gracefully"),
+        ("status", "whether it runs, its pid and its health summary"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("-c", "--config", required=True, metavar="FILE")
+
+    h = sub.add_parser("health", help="fetch /healthz and print it")
+    h.add_argument("url", nargs="?", default=None)
+    h.add_argument("-c", "--config", metavar="FILE", default=None)
+    h.add_argument("--token", default=None, help="bearer token (or $EDGE_AGENT_HEALTH_TOKEN)")
+    h.add_argument("--timeout", type=float, default=5.0)
+
+    d = sub.add_parser("demo", help="simulated sensors -> agent -> upstream, printing batches")
+    d.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until Ctrl-C)")
+    d.add_argument("--sensors", type=int, default=5)
+    d.add_argument("--rate", type=float, default=5.0, help="readings/s per sensor")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "scaffold":
+            from edge_agent.cli.scaffold import scaffold
+
+            return scaffold(args.dir)
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "run":
+            from edge_agent.cli.control import run
+
+            return run(args.config)
+        if args.command == "start":
+            from edge_agent.cli.control import start
+
+            return start(args.config)
+        if args.command == "stop":
+            from edge_agent.cli.control import stop
+
+            return stop(args.config)
+        if args.command == "status":
+            from edge_agent.cli.control import status
+
+            return status(args.config)
+        if args.command == "health":
+            from edge_agent.cli.control import health
+
+            return health(args.url, args.config, args.token, args.timeout)
+        if args.command == "demo":
+            from edge_agent.cli.demo import demo
+
+            return demo(args.duration, args.sensors, args.rate)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except EdgeAgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+def _check(path: str) -> int:
+    from edge_agent.config import load_config
+
+    cfg = load_config(path)
+    names = ", ".join(p.name for p in cfg.pipelines)
+    print(f"{path}: ok (agent {cfg.agent.id}, config {cfg.hash}, pipelines: {names})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

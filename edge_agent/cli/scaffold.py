@@ -1,0 +1,77 @@
+"""`edge-agent scaffold DIR`: a commented config, a systemd unit and a broker snippet."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["scaffold"]
+
+MOSQUITTO_SNIPPET = """\
+# mosquitto settings edge-agent relies on for "nothing lost" (written by edge-agent scaffold).
+# Install: sudo cp mosquitto-edge-agent.conf /etc/mosquitto/conf.d/edge-agent.conf
+#          sudo systemctl restart mosquitto
+#
+# The agent keeps a persistent session (clean start off, session expiry 7 days)
+# and acknowledges a reading only once it is on disk. While it restarts, the broker
+# must hold what sensors publish; mosquitto's defaults would drop it.
+
+# Keep sessions and queued messages across a broker restart or power cut.
+persistence true
+persistence_location /var/lib/mosquitto/
+autosave_interval 60
+
+# Messages held for the agent while it is away or busy. The stock value (1000)
+# silently drops QoS 1 messages beyond it, even for a connected subscriber. Size
+# it for the longest agent outage you plan for: readings/s x seconds. 0 = no limit.
+max_queued_messages 1000000
+max_queued_bytes 0
+
+# Let the client's Receive Maximum (edge-agent asks for 65535) set the in-flight
+# window: acknowledgements come in groups, after each checkpoint.
+max_inflight_messages 0
+"""
+
+
+def _exec_command() -> str:
+    venv_bin = Path(sys.executable).parent / "edge-agent"
+    if venv_bin.exists():
+        return str(venv_bin)
+    return f"{shlex.quote(sys.executable)} -m edge_agent"
+
+
+def scaffold(dir_arg: str) -> int:
+    target = Path(dir_arg)
+    files = {
+        "agent.toml": "agent.toml",
+        "edge-agent.service": "edge-agent.service",
+        "mosquitto-edge-agent.conf": None,
+    }
+    existing = [name for name in files if (target / name).exists()]
+    if existing:
+        print(f"edge-agent: {', '.join(str(target / n) for n in existing)} exists; wrote nothing",
+              file=sys.stderr)
+        return 1
+    templates = resources.files("edge_agent.cli") / "templates"
+    config_text = (templates / "agent.toml").read_text(encoding="utf-8")
+    config_path = (target / "agent.toml").resolve()
+    unit = (templates / "edge-agent.service").read_text(encoding="utf-8")
+    unit = (
+        unit.replace("{{exec}}", _exec_command())
+        .replace("{{config_path}}", str(config_path))
+        .replace("{{state_dir}}", "/var/lib/edge-agent")
+    )
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "agent.toml").write_text(config_text, encoding="utf-8")
+        (target / "edge-agent.service").write_text(unit, encoding="utf-8")
+        (target / "mosquitto-edge-agent.conf").write_text(MOSQUITTO_SNIPPET, encoding="utf-8")
+    except OSError as exc:
+        print(f"edge-agent: cannot write into {target}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {target / 'agent.toml'}, {target / 'edge-agent.service'} and "
+          f"{target / 'mosquitto-edge-agent.conf'}")
+    print(f"next: edge-agent check -c {target / 'agent.toml'}")
+    return 0

@@ -1,0 +1,712 @@
+"""The supervisor: one Agent owns every task of the data path.
+
+    local broker -> ingest (decode, route) -> windows -> streams (cut batches)
+        -> checkpoint (one SQLite transaction) -> PUBACKs to the local broker
+        -> uplink (outbox -> upstream broker)
+
+Durability rule (SPEC 3, last point): a reading is acknowledged to the local broker
+only after the transaction that holds its effect (window state, records, batches)
+has committed. Messages whose effect is committed are remembered by a fingerprint
+of their packet id, topic and payload, so when the broker redelivers them after a
+crash (MQTT 5 section 4.4: same packet id, DUP set) they are acknowledged again
+without being counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+import zlib
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from edge_agent import __version__
+from edge_agent.batches.builder import BATCH_SCHEMA, LATE_SCHEMA, CutBatch, Stream, encode_batch
+from edge_agent.buffer.store import Checkpoint, NewBatch, OutboxRow, Store
+from edge_agent.config import Config, PipelineConfig, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.health.server import HealthServer
+from edge_agent.health.status import HealthFacts, evaluate
+from edge_agent.health.system import SystemProbe, state_dir_writable
+from edge_agent.ingest.decode import PayloadDecoder
+from edge_agent.ingest.router import TopicRouter
+from edge_agent.mqtt import Message, MqttClient, MqttError
+from edge_agent.sdnotify import SdNotifier, watchdog_interval
+from edge_agent.uplink.backoff import Backoff
+from edge_agent.uplink.sender import Uplink, read_password
+from edge_agent.windows.engine import Emitted, WindowEngine
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("edge_agent")
+
+STREAM_BATCHES = 0
+STREAM_LATE = 1
+_HELD_BLOCK = 256  # packet ids per fingerprint row
+_ACK_FLUSH = 16384  # commit early when this many acknowledgements wait (receive maximum 65535)
+RECEIVE_MAXIMUM = 65535
+COUNTER_NAMES = (
+    "readings_in",
+    "readings_rejected",
+    "readings_late",
+    "windows_emitted",
+    "batches_sent",
+    "batches_dropped",
+)
+
+
+@dataclass(slots=True)
+class _Pipeline:
+    cfg: PipelineConfig
+    decoder: PayloadDecoder
+    engine: WindowEngine
+    rejects: Counter[str] = field(default_factory=Counter)
+    buf: list[tuple[str, float, float]] = field(default_factory=list)
+    readings_in: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "readings_in": self.readings_in,
+            "readings_rejected": sum(self.rejects.values()),
+            "readings_late": self.engine.readings_late,
+            "windows_emitted": self.engine.windows_emitted,
+        }
+
+
+def _build_pipeline(cfg: PipelineConfig, max_future_skew: float) -> _Pipeline:
+    return _Pipeline(cfg, PayloadDecoder(cfg.format, max_future_skew), WindowEngine(cfg))
+
+
+class Agent:
+    """`async with`-free by design: `await agent.run()` until `request_stop()`."""
+
+    def __init__(self, cfg: Config, *, notifier: SdNotifier | None = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or SdNotifier()
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self.store = Store(
+            cfg.agent.state_dir,
+            max_bytes=cfg.buffer.max_bytes,
+            when_full=cfg.buffer.when_full,
+            ttl=cfg.buffer.ttl,
+        )
+        self.pipelines: list[_Pipeline] = [
+            _build_pipeline(p, cfg.local.max_future_skew) for p in cfg.pipelines
+        ]
+        self.router = TopicRouter([p.cfg.topics for p in self.pipelines])
+        self.streams: dict[int, Stream] = {}
+        self._make_streams()
+        self.seqs: dict[int, int] = {STREAM_BATCHES: 0, STREAM_LATE: 0}
+        self.uplink: Uplink | None = None
+        self.local: MqttClient | None = None
+        self.local_connected = False
+        self.local_ever_connected = False
+        self.local_lost_since: float | None = None
+        self.subscribed = False
+        self.disk_full = False
+        self.last_drop_at: float | None = None
+        self.batches_dropped = 0
+        self.dropped_by_reason: Counter[str] = Counter()
+        self.messages_qos0 = 0
+        self.messages_duplicate = 0
+        self.probe = SystemProbe(cfg.agent.state_dir)
+        self.health_server: HealthServer | None = None
+        # Delivery fingerprints per packet id, and which 256-id blocks changed.
+        self._held = array("I", bytes(4 * 65536))
+        self._held_dirty: set[int] = set()
+        self._acks: list[int] = []  # packet ids to acknowledge after the next commit
+        self._pending_add: list[tuple[int, int, bytes]] = []
+        self._failed: Checkpoint | None = None  # a checkpoint whose commit failed, retried next
+        self._emitted = Emitted()
+        self._inbox: list[tuple[Message, float]] = []
+        self._process_scheduled = False
+        self._taking = False  # False while starting and stopping: messages are left unacknowledged
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._commit_now = asyncio.Event()
+        self._ready_notified = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.durable = getattr(cfg.buffer, "checkpoints", True)
+
+    # -- public control -------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def ready(self) -> bool:
+        return self.subscribed and self.local_connected
+
+    async def run(self, on_started: Callable[[], None] | None = None) -> None:
+        """Run until request_stop(); then stop in stages and return.
+
+        `on_started` is called once the state database is open (the pid file).
+        """
+        self._loop = asyncio.get_running_loop()
+        restored = await self.store.open()
+        self._restore(restored)
+        if on_started is not None:
+            on_started()
+        password = read_password(self.cfg.upstream.password_file)
+        self.uplink = Uplink(
+            self.cfg.upstream,
+            client_id=f"edge-agent-{self.cfg.agent.id}-up",
+            store=self.store,
+            password=password,
+        )
+        await self._start_health()
+        self._taking = True
+        self._spawn("local", self._local_loop())
+        self._spawn("uplink", self.uplink.run())
+        self._spawn("commit", self._commit_loop())
+        self._spawn("idle", self._idle_loop())
+        self._spawn("reclaim", self._reclaim_loop())
+        interval = watchdog_interval()
+        if interval:
+            self._spawn("watchdog", self._watchdog_loop(interval))
+        log.info(
+            "edge-agent %s started: agent %s, %d pipeline(s), config %s",
+            __version__, self.cfg.agent.id, len(self.pipelines), self.cfg.hash,
+        )
+        try:
+            while not self._stop.is_set():
+                reload_wait = asyncio.ensure_future(self._reload.wait())
+                stop_wait = asyncio.ensure_future(self._stop.wait())
+                crashed = [t for t in self._tasks.values() if t.done()]
+                await asyncio.wait(
+                    [reload_wait, stop_wait, *self._tasks.values()],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                reload_wait.cancel()
+                stop_wait.cancel()
+                crashed = [t for t in self._tasks.values() if t.done()]
+                for t in crashed:
+                    exc = t.exception() if not t.cancelled() else None
+                    raise EdgeAgentError(f"task {t.get_name()} ended: {exc!r}") from exc
+                if self._reload.is_set():
+                    self._reload.clear()
+                    await self._do_reload()
+        finally:
+            await self._shutdown()
+
+    # -- restore ---------------------------------------------------------------
+
+    def _make_streams(self) -> None:
+        up = self.cfg.upstream
+        old = self.streams
+        self.streams = {}
+        for sid, schema in ((STREAM_BATCHES, BATCH_SCHEMA), (STREAM_LATE, LATE_SCHEMA)):
+            s = Stream(schema, self.cfg.agent.id, self.cfg.hash, up.max_batch_windows,
+                       up.max_batch_bytes, up.max_batch_delay)
+            if sid in old:  # a reload keeps what is waiting
+                prev = old[sid]
+                s.items, s.kinds, s.first_n, s.oldest = prev.items, prev.kinds, prev.first_n, prev.oldest
+                s.add_encoded([], True, 0.0)
+                s._size = sum(map(len, s.items))
+            self.streams[sid] = s
+
+    def _restore(self, r: Any) -> None:
+        self.seqs.update(r.seqs)
+        for sid, rows in r.pending.items():
+            stream = self.streams.get(sid)
+            if stream is None or not rows:
+                continue
+            stream.first_n = rows[0][0]
+            now = time.monotonic()
+            for _, raw in rows:
+                rec = cbor2.loads(raw)
+                stream.add_encoded([raw], "start" in rec, now)
+        by_name = {p.name: p for p in self.pipelines}
+        for name, states in r.windows.items():
+            p = by_name.get(name)
+            if p is not None:
+                p.engine.restore(states)
+        for block, fps in r.held.items():
+            if 0 <= block < 65536 // _HELD_BLOCK and len(fps) == 4 * _HELD_BLOCK:
+                self._held[block * _HELD_BLOCK : (block + 1) * _HELD_BLOCK] = array("I", fps)
+        if r.outbox_batches:
+            log.info("outbox holds %d batch(es) from before; draining them first", r.outbox_batches)
+
+    # -- ingest ------------------------------------------------------------------
+
+    async def _local_loop(self) -> None:
+        backoff = Backoff()
+        cfg = self.cfg.local
+        client_id = cfg.client_id or f"edge-agent-{self.cfg.agent.id}"
+        self.local_lost_since = time.monotonic()
+        while True:
+            client = MqttClient(
+                host=cfg.host,
+                port=cfg.port,
+                client_id=client_id,
+                clean_start=False,
+                session_expiry=cfg.session_expiry,
+                receive_maximum=RECEIVE_MAXIMUM,
+                manual_ack=True,
+                on_message=self._on_message,
+            )
+            try:
+                present = await client.connect(timeout=10.0)
+                self.local = client
+                filters = self.router.all_filters
+                await client.subscribe([(f, cfg.qos) for f in filters])
+            except (MqttError, OSError) as exc:
+                client.close()
+                self.local = None
+                log.warning("local broker %s:%d unreachable: %s", cfg.host, cfg.port, exc)
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            self.local_connected = self.local_ever_connected = True
+            self.local_lost_since = None
+            self.subscribed = True
+            log.info("subscribed on %s:%d to %s (session %s)", cfg.host, cfg.port,
+                     ", ".join(filters), "resumed" if present else "new")
+            if not self._ready_notified:
+                self._ready_notified = True
+                self.notifier.ready()
+                self.notifier.status(f"subscribed to {len(filters)} filter(s)")
+            why = await client.wait_disconnected()
+            self.local_connected = self.subscribed = False
+            self.local_lost_since = time.monotonic()
+            self.local = None
+            client.close()
+            log.warning("local broker connection lost: %s", why)
+            await asyncio.sleep(backoff.next())
+
+    def _on_message(self, msg: Message) -> None:
+        if not self._taking:
+            return  # not acknowledged: the broker redelivers it to the next run
+        self._inbox.append((msg, time.time()))
+        if not self._process_scheduled:
+            self._process_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._process_inbox)
+
+    def _process_inbox(self) -> None:
+        self._process_scheduled = False
+        inbox, self._inbox = self._inbox, []
+        if not inbox:
+            return
+        held, dirty, acks = self._held, self._held_dirty, self._acks
+        route, pipelines = self.router.route, self.pipelines
+        crc32 = zlib.crc32
+        touched: set[int] = set()
+        durable = self.durable
+        local = self.local
+        for msg, arrival in inbox:
+            payload = msg.payload
+            topic_b = msg._topic
+            if msg.qos:
+                mid = msg.mid
+                fp = crc32(payload, crc32(topic_b)) | 1
+                if msg.dup and held[mid] == fp:
+                    # Its effect is committed already (a redelivery after a crash or a
+                    # reconnect): acknowledge again, count nothing.
+                    self.messages_duplicate += 1
+                    acks.append(mid)
+                    continue
+                held[mid] = fp
+                dirty.add(mid >> 8)
+                if durable:
+                    acks.append(mid)
+                elif local is not None:
+                    local.ack(mid, 1)
+            else:
+                self.messages_qos0 += 1
+            try:
+                topic = topic_b.decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # brokers refuse such topics (MQTT 5 1.5.4); never seen, never fatal
+            idx = route(topic)
+            if not idx:
+                continue
+            props = msg.properties
+            ctype = getattr(props, "ContentType", None) if props is not None else None
+            for i in idx:
+                p = pipelines[i]
+                p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)
+                touched.add(i)
+        wall = time.time()
+        emitted = self._emitted
+        for i in touched:
+            p = pipelines[i]
+            if p.buf:
+                p.readings_in += len(p.buf)
+                p.engine.process(p.buf, wall, emitted)
+                p.buf.clear()
+        self._route_emitted()
+        if len(acks) >= _ACK_FLUSH:
+            self._commit_now.set()
+
+    def _route_emitted(self) -> None:
+        e = self._emitted
+        if not (e.windows or e.readings or e.late):
+            return
+        now = time.monotonic()
+        s = self.streams[STREAM_BATCHES]
+        for recs, is_window in ((e.windows, True), (e.readings, False)):
+            if recs:
+                n0 = s.next_n
+                enc = s.add(recs, is_window, now)
+                self._pending_add.extend((STREAM_BATCHES, n0 + j, b) for j, b in enumerate(enc))
+        if e.late and self.cfg.upstream.late_topic:
+            ls = self.streams[STREAM_LATE]
+            n0 = ls.next_n
+            enc = ls.add(e.late, False, now)
+            self._pending_add.extend((STREAM_LATE, n0 + j, b) for j, b in enumerate(enc))
+        e.clear()
+
+    async def _idle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            wall = time.time()
+            for p in self.pipelines:
+                p.engine.advance_idle(wall, self._emitted)
+            self._route_emitted()
+
+    # -- checkpoint ----------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval = self.cfg.buffer.checkpoint_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._commit_now.wait(), interval)
+            self._commit_now.clear()
+            await self.commit()
+
+    def _take_checkpoint(self, force_cut: bool = False) -> Checkpoint:
+        cp = Checkpoint()
+        now_m, now_w = time.monotonic(), time.time()
+        topics = {STREAM_BATCHES: self.cfg.batch_topic, STREAM_LATE: self.cfg.late_topic}
+        for sid, stream in self.streams.items():
+            cuts: list[CutBatch] = stream.cut(now_m, force=force_cut)
+            for c in cuts:
+                seq = self.seqs[sid]
+                self.seqs[sid] = seq + 1
+                payload = encode_batch(
+                    stream.schema, self.cfg.agent.id, seq, now_w, self.cfg.hash, c.windows, c.readings
+                )
+                cp.batches.append(NewBatch(sid, seq, topics[sid], payload, now_w))
+            if cuts:
+                cp.seqs[sid] = self.seqs[sid]
+                cp.pending_done[sid] = stream.first_n
+        if self.durable:
+            first = {sid: s.first_n for sid, s in self.streams.items()}
+            cp.pending_add = [row for row in self._pending_add if row[1] >= first[row[0]]]
+            for p in self.pipelines:
+                dirty = p.engine.take_dirty()
+                if dirty:
+                    cp.windows[p.name] = dirty
+            held = self._held
+            cp.held = {
+                b: held[b * _HELD_BLOCK : (b + 1) * _HELD_BLOCK].tobytes() for b in self._held_dirty
+            }
+        else:
+            for p in self.pipelines:
+                p.engine.take_dirty()
+        self._pending_add = []
+        self._held_dirty = set()
+        assert self.uplink is not None
+        cp.acked = self.uplink.take_acked()
+        return cp
+
+    async def commit(self, force_cut: bool = False) -> bool:
+        """One checkpoint: make everything durable, then acknowledge and send."""
+        cp = self._take_checkpoint(force_cut)
+        acks, self._acks = self._acks, []
+        if self._failed is not None:
+            cp = _merge(self._failed, cp)
+            acks = self._failed_acks + acks
+            self._failed = None
+        if cp.empty() and not acks:
+            return True
+        try:
+            result = await self.store.commit(cp, time.time())
+        except sqlite3.Error as exc:
+            self._failed, self._failed_acks = cp, acks
+            full = "full" in str(exc).lower()
+            if full and not self.disk_full:
+                log.error("state_dir %s: disk full; readings stay unacknowledged until space returns",
+                          self.cfg.agent.state_dir)
+            elif not full:
+                log.error("checkpoint failed: %s", exc)
+            self.disk_full = full
+            return False
+        if self.disk_full:
+            log.info("state_dir writable again: checkpoints resumed")
+        self.disk_full = False
+        local = self.local
+        if local is not None:
+            for mid in acks:
+                local.ack(mid, 1)
+        assert self.uplink is not None
+        self.uplink.committed_deletions(cp.acked)
+        if result.dropped_ids:
+            self.uplink.forget(result.dropped_ids)
+            n = len(result.dropped_ids)
+            self.batches_dropped += n
+            self.dropped_by_reason.update(result.dropped)
+            self.last_drop_at = time.monotonic()
+            log.warning("buffer dropped %d batch(es): %s", n,
+                        ", ".join(f"{k} {v}" for k, v in result.dropped.items()))
+        dropped = set(result.dropped_ids)
+        rows = [
+            OutboxRow(i, b.stream, b.seq, b.topic, b.payload, b.sent, b.priority)
+            for i, b in zip(result.ids, cp.batches, strict=True)
+            if i not in dropped
+        ]
+        self.uplink.offer(rows)
+        return True
+
+    _failed_acks: list[int] = []
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30.0)
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.reclaim()
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # -- reload ----------------------------------------------------------------
+
+    async def _do_reload(self) -> None:
+        assert self.cfg.source is not None
+        self.notifier.reloading()
+        try:
+            new = load_config(self.cfg.source)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready()
+            return
+        for key in ("id", "state_dir"):
+            if getattr(new.agent, key) != getattr(self.cfg.agent, key):
+                log.warning("agent.%s changed: takes effect after a restart", key)
+        new = _keep_restart_only(self.cfg, new)
+        try:
+            fresh = {p.name: p for p in new.pipelines}
+            old = {p.name: p for p in self.pipelines}
+            keep: list[_Pipeline] = []
+            gone: list[str] = []
+            for np in new.pipelines:
+                op = old.get(np.name)
+                if op is not None and op.cfg == np and new.local.max_future_skew == self.cfg.local.max_future_skew:
+                    keep.append(op)
+                else:
+                    keep.append(_build_pipeline(np, new.local.max_future_skew))
+                    if op is not None:
+                        gone.append(op.name)
+            for name, op in old.items():
+                if name not in fresh:
+                    gone.append(name)
+            for name in gone:
+                old[name].engine.flush_all(self._emitted)
+        except (ConfigError, ImportError, ValueError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready()
+            return
+        self._route_emitted()
+        await self.commit()  # the old config's windows leave under the old config hash
+        self.cfg = new
+        self.pipelines = keep
+        old_filters = self.router.all_filters
+        self.router = TopicRouter([p.cfg.topics for p in keep])
+        self._make_streams()
+        if gone:
+            cp = Checkpoint(windows_gone=gone)
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.commit(cp, time.time())
+        local = self.local
+        if local is not None and self.router.all_filters != old_filters:
+            with contextlib.suppress(MqttError):
+                await local.subscribe([(f, new.local.qos) for f in self.router.all_filters])
+        await self._restart_health_if_needed()
+        log.info("config reloaded: %s (%d pipeline(s), %d restarted)", new.hash, len(keep), len(gone))
+        self.notifier.ready()
+
+    # -- health ----------------------------------------------------------------
+
+    async def _start_health(self) -> None:
+        addr = self.cfg.health.address
+        if addr is None:
+            return
+        server = HealthServer(addr[0], addr[1], health=self.health, ready=self.ready,
+                              token=_read_token(getattr(self.cfg.health, "token_file", "")))
+        try:
+            await server.start()
+        except OSError as exc:
+            raise EdgeAgentError(f"health.listen {self.cfg.health.listen}: cannot listen: {exc.strerror}") from exc
+        self.health_server = server
+        self._health_listen = self.cfg.health.listen
+
+    async def _restart_health_if_needed(self) -> None:
+        if getattr(self, "_health_listen", "") == self.cfg.health.listen:
+            return
+        if self.health_server is not None:
+            await self.health_server.close()
+            self.health_server = None
+        try:
+            await self._start_health()
+        except EdgeAgentError as exc:
+            log.error("%s", exc)
+
+    def counters(self) -> dict[str, int]:
+        totals = dict.fromkeys(COUNTER_NAMES, 0)
+        for p in self.pipelines:
+            for k, v in p.counters().items():
+                totals[k] += v
+        totals["batches_sent"] = self.uplink.batches_sent if self.uplink else 0
+        totals["batches_dropped"] = self.batches_dropped
+        return totals
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        up = self.uplink
+        writable = state_dir_writable(self.cfg.agent.state_dir)
+        facts = HealthFacts(
+            now=now,
+            started_at=self.started,
+            local_connected=self.local_connected,
+            local_ever_connected=self.local_ever_connected,
+            local_lost_since=self.local_lost_since,
+            upstream_connected=bool(up and up.connected),
+            upstream_lost_since=up.lost_since if up else self.started,
+            last_drop_at=self.last_drop_at,
+            state_dir_writable=writable,
+            disk_full=self.disk_full,
+        )
+        status, reasons = evaluate(facts)
+        oldest = self.store.outbox_oldest_sent
+        rejects: Counter[str] = Counter()
+        for p in self.pipelines:
+            rejects.update(p.rejects)
+        return {
+            "status": status,
+            "reasons": reasons,
+            "agent": self.cfg.agent.id,
+            "version": __version__,
+            "config": self.cfg.hash,
+            "uptime_s": round(now - self.started, 3),
+            "local": {"connected": self.local_connected},
+            "upstream": {
+                "connected": bool(up and up.connected),
+                "last_ack_age_s": round(now - up.last_ack, 3) if up and up.last_ack else None,
+            },
+            "buffer": {
+                "batches": self.store.outbox_batches,
+                "bytes": self.store.disk_bytes(),
+                "oldest_age_s": round(max(0.0, time.time() - oldest), 3) if oldest else None,
+            },
+            "counters": self.counters(),
+            "system": self.probe.sample(),
+            "pipelines": {p.name: p.counters() for p in self.pipelines},
+            "rejected_by_reason": dict(rejects),
+            "dropped_by_reason": dict(self.dropped_by_reason),
+            "messages": {"qos0": self.messages_qos0, "duplicates": self.messages_duplicate},
+        }
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def _spawn(self, name: str, coro: Any) -> None:
+        self._tasks[name] = asyncio.get_running_loop().create_task(coro, name=name)
+
+    async def _shutdown(self) -> None:
+        """Stop taking readings, checkpoint, acknowledge, let in-flight batches finish, close."""
+        self.notifier.stopping()
+        self._taking = False
+        self._process_inbox()  # what was read before the stop is processed and committed
+        for name in ("idle", "local", "commit", "reclaim", "watchdog"):
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        with contextlib.suppress(sqlite3.Error, EdgeAgentError):
+            await self.commit()
+        # Give in-flight batches a moment to be acknowledged, then record that.
+        deadline = time.monotonic() + 2.0
+        up = self.uplink
+        while up is not None and up.connected and up.queued and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(sqlite3.Error, EdgeAgentError):
+            await self.commit()
+        local = self.local
+        if local is not None:
+            await local.disconnect()
+        task = self._tasks.pop("uplink", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if up is not None:
+            await up.close()
+        if self.health_server is not None:
+            await self.health_server.close()
+        await self.store.close()
+        log.info("edge-agent stopped")
+
+
+def _merge(old: Checkpoint, new: Checkpoint) -> Checkpoint:
+    """A failed checkpoint followed by a newer one, as one."""
+    out = Checkpoint()
+    out.batches = old.batches + new.batches
+    out.seqs = {**old.seqs, **new.seqs}
+    out.pending_add = old.pending_add + new.pending_add
+    out.pending_done = {**old.pending_done, **new.pending_done}
+    out.windows = {k: dict(v) for k, v in old.windows.items()}
+    for k, v in new.windows.items():
+        out.windows.setdefault(k, {}).update(v)
+    out.windows_gone = old.windows_gone + new.windows_gone
+    out.held = {**old.held, **new.held}
+    out.acked = old.acked + new.acked
+    return out
+
+
+def _keep_restart_only(old: Config, new: Config) -> Config:
+    """The new config with the keys a reload cannot change held at their running values."""
+    import dataclasses
+
+    agent = dataclasses.replace(new.agent, id=old.agent.id, state_dir=old.agent.state_dir)
+    return dataclasses.replace(new, agent=agent)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_token(path: str) -> str | None:
+    """The health endpoint's bearer token, from `health.token_file` ("" = no auth)."""
+    if not path:
+        return None
+    from edge_agent.logs import register_secret
+
+    token = open(path, encoding="utf-8").read().strip()
+    register_secret(token)
+    return token or None
