@@ -29,6 +29,7 @@ from edge_agent.units import RateLimit, parse_duration, parse_rate_limit, parse_
 
 __all__ = [
     "ENV_PREFIX",
+    "NON_CONFIG_ENV",
     "AgentSection",
     "BufferSection",
     "Config",
@@ -95,6 +96,9 @@ class BufferSection:
 @dataclass(frozen=True, slots=True)
 class HealthSection:
     listen: str = "127.0.0.1:9100"  # "" disables
+    token_file: str = (
+        ""  # extension: a file holding a bearer token the endpoint requires; "" = none
+    )
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -266,8 +270,8 @@ class _Scanner:
                     table = self._header()
                 else:
                     self._keyval(table)
-        except (IndexError, ValueError):
-            pass
+        except (IndexError, ValueError, RecursionError):
+            pass  # only ever on text tomllib rejects: keep the positions found so far
         return self.locs, self.dups
 
     def _peek(self) -> str:
@@ -755,7 +759,7 @@ _SCHEMA: dict[str, dict[str, _Conv]] = {
         "ttl": _duration(positive=True),
         "checkpoint_interval": _duration(positive=False),
     },
-    "health": {"listen": _listen},
+    "health": {"listen": _listen, "token_file": _FILE},
 }
 _PIPELINE: dict[str, _Conv] = {
     "name": _nonempty,
@@ -785,6 +789,8 @@ _STRINGISH = {
     if c in (_PATH, _FILE, _string, _nonempty, _host, _agent_id, _listen, _rate_limit)
     or k in ("log_level", "log_format", "topic", "late_topic", "when_full")
 }
+# Read by the `health` command as a client, not config: the loader leaves them alone.
+NON_CONFIG_ENV = frozenset({"EDGE_AGENT_HEALTH_TOKEN"})
 _ENV_LINE = 1 << 62  # an environment override sorts after every line of the file
 
 
@@ -868,7 +874,9 @@ class _Validator:
             if key == "pipeline" or key in _SCHEMA:
                 continue
             known = [*_SCHEMA, "pipeline"]
-            if isinstance(value, dict):
+            if isinstance(value, dict) or (
+                isinstance(value, list) and value and all(isinstance(x, dict) for x in value)
+            ):
                 self.error((key,), "unknown section" + _suggest(key, known))
             else:
                 self.error(
@@ -894,7 +902,7 @@ class _Validator:
 
     def apply_environment(self) -> None:
         for var in sorted(self.environ):
-            if not var.startswith(ENV_PREFIX):
+            if not var.startswith(ENV_PREFIX) or var in NON_CONFIG_ENV:
                 continue
             rest = var[len(ENV_PREFIX) :]
             section, _, key = rest.partition("_")

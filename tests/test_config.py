@@ -961,3 +961,69 @@ def test_rate_limit_burst_is_one_seconds_worth_at_least_one_batch() -> None:
     assert RateLimit(20.0, 100.0).burst_batches == 20.0
     assert RateLimit(20.0, 100.0).burst_bytes == 100.0
     assert RateLimit(None, None).burst_batches is None
+
+
+# --------------------------------------------------------------------------- line positions
+
+
+def test_unknown_array_of_tables_is_an_unknown_section() -> None:
+    assert error(PIPE + "\n[[pipelines]]\n") == (
+        'agent.toml:3: pipelines: unknown section (did you mean "pipeline"?)'
+    )
+
+
+def test_inline_array_of_pipelines_is_indexed() -> None:
+    text = 'pipeline = [\n  { name = "a" },\n  { name = "b", window = "x" },\n]\n'
+    assert error(text).startswith('agent.toml:3: pipeline[1].window: unknown window "x"')
+
+
+def test_crlf_line_endings() -> None:
+    assert error('[[pipeline]]\r\n\r\nwindow = "x"\r\n').startswith(
+        "agent.toml:3: pipeline[0].window:"
+    )
+
+
+_FILLER = st.lists(
+    st.sampled_from(["", "# comment", "   ", '# [upstream] port = "x"', "\t# x = 1"]), max_size=4
+).map("\n".join)
+
+
+@given(
+    st.lists(_FILLER, min_size=4, max_size=4),
+    st.sampled_from(["port", "qos", "max_batch_windows"]),
+    st.booleans(),
+)
+def test_reported_line_is_where_the_bad_key_is(
+    fill: list[str], key: str, pipeline_first: bool
+) -> None:
+    upstream = [fill[0], "[upstream]", fill[1], 'host = "h"', fill[2], f'{key} = "bad"']
+    pipeline = [fill[3], "[[pipeline]]", 'name = "p"']
+    lines = "\n".join(pipeline + upstream if pipeline_first else upstream + pipeline).split("\n")
+    expected = next(i for i, ln in enumerate(lines, 1) if ln.startswith(f"{key} ="))
+    assert error("\n".join(lines) + "\n") == (
+        f'agent.toml:{expected}: upstream.{key}: expected an integer, got "bad"'
+    )
+
+
+@given(st.text(alphabet="[]{}=\"'#.,ab12 \n\\", max_size=60))
+def test_scanner_never_fails_on_garbage(text: str) -> None:
+    from edge_agent.config import _Scanner
+
+    locs, _ = _Scanner(text).run()
+    assert all(line >= 1 for line in locs.values())
+    try:
+        config_from_text(text, "agent.toml", {})
+    except ConfigError as e:
+        assert str(e).startswith("agent.toml")
+
+
+def test_health_token_file_and_the_client_token_variable(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    f = tmp_path / "agent.toml"
+    f.write_text('[health]\ntoken_file = "token"\n' + PIPE)
+    # EDGE_AGENT_HEALTH_TOKEN is the `health` command's, not a config key
+    cfg = load_config(f, environ={"EDGE_AGENT_HEALTH_TOKEN": "x"})
+    assert cfg.health.token_file == str(tmp_path / "token")
+    assert error('[health]\ntoken_file = "/no/token"\n' + PIPE) == (
+        'agent.toml:2: health.token_file: no such file: "/no/token"'
+    )
