@@ -482,6 +482,16 @@ def test_cbor_shared_references_do_not_leak_between_messages() -> None:
     assert decoder.decode("t", b"\xd8\x1d\x00", None, ARRIVAL, out, rejects) == 1  # tag 29: ref 0
     assert out == [("t", ARRIVAL, 5.0)]
     assert rejects == Counter({"bad_cbor": 1})
+    # nor after a message that failed half-way through a shared value or a namespace
+    for broken, reference in [
+        (b"\xd8\x1c\x82\x01", b"\xd8\x1d\x00"),
+        (b"\xd9\x01\x00\x82\x63abc", b"\xd8\x19\x00"),
+    ]:
+        assert decoder.decode("t", broken, None, ARRIVAL, out, rejects) == 1
+        assert decoder.decode("t", reference, None, ARRIVAL, out, rejects) == 1
+    assert decoder.decode("t", b"\x07", None, ARRIVAL, out, rejects) == 0
+    assert out == [("t", ARRIVAL, 5.0), ("t", ARRIVAL, 7.0)]
+    assert rejects == Counter({"bad_cbor": 5})
 
 
 @pytest.mark.parametrize(
