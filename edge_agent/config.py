@@ -91,6 +91,9 @@ class BufferSection:
     when_full: str = "drop_oldest"  # or "drop_newest"
     ttl: float = 7 * 86400.0
     checkpoint_interval: float = 0.25  # extension: group-commit interval (durability vs SD writes)
+    # extension: false acknowledges readings on arrival and keeps no window checkpoints
+    # (faster, fewer SD writes; a crash loses open windows). Batches are buffered either way.
+    checkpoints: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -757,7 +760,8 @@ _SCHEMA: dict[str, dict[str, _Conv]] = {
         "max_bytes": _size(1),
         "when_full": _choice("drop_oldest", "drop_newest"),
         "ttl": _duration(positive=True),
-        "checkpoint_interval": _duration(positive=False),
+        "checkpoint_interval": _duration(positive=True),
+        "checkpoints": _boolean,
     },
     "health": {"listen": _listen, "token_file": _FILE},
 }

@@ -141,7 +141,7 @@ class Agent:
         self._ready_notified = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self.durable = getattr(cfg.buffer, "checkpoints", True)
+        self.durable = cfg.buffer.checkpoints
 
     # -- public control -------------------------------------------------------
 
@@ -552,7 +552,7 @@ class Agent:
         if addr is None:
             return
         server = HealthServer(addr[0], addr[1], health=self.health, ready=self.ready,
-                              token=_read_token(getattr(self.cfg.health, "token_file", "")))
+                              token=_read_token(self.cfg.health.token_file))
         try:
             await server.start()
         except OSError as exc:
