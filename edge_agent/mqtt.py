@@ -72,7 +72,25 @@ class TlsSettings:
                 raise MqttError(f"client certificate: {why}") from exc
             except OSError as exc:
                 raise MqttError(f"client certificate {self.cert_file}: {exc.strerror or exc}") from exc
+        ctx.sslsocket_class = _ClosingSSLSocket
         return ctx
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when its handshake fails.
+
+    paho's `_ssl_wrap_socket` lets a failed `do_handshake()` propagate without
+    closing the socket it just wrapped (paho 2.2), so every refused handshake (a
+    wrong CA, an expired certificate) would leave a file descriptor to the garbage
+    collector: one per reconnect attempt for as long as upstream stays bad.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 _CONNACK_REASONS_RETRYABLE = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, rate
@@ -148,6 +166,7 @@ class MqttClient:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_subscribe
         if self._on_message is not None:
             c.on_message = self._on_message_cb
         c.on_socket_open = self._on_socket_open
@@ -225,27 +244,62 @@ class MqttClient:
 
     # -- data ------------------------------------------------------------
 
-    async def subscribe(self, filters: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
-        """Subscribe and return the granted QoS per filter; raise MqttError on refusal."""
+    async def subscribe(
+        self, filters: list[tuple[str, int]], timeout: float = 10.0, *, ids: list[int] | None = None
+    ) -> list[int]:
+        """Subscribe and return the granted QoS per filter; raise MqttError on refusal.
+
+        With `ids`, each filter goes in its own SUBSCRIBE carrying that MQTT 5
+        Subscription Identifier (a SUBSCRIBE's properties apply to all its filters).
+        """
         c = self._require()
-        opts = [(f, paho.SubscribeOptions(qos=q)) for f, q in filters]
-        rc, mid = c.subscribe(opts)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise MqttError(f"subscribe failed: {paho.error_string(rc)}")
         assert self._loop is not None
+        groups: list[tuple[list[tuple[str, int]], Properties | None]] = []
+        if ids is None:
+            groups.append((filters, None))
+        else:
+            for (f, q), sid in zip(filters, ids, strict=True):
+                props = Properties(PacketTypes.SUBSCRIBE)
+                props.SubscriptionIdentifier = sid
+                groups.append(([(f, q)], props))
+        waits: list[tuple[list[tuple[str, int]], int, asyncio.Future[list[Any]]]] = []
+        for group, props in groups:
+            opts = [(f, paho.SubscribeOptions(qos=q)) for f, q in group]
+            rc, mid = c.subscribe(opts, properties=props)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise MqttError(f"subscribe failed: {paho.error_string(rc)}")
+            fut: asyncio.Future[list[Any]] = self._loop.create_future()
+            self._subacks[mid] = fut
+            waits.append((group, mid, fut))
+        granted: list[int] = []
+        try:
+            for group, _, fut in waits:
+                codes = await asyncio.wait_for(fut, timeout)
+                for (topic, _), code in zip(group, codes, strict=False):
+                    value = code.value if hasattr(code, "value") else int(code)
+                    if value >= 0x80:
+                        raise MqttError(f"subscription to {topic!r} refused: {code}")
+                    granted.append(value)
+        finally:
+            for _, mid, _ in waits:
+                self._subacks.pop(mid, None)
+        return granted
+
+    async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
+        """Remove subscriptions (e.g. ones a persistent session kept from an older config)."""
+        c = self._require()
+        if not filters:
+            return
+        assert self._loop is not None
+        rc, mid = c.unsubscribe(filters)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"unsubscribe failed: {paho.error_string(rc)}")
         fut: asyncio.Future[list[Any]] = self._loop.create_future()
         self._subacks[mid] = fut
         try:
-            codes = await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(fut, timeout)
         finally:
             self._subacks.pop(mid, None)
-        granted = []
-        for (topic, _), code in zip(filters, codes, strict=False):
-            value = code.value if hasattr(code, "value") else int(code)
-            if value >= 0x80:
-                raise MqttError(f"subscription to {topic!r} refused: {code}")
-            granted.append(value)
-        return granted
 
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, content_type: str | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -25,6 +26,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -131,6 +133,7 @@ class Agent:
         self._acks: list[int] = []  # packet ids to acknowledge after the next commit
         self._pending_add: list[tuple[int, int, bytes]] = []
         self._failed: Checkpoint | None = None  # a checkpoint whose commit failed, retried next
+        self._failed_acks: list[int] = []
         self._emitted = Emitted()
         self._inbox: list[tuple[Message, float]] = []
         self._process_scheduled = False
@@ -139,6 +142,7 @@ class Agent:
         self._reload = asyncio.Event()
         self._commit_now = asyncio.Event()
         self._ready_notified = False
+        self._subscribed_before: list[str] = []  # filters the local session holds (from meta)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.durable = cfg.buffer.checkpoints
@@ -224,6 +228,8 @@ class Agent:
 
     def _restore(self, r: Any) -> None:
         self.seqs.update(r.seqs)
+        with contextlib.suppress(TypeError, ValueError):
+            self._subscribed_before = list(json.loads(r.meta.get("filters") or "[]"))
         for sid, rows in r.pending.items():
             stream = self.streams.get(sid)
             if stream is None or not rows:
@@ -265,8 +271,7 @@ class Agent:
             try:
                 present = await client.connect(timeout=10.0)
                 self.local = client
-                filters = self.router.all_filters
-                await client.subscribe([(f, cfg.qos) for f in filters])
+                filters = await self._subscribe(client)
             except (MqttError, OSError) as exc:
                 client.close()
                 self.local = None
@@ -291,6 +296,22 @@ class Agent:
             log.warning("local broker connection lost: %s", why)
             await asyncio.sleep(backoff.next())
 
+    async def _subscribe(self, client: MqttClient) -> list[str]:
+        """Subscribe this config's filters; drop ones a resumed session kept from an older config."""
+        router = self.router
+        filters = router.subscriptions
+        await client.subscribe(
+            [(f, self.cfg.local.qos) for f in filters], ids=[router.sub_ids[f] for f in filters]
+        )
+        stale = [f for f in self._subscribed_before if f not in router.sub_ids]
+        if stale:
+            await client.unsubscribe(stale)
+            log.info("unsubscribed filters no longer configured: %s", ", ".join(stale))
+        if set(self._subscribed_before) != set(filters):
+            self._subscribed_before = list(filters)
+            await self.store.set_meta([("filters", json.dumps(filters))])
+        return filters
+
     def _on_message(self, msg: Message) -> None:
         if not self._taking:
             return  # not acknowledged: the broker redelivers it to the next run
@@ -311,9 +332,21 @@ class Agent:
         touched: set[int] = set()
         durable = self.durable
         local = self.local
+        first_copy = self.router.first_copy
         for msg, arrival in inbox:
             payload = msg.payload
             topic_b = msg._topic
+            try:
+                topic = topic_b.decode("utf-8")
+            except UnicodeDecodeError:
+                topic = ""  # brokers refuse such topics (MQTT 5 1.5.4); never fatal
+            props = msg.properties
+            sids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
+            if sids and not first_copy(topic, sids):
+                # Another copy of this message, sent for an overlapping subscription.
+                if msg.qos:
+                    acks.append(msg.mid)
+                continue
             if msg.qos:
                 mid = msg.mid
                 fp = crc32(payload, crc32(topic_b)) | 1
@@ -331,14 +364,9 @@ class Agent:
                     local.ack(mid, 1)
             else:
                 self.messages_qos0 += 1
-            try:
-                topic = topic_b.decode("utf-8")
-            except UnicodeDecodeError:
-                continue  # brokers refuse such topics (MQTT 5 1.5.4); never seen, never fatal
             idx = route(topic)
             if not idx:
                 continue
-            props = msg.properties
             ctype = getattr(props, "ContentType", None) if props is not None else None
             for i in idx:
                 p = pipelines[i]
@@ -476,8 +504,6 @@ class Agent:
         self.uplink.offer(rows)
         return True
 
-    _failed_acks: list[int] = []
-
     async def _reclaim_loop(self) -> None:
         while True:
             await asyncio.sleep(30.0)
@@ -517,7 +543,7 @@ class Agent:
                     keep.append(_build_pipeline(np, new.local.max_future_skew))
                     if op is not None:
                         gone.append(op.name)
-            for name, op in old.items():
+            for name in old:
                 if name not in fresh:
                     gone.append(name)
             for name in gone:
@@ -530,7 +556,7 @@ class Agent:
         await self.commit()  # the old config's windows leave under the old config hash
         self.cfg = new
         self.pipelines = keep
-        old_filters = self.router.all_filters
+        old_filters = self.router.subscriptions
         self.router = TopicRouter([p.cfg.topics for p in keep])
         self._make_streams()
         if gone:
@@ -538,9 +564,11 @@ class Agent:
             with contextlib.suppress(sqlite3.Error):
                 await self.store.commit(cp, time.time())
         local = self.local
-        if local is not None and self.router.all_filters != old_filters:
-            with contextlib.suppress(MqttError):
-                await local.subscribe([(f, new.local.qos) for f in self.router.all_filters])
+        if local is not None and self.router.subscriptions != old_filters:
+            try:
+                await self._subscribe(local)
+            except MqttError as exc:
+                log.error("resubscribing after reload failed: %s", exc)
         await self._restart_health_if_needed()
         log.info("config reloaded: %s (%d pipeline(s), %d restarted)", new.hash, len(keep), len(gone))
         self.notifier.ready()
@@ -707,6 +735,6 @@ def _read_token(path: str) -> str | None:
         return None
     from edge_agent.logs import register_secret
 
-    token = open(path, encoding="utf-8").read().strip()
+    token = Path(path).read_text(encoding="utf-8").strip()
     register_secret(token)
     return token or None

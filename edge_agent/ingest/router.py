@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["TopicRouter", "filter_matches"]
+__all__ = ["TopicRouter", "filter_covers", "filter_matches"]
 
 
 def filter_matches(flt: str, topic: str) -> bool:
@@ -23,6 +23,24 @@ def filter_matches(flt: str, topic: str) -> bool:
     return len(f_parts) == len(t_parts)
 
 
+def filter_covers(a: str, b: str) -> bool:
+    """Whether every topic that filter `b` matches is also matched by filter `a`."""
+    if b.startswith("$") and not a.startswith("$") and a[:1] in ("+", "#"):
+        return False  # wildcards at the first level never match $ topics
+    ap, bp = a.split("/"), b.split("/")
+    for i, x in enumerate(ap):
+        if x == "#":
+            return True  # also covers the parent level ("a/#" matches "a")
+        if i >= len(bp):
+            return False
+        y = bp[i]
+        if y == "#":
+            return False
+        if x != "+" and x != y:
+            return False  # a literal covers only the same literal
+    return len(ap) == len(bp)
+
+
 class TopicRouter:
     """Maps a topic to the indexes of the pipelines whose filters match it."""
 
@@ -30,6 +48,29 @@ class TopicRouter:
         self._filters = [tuple(f) for f in filters]
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_size = cache_size
+        self.subscriptions = self.all_filters
+        # MQTT 5 Subscription Identifiers, 1.. in subscription order.
+        self.sub_ids = {f: i + 1 for i, f in enumerate(self.subscriptions)}
+        self._first: dict[str, int] = {}
+
+    def first_copy(self, topic: str, ids: list[int]) -> bool:
+        """Whether this copy of a message is the one to process.
+
+        With overlapping subscriptions a broker may send one copy per matching
+        subscription, each carrying its Subscription Identifier (MQTT 5 3.3.4), or
+        one copy carrying them all. The copy that carries the lowest identifier among
+        the subscriptions matching its topic is processed; the others are only
+        acknowledged.
+        """
+        first = self._first.get(topic)
+        if first is None:
+            first = min(
+                (i for f, i in self.sub_ids.items() if filter_matches(f, topic)), default=0
+            )
+            if len(self._first) >= self._cache_size:
+                self._first.clear()
+            self._first[topic] = first
+        return first == 0 or first in ids
 
     def route(self, topic: str) -> tuple[int, ...]:
         hit = self._cache.get(topic)
@@ -45,9 +86,20 @@ class TopicRouter:
 
     @property
     def all_filters(self) -> list[str]:
-        """Every distinct filter, in first-seen order (what to subscribe to)."""
+        """The filters to subscribe to: every distinct one not covered by another.
+
+        With overlapping subscriptions a broker may send one copy of a message per
+        matching filter (MQTT 5 3.3.4; mosquitto does), and each copy would be counted.
+        Routing is by topic, so one subscription per topic is all we need.
+        """
         seen: dict[str, None] = {}
         for flts in self._filters:
             for f in flts:
                 seen.setdefault(f, None)
-        return list(seen)
+        distinct = list(seen)
+        return [
+            f
+            for i, f in enumerate(distinct)
+            if not any(j != i and filter_covers(g, f) and not (filter_covers(f, g) and j > i)
+                       for j, g in enumerate(distinct))
+        ]
