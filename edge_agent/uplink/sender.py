@@ -21,6 +21,7 @@ from edge_agent.buffer.store import OutboxRow, Store
 from edge_agent.config import UpstreamSection
 from edge_agent.mqtt import MqttClient, MqttError, TlsSettings
 from edge_agent.uplink.backoff import Backoff
+from edge_agent.uplink.throttle import AdaptiveWindow, TokenBucket
 
 __all__ = ["Uplink"]
 
@@ -63,6 +64,17 @@ class Uplink:
         self._wake = asyncio.Event()
         self._client: MqttClient | None = None
         self._on_state: Callable[[bool], None] | None = None
+        self.window = AdaptiveWindow(max_inflight)
+        self._buckets: list[tuple[TokenBucket, bool]] = []  # (bucket, counts bytes)
+        rl = cfg.rate_limit
+        if rl is not None and rl.batches_per_s:
+            self._buckets.append((TokenBucket(rl.batches_per_s, rl.burst_batches or 1.0), False))
+        if rl is not None and rl.bytes_per_s:
+            # At least one full-size batch fits in the burst, so no batch waits forever.
+            burst = max(rl.burst_bytes or 0.0, float(cfg.max_batch_bytes))
+            self._buckets.append((TokenBucket(rl.bytes_per_s, burst), True))
+        self.latency: float | None = None  # last PUBACK latency, seconds
+        self.inflight = 0
 
     # -- fed by the runtime ---------------------------------------------
 
@@ -162,32 +174,46 @@ class Uplink:
                 # Refill the memory queue from the database when it ran dry.
                 if not self._queue and self._backlog:
                     await self._load_page()
-                while self._queue and len(inflight) < self.max_inflight:
-                    row = self._queue.popleft()
+                throttled = 0.0
+                while self._queue and len(inflight) < self.window.limit:
+                    row = self._queue[0]
                     if row.id in self._skip:
+                        self._queue.popleft()
                         continue
+                    throttled = self._rate_wait(len(row.payload))
+                    if throttled > 0:
+                        break
+                    self._queue.popleft()
+                    self._rate_take(len(row.payload))
                     fut = client.publish(row.topic, row.payload, self.cfg.qos, CONTENT_TYPE)
                     inflight[row.id] = (row, time.monotonic())
                     fut.add_done_callback(lambda f, r=row: on_done(r, f))
                 # Drain completions.
                 while not done_q.empty():
                     row, exc = done_q.get_nowait()
-                    inflight.pop(row.id, None)
+                    sent_at = inflight.pop(row.id, (row, time.monotonic()))[1]
                     if exc is not None:
                         raise exc if isinstance(exc, MqttError) else MqttError(str(exc))
+                    self.latency = time.monotonic() - sent_at
+                    self.window.on_ack(self.latency)
                     self._acked(row)
+                self.inflight = len(inflight)
                 if inflight:
                     oldest = min(t for _, t in inflight.values())
                     if time.monotonic() - oldest > self.ack_timeout:
+                        self.window.on_timeout()
                         raise MqttError(f"no PUBACK within {self.ack_timeout:g} s")
                 self._wake.clear()
-                if (self._queue or self._backlog) and len(inflight) < self.max_inflight:
+                room = len(inflight) < self.window.limit
+                if (self._queue or self._backlog) and room and throttled == 0 and done_q.empty():
                     continue
                 waiters = [lost, asyncio.ensure_future(self._wake.wait()),
                            asyncio.ensure_future(done_q.get())]
                 try:
                     finished, _ = await asyncio.wait(
-                        waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                        waiters,
+                        timeout=throttled if throttled > 0 and room else 1.0,
+                        return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
                     for w in waiters[1:]:
@@ -199,6 +225,13 @@ class Uplink:
             lost.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lost
+
+    def _rate_wait(self, size: int) -> float:
+        return max((b.wait_time(size if by_bytes else 1) for b, by_bytes in self._buckets), default=0.0)
+
+    def _rate_take(self, size: int) -> None:
+        for b, by_bytes in self._buckets:
+            b.take(size if by_bytes else 1)
 
     def _acked(self, row: OutboxRow) -> None:
         self.batches_sent += 1

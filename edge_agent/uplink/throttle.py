@@ -1,0 +1,97 @@
+"""How fast batches may leave: a token-bucket rate limit and an adaptive window.
+
+Both are pure logic with an injected clock; the sender asks them before each
+publish and tells them about each PUBACK.
+
+Rate limit (`upstream.rate_limit`, SPEC 1): one bucket for batches/s and one for
+bytes/s. Each holds one second's worth (at least one batch, and at least one
+batch of `max_batch_bytes`), so over any interval T the broker sees at most
+rate x T + burst. A batch larger than the byte burst waits for a full bucket and
+then drives it negative, so it is sent and paid for, never stuck.
+
+Adaptive window (congestion control on PUBACK latency, AIMD as in TCP): the
+number of unacknowledged batches allowed in flight starts at `max_inflight`.
+Each PUBACK's latency is compared with the best latency seen recently (the
+link's floor): when it exceeds `floor x 4 + 250 ms` the link is queueing, and the
+window halves (at most once per round trip); otherwise it grows by one per
+window's worth of PUBACKs, back up to `max_inflight`. A window of 1 with a slow
+link sends one batch per round trip: the sender slows down instead of piling
+publishes into a congested socket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["AdaptiveWindow", "TokenBucket"]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    rate: float  # tokens per second
+    burst: float  # bucket size
+    clock: Callable[[], float] = time.monotonic
+    tokens: float = field(default=-1.0)
+    _at: float = field(default=-1.0)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+        self._at = self.clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def wait_time(self, cost: float) -> float:
+        """Seconds until `cost` tokens may be taken (0 = now)."""
+        self._refill()
+        need = min(cost, self.burst)  # an oversized cost waits for a full bucket only
+        if self.tokens >= need:
+            return 0.0
+        return (need - self.tokens) / self.rate
+
+    def take(self, cost: float) -> None:
+        self._refill()
+        self.tokens -= cost
+
+
+@dataclass(slots=True)
+class AdaptiveWindow:
+    max_inflight: int
+    clock: Callable[[], float] = time.monotonic
+    window: float = 0.0
+    floor: float | None = None  # best recent PUBACK latency
+    _floor_at: float = 0.0
+    _last_cut: float = -1e9
+    cuts: int = 0
+
+    FLOOR_MEMORY = 30.0  # seconds a best latency is trusted before it is re-learnt
+
+    def __post_init__(self) -> None:
+        self.window = float(self.max_inflight)
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self.window))
+
+    def on_ack(self, latency: float) -> None:
+        now = self.clock()
+        if self.floor is None or latency < self.floor or now - self._floor_at > self.FLOOR_MEMORY:
+            self.floor, self._floor_at = latency, now
+        threshold = self.floor * 4 + 0.25
+        if latency > threshold:
+            # At most one cut per round trip: the acks of one congested flight
+            # should not halve the window once each.
+            if now - self._last_cut > max(latency, 0.05):
+                self.window = max(1.0, self.window / 2)
+                self._last_cut = now
+                self.cuts += 1
+        else:
+            self.window = min(float(self.max_inflight), self.window + 1.0 / max(self.window, 1.0))
+
+    def on_timeout(self) -> None:
+        self.window = 1.0
+        self._last_cut = self.clock()
