@@ -4,6 +4,7 @@
     pki.ca, pki.server_cert, pki.server_key      # the broker's chain, valid for 127.0.0.1 and localhost
     pki.client_cert, pki.client_key              # for mutual TLS, CN "edge-client"
     pki.expired_cert, pki.expired_key            # a server certificate that expired yesterday
+    pki.wronghost_cert, pki.wronghost_key        # valid, but for broker.example.com only
     pki.other_ca                                 # a CA that signed none of these (the "wrong CA")
 
 Keys are P-256: generating one takes well under a millisecond, so every test can
@@ -37,6 +38,8 @@ class Pki:
     client_key: Path
     expired_cert: Path
     expired_key: Path
+    wronghost_cert: Path
+    wronghost_key: Path
     other_ca: Path
 
 
@@ -104,6 +107,7 @@ def _leaf(
     server: bool,
     not_before: dt.datetime,
     not_after: dt.datetime,
+    names: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
     builder = (
@@ -128,12 +132,17 @@ def _leaf(
     if server:
         # Python's ssl checks the host against the SAN only (the CN is ignored).
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([_san(n) for n in names]),
             critical=False,
         )
     return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def make_pki(directory: Path) -> Pki:
@@ -167,6 +176,15 @@ def make_pki(directory: Path) -> Pki:
         not_before=now - dt.timedelta(days=3),
         not_after=now - dt.timedelta(days=1),
     )
+    wronghost, wronghost_key = _leaf(
+        "broker.example.com",
+        ca,
+        ca_key,
+        server=True,
+        not_before=now - dt.timedelta(hours=1),
+        not_after=now + dt.timedelta(days=30),
+        names=("broker.example.com",),
+    )
     return Pki(
         dir=d,
         ca=_write_cert(d / "ca.pem", ca),
@@ -176,6 +194,8 @@ def make_pki(directory: Path) -> Pki:
         client_key=_write_key(d / "client.key", client_key),
         expired_cert=_write_cert(d / "expired.pem", expired),
         expired_key=_write_key(d / "expired.key", expired_key),
+        wronghost_cert=_write_cert(d / "wronghost.pem", wronghost),
+        wronghost_key=_write_key(d / "wronghost.key", wronghost_key),
         other_ca=_write_cert(d / "other-ca.pem", other),
     )
 
@@ -184,18 +204,21 @@ def tls_listener_conf(
     port: int,
     pki: Pki,
     *,
-    expired: bool = False,
+    server: str = "server",
     require_certificate: bool = False,
 ) -> str:
     """mosquitto.conf lines for a second, TLS listener (appended after the plain one).
 
     certfile/keyfile/cafile/require_certificate are per-listener settings in
     mosquitto 2 whatever `per_listener_settings` says, so the plain listener the
-    test's consumer uses stays as it is.
+    test's consumer uses stays as it is. `server` picks the broker's certificate:
+    "server", "expired" or "wronghost".
     """
-    cert, key = (
-        (pki.expired_cert, pki.expired_key) if expired else (pki.server_cert, pki.server_key)
-    )
+    cert, key = {
+        "server": (pki.server_cert, pki.server_key),
+        "expired": (pki.expired_cert, pki.expired_key),
+        "wronghost": (pki.wronghost_cert, pki.wronghost_key),
+    }[server]
     lines = [
         f"listener {port} 127.0.0.1",
         f"cafile {pki.ca}",
