@@ -41,7 +41,7 @@ Partial = list  # the layout above
 class Aggregates:
     """Everything about one pipeline's aggregate list: new/add/combine/fill/dump/load."""
 
-    __slots__ = ("_outs", "_template", "_welford", "add", "names", "pct")
+    __slots__ = ("_outs", "_template", "_welford", "add", "combine", "names", "pct")
 
     def __init__(self, names: Sequence[str]) -> None:
         outs: list[tuple[str, str, float]] = []
@@ -59,15 +59,19 @@ class Aggregates:
         self.pct = "p" in kinds
         welford = "stddev" in kinds
         self._template: list[object] = [0, 0.0, 0.0, 0.0, inf, -inf, inf, 0.0, -inf, 0.0, None]
-        self.add = _make_add(
-            use_sum=("sum" in kinds) or ("mean" in kinds and not welford),
-            welford=welford,
-            use_min="min" in kinds,
-            use_max="max" in kinds,
-            first="first" in kinds,
-            last="last" in kinds,
-            pct=self.pct,
-        )
+        flags = {
+            "use_sum": ("sum" in kinds) or ("mean" in kinds and not welford),
+            "welford": welford,
+            "use_min": "min" in kinds,
+            "use_max": "max" in kinds,
+            "first": "first" in kinds,
+            "last": "last" in kinds,
+            "pct": self.pct,
+        }
+        self.add: Callable[[Partial, float, float], None] = _make_add(**flags)
+        # combine(dst, src) folds src into dst; src's readings are all earlier or all
+        # later in event time than dst's (panes, sessions), so first/last need no tie rule
+        self.combine: Callable[[Partial, Partial], None] = _make_combine(**flags)
         self._welford = welford
 
     def new(self) -> Partial:
@@ -82,47 +86,6 @@ class Aggregates:
         if vals is not None:
             q[VALS] = array("d", vals) if vals.__class__ is array else vals.copy()
         return q
-
-    def combine(self, dst: Partial, src: Partial) -> None:
-        """Fold src into dst (src's readings are all later or all earlier in event time)."""
-        n2 = src[N]
-        if not n2:
-            return
-        n1 = dst[N]
-        n = n1 + n2
-        dst[N] = n
-        dst[SUM] += src[SUM]
-        if n1:
-            d = src[MEAN] - dst[MEAN]
-            dst[MEAN] += d * n2 / n
-            dst[M2] += src[M2] + d * d * n1 * n2 / n
-        else:
-            dst[MEAN] = src[MEAN]
-            dst[M2] = src[M2]
-        if src[MIN] < dst[MIN]:
-            dst[MIN] = src[MIN]
-        if src[MAX] > dst[MAX]:
-            dst[MAX] = src[MAX]
-        if src[FT] < dst[FT]:
-            dst[FT] = src[FT]
-            dst[FV] = src[FV]
-        if src[LT] > dst[LT]:
-            dst[LT] = src[LT]
-            dst[LV] = src[LV]
-        a = dst[VALS]
-        if a is None:
-            return
-        b = src[VALS]
-        if a.__class__ is array and b.__class__ is array and len(a) + len(b) <= EXACT_LIMIT:
-            a.extend(b)
-            return
-        sk = a if a.__class__ is Sketch else Sketch.of(a)
-        if b.__class__ is Sketch:
-            sk.merge(b)
-        else:
-            for v in b:
-                sk.add(v)
-        dst[VALS] = sk
 
     def fill(self, rec: dict[str, object], p: Partial) -> None:
         """Write each configured aggregate of p into the record, named as configured."""
@@ -177,6 +140,75 @@ class Aggregates:
         return p
 
 
+def _merge_values(dst: Partial, src: Partial) -> None:
+    a, b = dst[VALS], src[VALS]
+    if a.__class__ is array and b.__class__ is array and len(a) + len(b) <= EXACT_LIMIT:
+        a.extend(b)
+        return
+    sk = a if a.__class__ is Sketch else Sketch.of(a)
+    if b.__class__ is Sketch:
+        sk.merge(b)
+    else:
+        for v in b:
+            sk.add(v)
+    dst[VALS] = sk
+
+
+def _make_combine(
+    *,
+    use_sum: bool,
+    welford: bool,
+    use_min: bool,
+    use_max: bool,
+    first: bool,
+    last: bool,
+    pct: bool,
+) -> Callable[[Partial, Partial], None]:
+    body = [
+        "    n2 = src[0]",
+        "    if not n2:",
+        "        return",
+        "    n1 = dst[0]",
+        "    dst[0] = n1 + n2",
+    ]
+    if use_sum:
+        body.append("    dst[1] += src[1]")
+    if welford:  # Chan et al.'s pairwise update
+        body += [
+            "    if n1:",
+            "        n = n1 + n2",
+            "        d = src[2] - dst[2]",
+            "        dst[2] += d * n2 / n",
+            "        dst[3] += src[3] + d * d * n1 * n2 / n",
+            "    else:",
+            "        dst[2] = src[2]",
+            "        dst[3] = src[3]",
+        ]
+    if use_min:
+        body.append("    if src[4] < dst[4]: dst[4] = src[4]")
+    if use_max:
+        body.append("    if src[5] > dst[5]: dst[5] = src[5]")
+    if first:
+        body += ["    if src[6] < dst[6]:", "        dst[6] = src[6]", "        dst[7] = src[7]"]
+    if last:
+        body += ["    if src[8] > dst[8]:", "        dst[8] = src[8]", "        dst[9] = src[9]"]
+    if pct:
+        body.append("    _merge_values(dst, src)")
+    return _compile("combine(dst, src)", body)  # type: ignore[return-value]
+
+
+def _compile(signature: str, body: list[str]) -> Callable[..., None]:
+    src = f"def {signature}:\n" + "\n".join(body) + "\n"
+    ns: dict[str, object] = {
+        "_array": array,
+        "_LIMIT": EXACT_LIMIT,
+        "_Sketch": Sketch,
+        "_merge_values": _merge_values,
+    }
+    exec(compile(src, f"<edge_agent.windows.aggregates.{signature}>", "exec"), ns)
+    return ns[signature.partition("(")[0]]  # type: ignore[return-value]
+
+
 def _make_add(
     *,
     use_sum: bool,
@@ -215,7 +247,4 @@ def _make_add(
             "    else:",
             "        x.add(v)",
         ]
-    src = "def add(p, ts, v):\n" + "\n".join(body) + "\n"
-    ns: dict[str, object] = {"_array": array, "_LIMIT": EXACT_LIMIT, "_Sketch": Sketch}
-    exec(compile(src, "<edge_agent.windows.aggregates.add>", "exec"), ns)
-    return ns["add"]  # type: ignore[return-value]
+    return _compile("add(p, ts, v)", body)

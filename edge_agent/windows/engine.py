@@ -155,6 +155,10 @@ class WindowEngine:
     def keys(self) -> int:
         return len(self._keys)
 
+    def has_key(self, key: str) -> bool:
+        """Whether the engine holds state for this key (the runtime's key cap asks)."""
+        return key in self._keys
+
     # -- for the implementations -------------------------------------------------
 
     def _queue(self, key: str, k: Any, wall: float) -> None:

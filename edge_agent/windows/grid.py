@@ -58,19 +58,27 @@ class Grid:
 
     def pane_of(self, t: float) -> int:
         """The j with bound(j) <= t < bound(j + 1)."""
-        j = floor(t / self.pane)
-        bound = self.bound
-        while bound(j) > t:
-            j -= 1
-        while bound(j + 1) <= t:
-            j += 1
+        j = floor(t / self.pane)  # a guess, off by one at most when t is near a bound
+        p, d = self.pw, self.d
+        if d == 1:
+            while j * p > t:
+                j -= 1
+            while (j + 1) * p <= t:
+                j += 1
+        else:
+            while (j * p) / d > t:
+                j -= 1
+            while ((j + 1) * p) / d <= t:
+                j += 1
         return j
 
     def start(self, k: int) -> int | float:
-        return self.bound(k * self.m)
+        x = k * self.m * self.pw
+        return x if self.d == 1 else x / self.d
 
     def end(self, k: int) -> int | float:
-        return self.bound(k * self.m + self.np)
+        x = (k * self.m + self.np) * self.pw
+        return x if self.d == 1 else x / self.d
 
     def first_window(self, j: int) -> int:
         """Lowest window index covering pane j."""

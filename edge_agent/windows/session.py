@@ -14,13 +14,22 @@ Fast path: the reading extends the newest session, which is still open. A readin
 that bridges or extends sessions merges them first, then faces the lateness check
 with the merged bounds; a late reading past allowed lateness changes nothing.
 
-Forgetting: a fired session can still be reached by a reading that extends it, or
-that bridges it to its right neighbour. So the oldest session is forgotten only
-when watermark >= end + gap + allowed_lateness (no extension of it can be
-accepted any more) and its right neighbour is either too far to bridge (>= 2 gap)
-or itself past allowed lateness. Memory per key: ~250 bytes plus ~250 bytes and
-one partial per session kept (normally the open one and those within
-gap + allowed lateness behind the watermark).
+Forgetting (the memory bound, and the one place this is a rule of ours rather
+than SPEC's letter): read literally, a fired session is never safe to forget,
+because late readings can chain backwards from a live session (each extends it
+without moving its end) until one bridges to any old session. So the oldest
+session is forgotten, once it has fired with nothing pending, as soon as
+
+    watermark >= its end + gap + allowed_lateness       (any reading that touches
+                                                         it is itself past lateness)
+    and, when its right neighbour starts < 2 * gap after its newest reading
+    (one reading could bridge the two), watermark >= neighbour's end + allowed_lateness.
+
+A later reading that touches a forgotten session does not merge it. Everything a
+device does within allowed lateness (a late reading extending, filling or
+bridging recent sessions, also into the open one) is exact. Memory per key:
+~250 bytes plus ~250 bytes and one partial per session kept (normally the open
+one and those within gap + allowed lateness behind the watermark).
 """
 
 from __future__ import annotations
@@ -59,8 +68,6 @@ class SessionEngine(WindowEngine):
         self._gap = gap
         self._ooo = float(cfg.max_out_of_orderness)
         self._lateness = float(cfg.allowed_lateness)
-        # bridging needs a reading < gap from both sides; keep sessions a hair longer
-        self._bridge = 2 * gap * (1 + 1e-9) + 1e-9
 
     def process(self, readings: list[Reading], wall: float, out: Emitted) -> None:
         keys = self._keys
@@ -154,20 +161,23 @@ class SessionEngine(WindowEngine):
             if s[PEND] and s[END] <= wm:
                 self._fire(out, key, s)
         lateness, gap = self._lateness, self._gap
-        while ss:
+        chk = inf
+        while ss:  # forget from the oldest end (see the module docstring)
             x = ss[0]
-            if x[PEND] or wm < x[END] + gap + lateness:
+            if x[PEND]:
                 break
+            at = x[END] + gap + lateness
             if len(ss) > 1:
                 r = ss[1]
-                if r[MN] - x[MX] < self._bridge and wm < r[END] + lateness:
-                    break
+                if r[MN] - x[MX] < 2 * gap:
+                    at = max(at, r[END] + lateness)  # a reading could still bridge x to r
+            if wm < at:
+                chk = at
+                break
             del ss[0]
-        chk = inf
         for s in ss:
-            e = s[END] if s[PEND] else s[END] + gap + lateness
-            if e < chk:
-                chk = e
+            if s[PEND] and s[END] < chk:
+                chk = s[END]
         k.chk = chk
 
     def _go_idle(self, key: str, k: _Key, out: Emitted) -> None:

@@ -4,8 +4,8 @@ Readings go into panes (grid.py), never into each of the size/slide windows that
 cover them, so the per-reading cost does not depend on size/slide. Windows are
 assembled from their panes' partials when they fire.
 
-Per key state: newest event time, watermark, last wall time, ``upto`` (watermark
-of the last firing scan), ``chk`` (the watermark at which a scan is next needed:
+Per key state: newest event time, watermark, last wall time, ``kdone`` (highest
+window index already scanned for firing), ``chk`` (the watermark at which a scan is next needed:
 the next window end holding readings, or the next pane/revision to forget), a
 cache of the current pane (bounds, partial, end of its first window), the live
 panes ``{j: partial}`` and ``fires {k: firings}`` of fired windows still inside
@@ -44,11 +44,11 @@ class _Key:
         "efirst",
         "fires",
         "hi",
+        "kdone",
         "lo",
         "maxts",
         "panes",
         "queued",
-        "upto",
         "wall",
         "wm",
     )
@@ -56,7 +56,7 @@ class _Key:
     def __init__(self) -> None:
         self.maxts = -inf
         self.wm = -inf
-        self.upto = -inf
+        self.kdone: int | float = -inf  # highest window index already scanned
         self.chk = inf
         self.wall = 0.0
         self.queued = False
@@ -129,10 +129,10 @@ class TimedEngine(WindowEngine):
             k.lo, k.hi, k.cur, k.efirst = g.bound(j), g.bound(j + 1), p, efirst
             return
         # Some windows of this pane are closed. Nothing with readings has an end in
-        # (upto, wm] (wm < chk), so marking it scanned keeps late firings from repeating.
-        k.upto = wm
+        # (kdone, wm] (wm < chk), so marking them scanned keeps late firings from repeating.
         lateness = self._lateness
         kc = g.last_closed(wm)
+        k.kdone = kc
         takers = [kk for kk in range(klo, min(khi, kc) + 1) if wm < g.end(kk) + lateness]
         open_end = g.end(kc + 1) if kc < khi else None  # first open window of this pane
         if not takers and open_end is None:
@@ -178,47 +178,66 @@ class TimedEngine(WindowEngine):
     def _scan(self, key: str, k: _Key, out: Emitted) -> None:
         """Fire windows with readings whose end passed the watermark; forget old state."""
         g = self.grid
-        wm, old = k.wm, k.upto
-        k.upto = wm
+        wm = k.wm
         panes, fires = k.panes, k.fires
         lateness = self._lateness
-        kb = g.last_closed(wm)
-        ka = g.last_closed(old)  # windows <= ka fired in earlier scans
         m, np_ = g.m, g.np
-        due: set[int] = set()
-        for j in panes:
-            lo = -((np_ - 1 - j) // m)
-            hi = j // m
-            if lo <= ka:
-                lo = ka + 1
-            if hi > kb:
-                hi = kb
-            if lo <= hi:
-                due.update(range(lo, hi + 1))
-        for kk in sorted(due):
-            rev = fires.get(kk, 0)
-            if g.end(kk) + lateness > wm:
-                fires[kk] = rev + 1
-            self._fire(out, key, k, kk, rev)
-        # forget panes (and firing counts) past allowed lateness; find the next check
-        chk = inf
-        nxt_open = kb + 1
+        ka, kb = k.kdone, g.last_closed(wm)  # windows <= ka were handled by earlier scans
+        k.kdone = kb
+        if kb > ka:
+            due: list[int] = []
+            if kb - ka <= 4:  # the usual step: the watermark passed one or two window ends
+                for kk in range(ka + 1, kb + 1):  # type: ignore[arg-type]
+                    for j in range(kk * m, kk * m + np_):
+                        if j in panes:
+                            due.append(kk)
+                            break
+            else:  # a jump: look from the panes instead of every window in between
+                found: set[int] = set()
+                for j in panes:
+                    lo = -((np_ - 1 - j) // m)
+                    hi = j // m
+                    if lo <= ka:
+                        lo = ka + 1  # type: ignore[assignment]
+                    if hi > kb:
+                        hi = kb  # type: ignore[assignment]
+                    if lo <= hi:
+                        found.update(range(lo, hi + 1))
+                due = sorted(found)
+            for kk in due:
+                rev = fires.get(kk, 0)
+                if lateness and g.end(kk) + lateness > wm:
+                    fires[kk] = rev + 1  # kept for revisions while within allowed lateness
+                self._fire(out, key, k, kk, rev)
+        # Forget panes whose every window is past allowed lateness (end + lateness <= wm,
+        # the very test a late reading faces); one window of slack for float rounding.
+        kl = g.last_closed(wm - lateness) + 1 if lateness else kb
+        nxt = None  # first window after kb that holds readings
+        jmin = None
         for j in list(panes):
             hi = j // m
-            gc_at = g.end(hi) + lateness
-            if gc_at <= wm:
+            if hi <= kl and g.end(hi) + lateness <= wm:
                 del panes[j]
                 continue
-            lo = -((np_ - 1 - j) // m)
-            e = g.end(lo if lo > nxt_open else nxt_open) if hi >= nxt_open else gc_at
-            if e < chk:
-                chk = e
-            if gc_at < chk:
-                chk = gc_at
+            if jmin is None or j < jmin:
+                jmin = j
+            if hi > kb:
+                lo = -((np_ - 1 - j) // m)
+                c = lo if lo > kb else kb + 1
+                if nxt is None or c < nxt:
+                    nxt = c
         if fires:
-            for kk in [kk for kk in fires if g.end(kk) + lateness <= wm]:
+            for kk in [kk for kk in fires if kk <= kl and g.end(kk) + lateness <= wm]:
                 del fires[kk]
-        k.chk = chk
+        if jmin is None:
+            k.chk = inf
+        else:
+            chk = g.end(jmin // m) + lateness
+            if nxt is not None:
+                e = g.end(nxt)
+                if e < chk:
+                    chk = e
+            k.chk = chk
         if k.efirst <= wm:
             k._uncache()
 
@@ -237,7 +256,7 @@ class TimedEngine(WindowEngine):
         return [
             k.maxts,
             k.wm,
-            k.upto,
+            k.kdone,
             k.chk,
             k.wall,
             [[j, dump(p)] for j, p in k.panes.items()],
@@ -247,7 +266,7 @@ class TimedEngine(WindowEngine):
     def _load_key(self, data: list[Any]) -> _Key:
         load = self.aggs.load
         k = _Key()
-        k.maxts, k.wm, k.upto, k.chk, k.wall = data[:5]
+        k.maxts, k.wm, k.kdone, k.chk, k.wall = data[:5]
         k.panes = {j: load(p) for j, p in data[5]}
         k.fires = {kk: n for kk, n in data[6]}
         return k
