@@ -95,6 +95,7 @@ def render_config(
     upstream: dict[str, object] | None = None,
     local: dict[str, object] | None = None,
     buffer: dict[str, object] | None = None,
+    health_keys: dict[str, object] | None = None,
 ) -> str:
     sections: dict[str, dict[str, object]] = {
         "agent": {"id": agent_id, "state_dir": str(state_dir), "log_level": "info"},
@@ -106,7 +107,7 @@ def render_config(
             **(upstream or {}),
         },
         "buffer": dict(buffer or {}),
-        "health": {"listen": f"127.0.0.1:{health_port}" if health_port else ""},
+        "health": {"listen": f"127.0.0.1:{health_port}" if health_port else "", **(health_keys or {})},
     }
     lines: list[str] = []
     for name, keys in sections.items():

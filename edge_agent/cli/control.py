@@ -118,7 +118,7 @@ def _write_pid(pf: Path) -> None:
 # -- start / stop / status --------------------------------------------------------
 
 
-def start(config_path: str) -> int:
+def start(config_path: str, timeout: float = START_TIMEOUT) -> int:
     cfg = load_config(config_path)
     pid = read_pid(cfg)
     if pid is not None:
@@ -148,7 +148,7 @@ def start(config_path: str) -> int:
             close_fds=True,
         )
         log_out.close()
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + timeout
         with sock:
             while time.monotonic() < deadline:
                 with contextlib.suppress(TimeoutError):
@@ -165,7 +165,7 @@ def start(config_path: str) -> int:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
         raise EdgeAgentError(
-            f"not ready within {START_TIMEOUT:.0f} s (not subscribed on the local broker "
+            f"not ready within {timeout:g} s (not subscribed on the local broker "
             f"{cfg.local.host}:{cfg.local.port}); stopped it. {_log_tail(state_dir)}"
         )
 
@@ -204,7 +204,7 @@ def status(config_path: str) -> int:
     print(f"edge-agent is running (pid {pid})")
     addr = cfg.health.address
     if addr is not None:
-        code, body = _fetch(_base_url(cfg.health.listen) + "/healthz", None, 3.0)
+        _, body = _fetch(_base_url(cfg.health.listen) + "/healthz", _config_token(cfg), 3.0)
         if isinstance(body, dict):
             reasons = "; ".join(body.get("reasons") or []) or "-"
             print(f"health: {body.get('status')} ({reasons})")
@@ -243,6 +243,17 @@ def health_url(url: str | None, config_path: str | None) -> str:
     return _base_url(listen) + "/healthz"
 
 
+def _config_token(cfg: Config) -> str | None:
+    """The bearer token the config's endpoint requires (health.token_file), if readable."""
+    path = getattr(cfg.health, "token_file", "")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None  # not ours to read (e.g. root-only): the endpoint answers 401
+
+
 def _fetch(url: str, token: str | None, timeout: float) -> tuple[int, object]:
     req = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
@@ -263,7 +274,9 @@ def _fetch(url: str, token: str | None, timeout: float) -> tuple[int, object]:
 def health(url: str | None, config_path: str | None, token: str | None, timeout: float) -> int:
     target = health_url(url, config_path)
     token = token or os.environ.get("EDGE_AGENT_HEALTH_TOKEN")
-    code, body = _fetch(target, token, timeout)
+    if token is None and config_path:
+        token = _config_token(load_config(config_path))
+    _, body = _fetch(target, token, timeout)
     if not isinstance(body, dict) or "status" not in body:
         print(f"{target}: unreachable or not an edge-agent ({body})", file=sys.stderr)
         return 2

@@ -25,6 +25,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 86400, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-agent", description="Store-and-forward MQTT edge agent.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -42,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("-c", "--config", required=True, metavar="FILE")
+        if name == "start":
+            c.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                           help="how long to wait for the agent to be ready (default 30)")
 
     h = sub.add_parser("health", help="fetch /healthz and print it")
     h.add_argument("url", nargs="?", default=None)
@@ -72,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "start":
             from edge_agent.cli.control import start
 
-            return start(args.config)
+            return start(args.config, args.timeout)
         if args.command == "stop":
             from edge_agent.cli.control import stop
 
