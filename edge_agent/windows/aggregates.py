@@ -41,7 +41,7 @@ Partial = list  # the layout above
 class Aggregates:
     """Everything about one pipeline's aggregate list: new/add/combine/fill/dump/load."""
 
-    __slots__ = ("_outs", "_template", "_welford", "add", "combine", "names", "pct")
+    __slots__ = ("_outs", "_template", "_welford", "add", "combine", "merged", "names", "pct")
 
     def __init__(self, names: Sequence[str]) -> None:
         outs: list[tuple[str, str, float]] = []
@@ -72,6 +72,9 @@ class Aggregates:
         # combine(dst, src) folds src into dst; src's readings are all earlier or all
         # later in event time than dst's (panes, sessions), so first/last need no tie rule
         self.combine: Callable[[Partial, Partial], None] = _make_combine(**flags)
+        # merged(parts) -> a new partial of all parts (in event-time order), for firing
+        # a sliding window from its panes in one call
+        self.merged: Callable[[list[Partial]], Partial] = _make_merged(**flags)
         self._welford = welford
 
     def new(self) -> Partial:
@@ -197,6 +200,63 @@ def _make_combine(
     return _compile("combine(dst, src)", body)  # type: ignore[return-value]
 
 
+def _make_merged(
+    *,
+    use_sum: bool,
+    welford: bool,
+    use_min: bool,
+    use_max: bool,
+    first: bool,
+    last: bool,
+    pct: bool,
+) -> Callable[[list[Partial]], Partial]:
+    # Same arithmetic as combine, folded in locals: one call per fired window.
+    body = [
+        "    n = 0; s = 0.0; mean = 0.0; m2 = 0.0; lo = _inf; hi = -_inf",
+        "    ft = _inf; fv = 0.0; lt = -_inf; lv = 0.0",
+        "    for src in parts:",
+        "        n2 = src[0]",
+        "        if not n2:",
+        "            continue",
+    ]
+    if use_sum:
+        body.append("        s += src[1]")
+    if welford:
+        body += [
+            "        if n:",
+            "            d = src[2] - mean",
+            "            t = n + n2",
+            "            mean += d * n2 / t",
+            "            m2 += src[3] + d * d * n * n2 / t",
+            "        else:",
+            "            mean = src[2]",
+            "            m2 = src[3]",
+        ]
+    body.append("        n += n2")
+    if use_min:
+        body.append("        if src[4] < lo: lo = src[4]")
+    if use_max:
+        body.append("        if src[5] > hi: hi = src[5]")
+    if first:
+        body += ["        if src[6] < ft:", "            ft = src[6]", "            fv = src[7]"]
+    if last:
+        body += ["        if src[8] > lt:", "            lt = src[8]", "            lv = src[9]"]
+    body.append("    p = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]")
+    if pct:
+        body += [
+            "    vals = None",
+            "    for src in parts:",
+            "        if vals is None:",
+            "            x = src[10]",
+            "            p[10] = _array('d', x) if x.__class__ is _array else x.copy()",
+            "            vals = True",
+            "        else:",
+            "            _merge_values(p, src)",
+        ]
+    body.append("    return p")
+    return _compile("merged(parts)", body)  # type: ignore[return-value]
+
+
 def _compile(signature: str, body: list[str]) -> Callable[..., None]:
     src = f"def {signature}:\n" + "\n".join(body) + "\n"
     ns: dict[str, object] = {
@@ -204,6 +264,7 @@ def _compile(signature: str, body: list[str]) -> Callable[..., None]:
         "_LIMIT": EXACT_LIMIT,
         "_Sketch": Sketch,
         "_merge_values": _merge_values,
+        "_inf": inf,
     }
     exec(compile(src, f"<edge_agent.windows.aggregates.{signature}>", "exec"), ns)
     return ns[signature.partition("(")[0]]  # type: ignore[return-value]

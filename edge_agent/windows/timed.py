@@ -159,18 +159,11 @@ class TimedEngine(WindowEngine):
         if g.np == 1:
             p = panes[first]
         else:
-            p = None
             last = first + g.np
             if g.np <= len(panes):
-                parts = [panes[j] for j in range(first, last) if j in panes]
+                p = self.aggs.merged([panes[j] for j in range(first, last) if j in panes])
             else:
-                parts = [panes[j] for j in sorted(panes) if first <= j < last]
-            combine = self.aggs.combine
-            for part in parts:
-                if p is None:
-                    p = self.aggs.copy(part)
-                else:
-                    combine(p, part)
+                p = self.aggs.merged([panes[j] for j in sorted(panes) if first <= j < last])
         self._emit(out, key, g.start(kk), g.end(kk), rev, p)
 
     # -- watermark moves -----------------------------------------------------------
@@ -210,34 +203,39 @@ class TimedEngine(WindowEngine):
                     fires[kk] = rev + 1  # kept for revisions while within allowed lateness
                 self._fire(out, key, k, kk, rev)
         # Forget panes whose every window is past allowed lateness (end + lateness <= wm,
-        # the very test a late reading faces); one window of slack for float rounding.
-        kl = g.last_closed(wm - lateness) + 1 if lateness else kb
-        nxt = None  # first window after kb that holds readings
-        jmin = None
-        for j in list(panes):
-            hi = j // m
-            if hi <= kl and g.end(hi) + lateness <= wm:
-                del panes[j]
-                continue
-            if jmin is None or j < jmin:
-                jmin = j
-            if hi > kb:
-                lo = -((np_ - 1 - j) // m)
-                c = lo if lo > kb else kb + 1
-                if nxt is None or c < nxt:
-                    nxt = c
-        if fires:
-            for kk in [kk for kk in fires if kk <= kl and g.end(kk) + lateness <= wm]:
-                del fires[kk]
-        if jmin is None:
-            k.chk = inf
+        # the very test a late reading faces). That holds for a prefix of the panes in
+        # index order, so pop the lowest while it does.
+        while panes:
+            jmin = min(panes)
+            gc_at = g.end(jmin // m) + lateness
+            if gc_at > wm:
+                break
+            del panes[jmin]
         else:
-            chk = g.end(jmin // m) + lateness
-            if nxt is not None:
-                e = g.end(nxt)
-                if e < chk:
-                    chk = e
-            k.chk = chk
+            gc_at = inf
+        if fires:
+            for kk in [kk for kk in fires if g.end(kk) + lateness <= wm]:
+                del fires[kk]
+        # next check: the first window after kb holding readings (usually kb + 1)
+        nxt = None
+        if panes:
+            first = (kb + 1) * m
+            for j in range(first, first + np_):  # type: ignore[arg-type]
+                if j in panes:
+                    nxt = kb + 1
+                    break
+            else:
+                for j in panes:
+                    if j // m > kb:
+                        lo = -((np_ - 1 - j) // m)
+                        c = lo if lo > kb else kb + 1
+                        if nxt is None or c < nxt:
+                            nxt = c
+        if nxt is not None:
+            e = g.end(nxt)
+            if e < gc_at:
+                gc_at = e
+        k.chk = gc_at
         if k.efirst <= wm:
             k._uncache()
 
