@@ -310,6 +310,9 @@ def test_healthz_fields_readyz_metrics_and_errors(
         assert http(cfg.base_url + "/readyz")[0] == 200
         assert http(cfg.base_url + "/nope")[0] == 404
         assert http(cfg.base_url + "/healthz", method="POST")[0] == 405
+        metrics = http(cfg.base_url + "/metrics")[2].decode()
+        assert re.search(r"^edge_agent_buffer_oldest_age_seconds 0(\.0)?$", metrics, re.M), metrics
+        assert re.search(r"^edge_agent_buffer_batches 0(\.0)?$", metrics, re.M), metrics
 
         pub.publish("s/a", '{"value": 1}')
         consumer.wait_for(lambda c: c.records(), 10)
@@ -572,3 +575,29 @@ def test_late_readings_go_to_late_topic(broker: Broker, upstream_broker: Broker,
         assert [(r["key"], r["ts"], r["value"]) for r in batch.doc["readings"]] == [("s/a", base + 0.6, 7)]
         poll(lambda: agent.health()["counters"]["readings_late"] == 1, 5)
         assert agent.health()["counters"]["readings_in"] == 3
+
+
+def test_buffered_batches_survive_a_restart_and_drain_after_it(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path, broker.port, upstream_broker.port)
+    base = _now_base() - 20
+    with Consumer(upstream_broker.port) as consumer, Publisher(broker.port) as pub:
+        upstream_broker.stop()
+        with running_agent(cfg) as agent:
+            for j in range(6):
+                for i in range(3):
+                    pub.publish("s/a", f'{{"ts": {base + j + 0.1 * i}, "value": {i + j}}}')
+            poll(lambda: agent.health()["buffer"]["batches"] > 0, 10, what="buffered")
+            assert agent.stop() == 0
+        upstream_broker.start()
+        with running_agent(cfg) as agent:
+            consumer.wait_for(lambda c: counted(c.records()) == 18, 20, what="all 18 readings")
+            recs = latest(consumer.records())
+            assert sorted(k[2] for k in recs) == [base + j for j in range(6)]
+            for (_, _, start, _), rec in recs.items():
+                j = int(start - base)
+                _check_window(rec, [j, j + 1, j + 2])
+            _contiguous(consumer)
+            poll(lambda: agent.health()["buffer"]["batches"] == 0, 10)
+            assert agent.health()["counters"]["readings_in"] == 0  # nothing new since the restart
