@@ -83,6 +83,7 @@ class UpstreamSection:
     max_batch_bytes: int = 64 * 1024
     max_batch_delay: float = 1.0
     rate_limit: RateLimit | None = None
+    max_inflight: int = 32  # extension: unacknowledged batches at most (the adaptive window's ceiling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,12 @@ class PipelineConfig:
     allowed_lateness: float = 0.0
     idle_timeout: float = 30.0
     aggregates: tuple[str, ...] = ("count", "min", "max", "mean")
+    # extensions (issue 5): "high" batches go first under a rate limit and are
+    # dropped last when the buffer is full; a cap on distinct keys (memory under a
+    # topic flood); an optional readings/s cap per key (a chattering sensor).
+    priority: str = "normal"
+    max_keys: int = 100_000
+    max_key_rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +578,21 @@ def _rate_limit(v: object) -> RateLimit | None:
         raise _Problem(str(e)) from None
 
 
+def _key_rate(v: object) -> float | None:
+    """`max_key_rate`: "" (no cap) or "N/s" readings per second per key."""
+    text = _string(v).strip()
+    if not text:
+        return None
+    num, sep, unit = text.partition("/")
+    try:
+        rate = float(num)
+    except ValueError:
+        rate = -1.0
+    if sep != "/" or unit.strip() != "s" or not rate > 0 or rate == float("inf"):
+        raise _Problem(f'expected "" or readings per second such as "10/s", got {show_value(v)}')
+    return rate
+
+
 def _agent_id(v: object) -> str:
     s = _nonempty(v)
     bad = [c for c in ("+", "#", "\0") if c in s]
@@ -755,6 +777,7 @@ _SCHEMA: dict[str, dict[str, _Conv]] = {
         "max_batch_bytes": _size(1, 256 * 1024 * 1024 - 65536),
         "max_batch_delay": _duration(positive=False),
         "rate_limit": _rate_limit,
+        "max_inflight": _integer(1, 65535),
     },
     "buffer": {
         "max_bytes": _size(1),
@@ -777,6 +800,9 @@ _PIPELINE: dict[str, _Conv] = {
     "allowed_lateness": _duration(positive=False),
     "idle_timeout": _duration(positive=True),
     "aggregates": _aggregates,
+    "priority": _choice("normal", "high"),
+    "max_keys": _integer(1),
+    "max_key_rate": _key_rate,
 }
 _SECTION_TYPES: dict[str, type] = {
     "agent": AgentSection,

@@ -5,6 +5,9 @@ next commit). The in-memory queue mirrors the outbox's tail while it is small;
 after a disconnect, at start, or when the queue would grow too large, it is
 refilled from the database in id order, so a 100,000-batch backlog costs a page
 of memory, not the whole backlog.
+
+Batches of `priority = "high"` pipelines have their own queue, always served
+first; within a priority, batches leave in id (= seq) order.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from edge_agent.buffer.store import OutboxRow, Store
 from edge_agent.config import UpstreamSection
+from edge_agent.errors import EdgeAgentError
 from edge_agent.mqtt import MqttClient, MqttError, TlsSettings
 from edge_agent.uplink.backoff import Backoff
 from edge_agent.uplink.throttle import AdaptiveWindow, TokenBucket
@@ -57,9 +61,7 @@ class Uplink:
         self.last_error = ""
         self.batches_sent = 0
         self.acked: list[tuple[int, int]] = []  # (id, size), taken by the runtime's commit
-        self._queue: deque[OutboxRow] = deque()
-        self._cursor = 0  # highest outbox id mirrored in memory
-        self._backlog = True  # the database may hold rows beyond the cursor
+        self._classes = {p: _Class(p) for p in (1, 0)}  # served in this order
         self._skip: set[int] = set()  # acked or dropped, maybe still in the database
         self._wake = asyncio.Event()
         self._client: MqttClient | None = None
@@ -82,11 +84,8 @@ class Uplink:
         """Newly committed batches, in id order."""
         if not rows:
             return
-        if not self._backlog and len(self._queue) + len(rows) <= _MEMORY_ROWS:
-            self._queue.extend(rows)
-            self._cursor = rows[-1].id
-        else:
-            self._backlog = True
+        for row in rows:
+            self._classes.get(row.priority, self._classes[0]).offer(row)
         self._wake.set()
 
     def forget(self, ids: list[int]) -> None:
@@ -94,7 +93,8 @@ class Uplink:
         if ids:
             self._skip.update(ids)
             gone = set(ids)
-            self._queue = deque(r for r in self._queue if r.id not in gone)
+            for c in self._classes.values():
+                c.queue = deque(r for r in c.queue if r.id not in gone)
 
     def take_acked(self) -> list[tuple[int, int]]:
         acked, self.acked = self.acked, []
@@ -106,7 +106,24 @@ class Uplink:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return sum(len(c.queue) for c in self._classes.values())
+
+    @property
+    def _backlog(self) -> bool:
+        return any(c.backlog for c in self._classes.values())
+
+    def _next_row(self) -> OutboxRow | None:
+        """The next batch to send: highest priority first, oldest first."""
+        for c in self._classes.values():
+            q = c.queue
+            while q and q[0].id in self._skip:
+                q.popleft()
+            if q:
+                return q[0]
+        return None
+
+    def _pop(self, row: OutboxRow) -> None:
+        self._classes.get(row.priority, self._classes[0]).queue.popleft()
 
     # -- the connection loop ----------------------------------------------
 
@@ -156,9 +173,8 @@ class Uplink:
 
     def _rewind(self) -> None:
         """After a disconnect, every unacknowledged batch goes again, in order."""
-        self._queue.clear()
-        self._cursor = 0
-        self._backlog = True
+        for c in self._classes.values():
+            c.rewind()
 
     async def _send_until_lost(self, client: MqttClient) -> None:
         inflight: dict[int, tuple[OutboxRow, float]] = {}
@@ -171,19 +187,19 @@ class Uplink:
 
         try:
             while not lost.done():
-                # Refill the memory queue from the database when it ran dry.
-                if not self._queue and self._backlog:
-                    await self._load_page()
+                # Refill the memory queues from the database when they ran dry.
+                for c in self._classes.values():
+                    if not c.queue and c.backlog:
+                        await c.load(self.store, self._skip)
                 throttled = 0.0
-                while self._queue and len(inflight) < self.window.limit:
-                    row = self._queue[0]
-                    if row.id in self._skip:
-                        self._queue.popleft()
-                        continue
+                while len(inflight) < self.window.limit:
+                    row = self._next_row()
+                    if row is None:
+                        break
                     throttled = self._rate_wait(len(row.payload))
                     if throttled > 0:
                         break
-                    self._queue.popleft()
+                    self._pop(row)
                     self._rate_take(len(row.payload))
                     fut = client.publish(row.topic, row.payload, self.cfg.qos, CONTENT_TYPE)
                     inflight[row.id] = (row, time.monotonic())
@@ -205,7 +221,8 @@ class Uplink:
                         raise MqttError(f"no PUBACK within {self.ack_timeout:g} s")
                 self._wake.clear()
                 room = len(inflight) < self.window.limit
-                if (self._queue or self._backlog) and room and throttled == 0 and done_q.empty():
+                pending = self.queued or self._backlog
+                if pending and room and throttled == 0 and done_q.empty():
                     continue
                 waiters = [lost, asyncio.ensure_future(self._wake.wait()),
                            asyncio.ensure_future(done_q.get())]
@@ -239,15 +256,6 @@ class Uplink:
         self.acked.append((row.id, len(row.payload)))
         self._skip.add(row.id)
 
-    async def _load_page(self) -> None:
-        rows = await self.store.outbox_after(self._cursor, _PAGE)
-        if not rows:
-            self._backlog = False
-            return
-        self._cursor = rows[-1].id
-        self._queue.extend(r for r in rows if r.id not in self._skip)
-        if len(rows) < _PAGE:
-            self._backlog = False
 
     async def close(self) -> None:
         if self._client is not None:
@@ -260,6 +268,45 @@ def read_password(path: str) -> str:
         return ""
     from edge_agent.logs import register_secret
 
-    password = Path(path).read_text().strip("\r\n")
+    try:
+        password = Path(path).read_text().strip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeAgentError(f"upstream.password_file {path}: cannot read it: {exc}") from exc
     register_secret(password)
     return password
+
+
+class _Class:
+    """One priority's queue: the outbox's rows of that priority, mirrored in memory."""
+
+    def __init__(self, priority: int) -> None:
+        self.priority = priority
+        self.queue: deque[OutboxRow] = deque()
+        self.cursor = 0  # highest outbox id mirrored in memory
+        self.backlog = True  # the database may hold rows beyond the cursor
+        self.offered = 0  # highest id offered by the runtime
+
+    def offer(self, row: OutboxRow) -> None:
+        self.offered = max(self.offered, row.id)
+        if not self.backlog and len(self.queue) < _MEMORY_ROWS:
+            self.queue.append(row)
+            self.cursor = row.id
+        else:
+            self.backlog = True
+
+    def rewind(self) -> None:
+        self.queue.clear()
+        self.cursor = 0
+        self.backlog = True
+
+    async def load(self, store: Store, skip: set[int]) -> None:
+        offered_before = self.offered  # all committed before the query starts
+        rows = await store.outbox_after(self.cursor, _PAGE, self.priority)
+        if rows:
+            self.cursor = max(self.cursor, rows[-1].id)
+            self.queue.extend(r for r in rows if r.id not in skip)
+        if len(rows) < _PAGE:
+            # The query saw every row up to offered_before that still exists; rows
+            # offered while it ran keep the backlog set for one more page.
+            self.cursor = max(self.cursor, offered_before)
+            self.backlog = self.offered > self.cursor

@@ -74,6 +74,7 @@ class WindowEngine:
         self.readings_late = 0
         self.windows_emitted = 0
         self.aggs = Aggregates(cfg.aggregates)
+        self._record = self.aggs.record
         self._idle = float(cfg.idle_timeout)
         self._keys: dict[str, Any] = {}
         self._dirty: set[str] = set()
@@ -184,15 +185,7 @@ class WindowEngine:
         p: Partial,
         replaces: list[list[float]] | None = None,
     ) -> None:
-        rec: dict[str, Any] = {
-            "pipeline": self.name,
-            "key": key,
-            "start": _num(start),
-            "end": _num(end),
-            "rev": rev,
-            "count": p[0],
-        }
-        self.aggs.fill(rec, p)
+        rec = self._record(self.name, key, _num(start), _num(end), rev, p)
         if replaces:
             rec["replaces"] = [[_num(a), _num(b)] for a, b in replaces]
         out.windows.append(rec)
