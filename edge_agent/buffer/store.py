@@ -349,11 +349,16 @@ class Store:
 
     # -- reads for the sender ----------------------------------------------
 
-    async def outbox_after(self, after_id: int, limit: int) -> list[OutboxRow]:
+    async def outbox_after(self, after_id: int, limit: int, priority: int | None = None) -> list[OutboxRow]:
+        """Outbox rows with id > after_id in id order (of one priority, when given)."""
         db = self._require()
+        if priority is None:
+            sql, args = "WHERE id > ?", (after_id, limit)
+        else:
+            sql, args = "WHERE priority = ? AND id > ?", (priority, after_id, limit)
         async with db.execute(
-            "SELECT id, stream, seq, topic, payload, sent, priority FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
+            f"SELECT id, stream, seq, topic, payload, sent, priority FROM outbox {sql} ORDER BY id LIMIT ?",
+            args,
         ) as cur:
             return [OutboxRow(*r) async for r in cur]
 
