@@ -312,7 +312,7 @@ def test_sighup_rereads_the_password_file(broker: Broker, tmp_path: Path) -> Non
             poll(lambda: agent.health()["buffer"]["batches"] > 0, what="batches buffered")
             _password_file(tmp_path, PASSWORD)
             agent.send(signal.SIGHUP)
-            consumer.wait_for(lambda c: counted(c.records()) == 2, timeout=5.0, what="delivery")
+            consumer.wait_for(lambda c: counted(c.records()) == 2, timeout=4.0, what="delivery")
         assert PASSWORD not in agent.log()
 
 
@@ -329,7 +329,7 @@ def test_sighup_applies_a_fixed_ca_file(broker: Broker, tmp_path: Path) -> None:
             poll(lambda: agent.health()["buffer"]["batches"] > 0, what="batches buffered")
             cfg.path.write_text(cfg.path.read_text().replace(str(up.pki.other_ca), str(up.pki.ca)))
             agent.send(signal.SIGHUP)
-            consumer.wait_for(lambda c: counted(c.records()) == 2, timeout=5.0, what="delivery")
+            consumer.wait_for(lambda c: counted(c.records()) == 2, timeout=4.0, what="delivery")
 
 
 @pytest.mark.xfail(
