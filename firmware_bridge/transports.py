@@ -100,7 +100,8 @@ class FdSource:
             delay = self.cfg.reopen_min
             self.opens += 1
             self.is_open = True
-            self._on_open()
+            if self.kind != "stdin":
+                self._on_open()  # a pipe starts at its start; a device may be mid-line
             log.info("reading %s", self.path)
             self._lost = loop.create_future()
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import operator
@@ -169,7 +170,7 @@ def test_splitter_reassembles_any_chunking(lines: list[bytes], step: int) -> Non
 def _seq_reference(seqs: list[int]) -> tuple[int, int, int]:
     """lost, resets, duplicates, the slow obvious way (unbounded counter)."""
     lost = resets = dups = 0
-    for prev, cur in zip(seqs, seqs[1:], strict=False):
+    for prev, cur in itertools.pairwise(seqs):
         if cur == prev:
             dups += 1
         elif cur > prev:
