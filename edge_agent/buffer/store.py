@@ -13,11 +13,23 @@ Tables:
   pending(stream, n, record) records not yet cut into a batch (n: arrival order)
   windows(pipeline, key, state)                   open window state per key
   held(block, fps)           delivery fingerprints, 256 packet ids per row
+
+Bounds (`buffer.max_bytes` covers the database and its journal files on disk):
+the WAL is capped at `wal_limit` = max_bytes / 8, between 64 KiB and 4 MiB
+(auto-checkpoint at half of it, the file truncated back to it after each
+checkpoint), and the database file's pages in use are kept within
+`file_budget` = max_bytes - 2 * wal_limit - 32 KiB (the -shm index) by dropping
+batches after each commit. Pages freed by drops and acks are reused at once and
+returned to the file system by `reclaim`. The bound is measured in pages, not in
+payload bytes: a 5,000-byte batch takes two 4 KiB pages, and that is what the
+SD card holds. Margin: a single transaction's new pages may pass the WAL cap
+until the next checkpoint truncates it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -32,12 +44,18 @@ import cbor2
 
 from edge_agent.errors import StateError
 
-__all__ = ["CommitResult", "Checkpoint", "OutboxRow", "Restored", "Store"]
+__all__ = ["Checkpoint", "CommitResult", "NewBatch", "OutboxRow", "Restored", "Store", "wal_limit"]
 
 log = logging.getLogger("edge_agent.buffer")
 
 DB_NAME = "edge-agent.db"
 SCHEMA_VERSION = 1
+_SHM_BYTES = 32 * 1024  # the WAL index (-shm) of a WAL smaller than ~4 MiB
+
+
+def wal_limit(max_bytes: int) -> int:
+    """Bytes the WAL may keep on disk for a buffer bounded by max_bytes."""
+    return min(4 * 1024 * 1024, max(64 * 1024, max_bytes // 8))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
@@ -171,7 +189,11 @@ class Store:
             aside = self._move_aside(str(exc))
             log.error("state database %s is unreadable (%s); moved it to %s and started a fresh one",
                       self.path, exc, aside)
-            return await self._open_once()
+            try:
+                return await self._open_once()
+            except sqlite3.Error as again:
+                await self._close_quietly()
+                raise StateError(f"state_dir {self.state_dir}: cannot start a fresh database: {again}") from again
 
     async def _open_once(self) -> Restored:
         db = self._db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -179,8 +201,8 @@ class Store:
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {self._synchronous}")
         # Bound the WAL left on disk after a checkpoint (SD cards, buffer.max_bytes).
-        await db.execute("PRAGMA journal_size_limit = 4194304")
-        await db.execute("PRAGMA wal_autocheckpoint = 1000")
+        limit = wal_limit(self.max_bytes)
+        await db.execute(f"PRAGMA journal_size_limit = {limit}")
         async with db.execute("PRAGMA quick_check") as cur:
             row = await cur.fetchone()
         if row is None or row[0] != "ok":
@@ -188,6 +210,7 @@ class Store:
         await db.executescript(_SCHEMA)
         async with db.execute("PRAGMA page_size") as cur:
             self.page_size = int((await cur.fetchone())[0])  # type: ignore[index]
+        await db.execute(f"PRAGMA wal_autocheckpoint = {max(8, limit // 2 // self.page_size)}")
         meta: dict[str, Any] = {}
         async with db.execute("SELECT k, v FROM meta") as cur:
             async for k, v in cur:
@@ -246,8 +269,23 @@ class Store:
         dropped_ids: list[int] = []
         await db.execute("BEGIN IMMEDIATE")
         try:
+            acked_n = 0
+            acked_bytes = 0
             if cp.acked:
-                await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in cp.acked])
+                # Counted from what was really deleted: a batch the policy dropped while
+                # it was in flight can still be PUBACKed, and is gone already.
+                async with db.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?)) RETURNING length(payload)",
+                    (json.dumps([i for i, _ in cp.acked]),),
+                ) as cur:
+                    sizes = [r[0] async for r in cur]
+                acked_n, acked_bytes = len(sizes), sum(sizes)
+            victims: list[tuple[int, int]] = []
+            await self._expire(db, now, dropped, victims)
+            if cp.batches and self.when_full == "drop_oldest":
+                # Make room first, so the file does not grow past the budget mid-transaction.
+                incoming = sum(self._row_cost(len(b.payload)) for b in cp.batches)
+                await self._fit(db, self.file_budget - incoming, dropped, victims)
             for b in cp.batches:
                 cur = await db.execute(
                     "INSERT INTO outbox (stream, seq, topic, payload, sent, priority) VALUES (?, ?, ?, ?, ?, ?)",
@@ -274,13 +312,16 @@ class Store:
                     await db.executemany("DELETE FROM windows WHERE pipeline = ? AND key = ?", gone)
             if cp.held:
                 await db.executemany("INSERT OR REPLACE INTO held VALUES (?, ?)", list(cp.held.items()))
-            batches = self.outbox_batches + len(cp.batches) - len(cp.acked)
+            if cp.batches:
+                await self._fit(db, self.file_budget, dropped, victims)
+            dropped_ids.extend(i for i, _ in victims)
+            batches = self.outbox_batches + len(cp.batches) - acked_n - len(victims)
             size = (
                 self.outbox_payload_bytes
                 + sum(len(b.payload) for b in cp.batches)
-                - sum(n for _, n in cp.acked)
+                - acked_bytes
+                - sum(n for _, n in victims)
             )
-            batches, size = await self._apply_bounds(db, now, batches, size, dropped, dropped_ids)
             oldest = self.outbox_oldest_sent
             if cp.acked or dropped_ids or oldest is None:
                 async with db.execute("SELECT sent FROM outbox ORDER BY id LIMIT 1") as cur:
@@ -294,52 +335,68 @@ class Store:
         self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = batches, size, oldest
         return CommitResult(ids, dropped, dropped_ids)
 
-    async def _apply_bounds(
-        self,
-        db: aiosqlite.Connection,
-        now: float,
-        batches: int,
-        total: int,
-        dropped: dict[str, int],
-        dropped_ids: list[int],
-    ) -> tuple[int, int]:
-        """Drop by ttl, then by size policy; return the outbox's new (batches, bytes)."""
+    async def _expire(
+        self, db: aiosqlite.Connection, now: float, dropped: dict[str, int], victims: list[tuple[int, int]]
+    ) -> None:
+        """Drop batches older than ttl (counted from their `sent`)."""
         oldest = self.outbox_oldest_sent
-        if self.ttl > 0 and oldest is not None and oldest < now - self.ttl:
-            async with db.execute(
-                "SELECT id, length(payload) FROM outbox WHERE sent < ?", (now - self.ttl,)
-            ) as cur:
-                old = [(r[0], r[1]) async for r in cur]
-            if old:
-                await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in old])
-                dropped["ttl"] = len(old)
-                dropped_ids.extend(i for i, _ in old)
-                batches -= len(old)
-                total -= sum(n for _, n in old)
-        # The payload total is the budget's measure; the file itself is kept near
-        # it by incremental vacuum and the WAL size limit (see the README).
-        budget = self._payload_budget()
-        if total <= budget:
-            return batches, total
-        order = "ASC" if self.when_full == "drop_oldest" else "DESC"
-        victims: list[int] = []
-        # Lower priority goes first; within a priority, the when_full policy decides.
-        async with db.execute(
-            f"SELECT id, length(payload) FROM outbox ORDER BY priority ASC, id {order}"
-        ) as cur:
-            async for i, size in cur:
-                if total <= budget:
-                    break
-                victims.append(i)
-                total -= size
-        await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in victims])
-        dropped["full"] = dropped.get("full", 0) + len(victims)
-        dropped_ids.extend(victims)
-        return batches - len(victims), total
+        if self.ttl <= 0 or oldest is None or oldest >= now - self.ttl:
+            return
+        async with db.execute("SELECT id, length(payload) FROM outbox WHERE sent < ?", (now - self.ttl,)) as cur:
+            old = [(r[0], r[1]) async for r in cur]
+        if old:
+            await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in old])
+            dropped["ttl"] = dropped.get("ttl", 0) + len(old)
+            victims.extend(old)
 
-    def _payload_budget(self) -> int:
-        # Leave room for the other tables, b-tree overhead and the WAL.
-        return max(0, int(self.max_bytes * 0.8) - 64 * 1024)
+    async def _fit(
+        self, db: aiosqlite.Connection, budget: int, dropped: dict[str, int], victims: list[tuple[int, int]]
+    ) -> None:
+        """Drop batches by the when_full policy until the pages in use fit `budget`."""
+        used = await self._used_bytes(db)
+        if used <= budget:
+            return
+        order = "ASC" if self.when_full == "drop_oldest" else "DESC"
+        n0 = len(victims)
+        for _ in range(64):  # each round frees about the excess; a few rounds at most
+            excess = used - budget
+            chosen: list[tuple[int, int]] = []
+            freed = 0
+            # Lower priority goes first; within a priority, the when_full policy decides.
+            async with db.execute(
+                f"SELECT id, length(payload) FROM outbox ORDER BY priority ASC, id {order} LIMIT 4096"
+            ) as cur:
+                async for i, size in cur:
+                    if freed >= excess:
+                        break
+                    chosen.append((i, size))
+                    freed += self._row_cost(size)
+            if not chosen:
+                break  # nothing left to drop: the other tables hold the rest
+            await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in chosen])
+            victims.extend(chosen)
+            used = await self._used_bytes(db)
+            if used <= budget:
+                break
+        if len(victims) > n0:
+            dropped["full"] = dropped.get("full", 0) + len(victims) - n0
+
+    @property
+    def file_budget(self) -> int:
+        """Bytes of database pages in use that the outbox may fill (see the module doc)."""
+        return max(16 * self.page_size, self.max_bytes - 2 * wal_limit(self.max_bytes) - _SHM_BYTES)
+
+    def _row_cost(self, payload_len: int) -> int:
+        """About what one outbox row takes in the file: a share of a leaf page, or whole pages."""
+        usable = self.page_size - 35  # SQLite's largest payload kept on a leaf page
+        if payload_len + 48 <= usable:
+            return payload_len + 48
+        return -(-(payload_len + 48) // (self.page_size - 4)) * self.page_size
+
+    async def _used_bytes(self, db: aiosqlite.Connection) -> int:
+        async with db.execute("SELECT * FROM pragma_page_count(), pragma_freelist_count()") as cur:
+            pages, free = await cur.fetchone()  # type: ignore[misc]
+        return (int(pages) - int(free)) * self.page_size
 
     async def reclaim(self) -> None:
         """Give free pages back to the file system and trim the WAL (idle moments)."""
