@@ -355,6 +355,32 @@ def test_fired_windows_are_forgotten_after_allowed_lateness() -> None:
             feed(e, [("k", float(t), 1.0)])
         assert e.open_windows() <= 20, window
         assert e.keys() == 1
+        assert len(e.take_dirty()["k"]) < 2000  # revision counts are forgotten too
+
+
+def test_session_forgetting_rule_bounds_memory_for_backward_replays() -> None:
+    # Read literally, late readings chaining backwards from the open session could
+    # reach any old session; the engine forgets a fired session once a reading
+    # touching it would be past lateness on its own (session.py documents the rule).
+    e = engine(window="session", gap=5.0, allowed_lateness=0.0, aggregates=("count",))
+    feed(e, [("k", 0.0, 1.0), ("k", 3.0, 1.0), ("k", 100.0, 1.0)])  # [0, 8) fired, forgotten
+    out = feed(e, [("k", t, 1.0) for t in (97.0, 93.0, 89.0)])  # extend the open session back
+    assert out.windows == [] and out.late == []
+    out = Emitted()
+    e.flush_all(out)
+    assert spans(out) == [("k", 89.0, 105.0, 0, 4)]
+
+
+def test_late_bridge_into_the_open_session_keeps_the_fired_one() -> None:
+    e = engine(window="session", gap=5.0, allowed_lateness=0.0, aggregates=("count",))
+    out = feed(e, [("k", 0.0, 1.0), ("k", 3.0, 1.0), ("k", 10.0, 1.0)])
+    assert spans(out) == [("k", 0.0, 8.0, 0, 2)]
+    out = feed(e, [("k", 6.0, 1.0)])  # touches [0, 8) and the open [10, 15): on time
+    assert out.windows == []
+    out = Emitted()
+    e.flush_all(out)
+    assert out.windows[0]["replaces"] == [[0, 8]]
+    assert spans(out) == [("k", 0.0, 15.0, 1, 4)]
 
 
 def test_flush_all_fires_everything_and_deletes_the_checkpointed_keys() -> None:

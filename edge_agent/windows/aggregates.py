@@ -41,7 +41,7 @@ Partial = list  # the layout above
 class Aggregates:
     """Everything about one pipeline's aggregate list: new/add/combine/fill/dump/load."""
 
-    __slots__ = ("_outs", "_template", "_welford", "add", "combine", "merged", "names", "pct")
+    __slots__ = ("_outs", "_template", "add", "combine", "merged", "names", "pct", "record")
 
     def __init__(self, names: Sequence[str]) -> None:
         outs: list[tuple[str, str, float]] = []
@@ -75,7 +75,7 @@ class Aggregates:
         # merged(parts) -> a new partial of all parts (in event-time order), for firing
         # a sliding window from its panes in one call
         self.merged: Callable[[list[Partial]], Partial] = _make_merged(**flags)
-        self._welford = welford
+        self.record: Callable[..., dict[str, object]] = _make_record(self._outs, welford)
 
     def new(self) -> Partial:
         p = self._template.copy()
@@ -89,34 +89,6 @@ class Aggregates:
         if vals is not None:
             q[VALS] = array("d", vals) if vals.__class__ is array else vals.copy()
         return q
-
-    def fill(self, rec: dict[str, object], p: Partial) -> None:
-        """Write each configured aggregate of p into the record, named as configured."""
-        n = p[N]
-        srt: list[float] | None = None
-        for name, kind, q in self._outs:
-            if kind == "p":
-                vals = p[VALS]
-                if vals.__class__ is Sketch:
-                    rec[name] = vals.quantile(q)
-                else:
-                    if srt is None:
-                        srt = sorted(vals)
-                    rec[name] = exact_quantile(srt, q)
-            elif kind == "mean":
-                rec[name] = p[MEAN] if self._welford else p[SUM] / n
-            elif kind == "sum":
-                rec[name] = p[SUM]
-            elif kind == "min":
-                rec[name] = p[MIN]
-            elif kind == "max":
-                rec[name] = p[MAX]
-            elif kind == "first":
-                rec[name] = p[FV]
-            elif kind == "last":
-                rec[name] = p[LV]
-            else:  # stddev, sample (n - 1); 0 for a single reading
-                rec[name] = sqrt(max(p[M2], 0.0) / (n - 1)) if n > 1 else 0.0
 
     @staticmethod
     def dump(p: Partial) -> list[object]:
@@ -257,6 +229,52 @@ def _make_merged(
     return _compile("merged(parts)", body)  # type: ignore[return-value]
 
 
+def _quantile(p: Partial, srt: list[float] | None, q: float) -> float:
+    vals = p[VALS]
+    if vals.__class__ is Sketch:
+        return vals.quantile(q)
+    return exact_quantile(srt, q)  # type: ignore[arg-type]
+
+
+def _stddev(p: Partial) -> float:
+    """Sample standard deviation (n - 1); 0 for a single reading."""
+    n = p[N]
+    return sqrt(max(p[M2], 0.0) / (n - 1)) if n > 1 else 0.0
+
+
+def _make_record(
+    outs: tuple[tuple[str, str, float], ...], welford: bool
+) -> Callable[..., dict[str, object]]:
+    """record(pipeline, key, start, end, rev, p) -> the SPEC 4 window record, one dict display."""
+    body = ["    n = p[0]"]
+    if any(kind == "p" for _, kind, _ in outs):
+        body.append("    srt = sorted(p[10]) if p[10].__class__ is _array else None")
+    fields = [
+        f"{k!r}: {v}"
+        for k, v in (
+            ("pipeline", "pl"),
+            ("key", "key"),
+            ("start", "start"),
+            ("end", "end"),
+            ("rev", "rev"),
+            ("count", "n"),
+        )
+    ]
+    expr = {
+        "sum": "p[1]",
+        "mean": "p[2]" if welford else "p[1] / n",
+        "min": "p[4]",
+        "max": "p[5]",
+        "first": "p[7]",
+        "last": "p[9]",
+        "stddev": "_stddev(p)",
+    }
+    for name, kind, q in outs:
+        fields.append(f"{name!r}: " + (f"_quantile(p, srt, {q!r})" if kind == "p" else expr[kind]))
+    body.append("    return {" + ", ".join(fields) + "}")
+    return _compile("record(pl, key, start, end, rev, p)", body)  # type: ignore[return-value]
+
+
 def _compile(signature: str, body: list[str]) -> Callable[..., None]:
     src = f"def {signature}:\n" + "\n".join(body) + "\n"
     ns: dict[str, object] = {
@@ -265,6 +283,8 @@ def _compile(signature: str, body: list[str]) -> Callable[..., None]:
         "_Sketch": Sketch,
         "_merge_values": _merge_values,
         "_inf": inf,
+        "_quantile": _quantile,
+        "_stddev": _stddev,
     }
     exec(compile(src, f"<edge_agent.windows.aggregates.{signature}>", "exec"), ns)
     return ns[signature.partition("(")[0]]  # type: ignore[return-value]

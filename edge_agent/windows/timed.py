@@ -115,7 +115,7 @@ class TimedEngine(WindowEngine):
     def _slow(self, key: str, k: _Key, ts: float, v: float, out: Emitted) -> None:
         g = self.grid
         j = g.pane_of(ts)
-        klo, khi = g.first_window(j), g.last_window(j)
+        klo = -((g.np - 1 - j) // g.m)  # g.first_window(j), inlined: once per pane
         wm = k.wm
         efirst = g.end(klo)
         panes = k.panes
@@ -131,6 +131,7 @@ class TimedEngine(WindowEngine):
         # Some windows of this pane are closed. Nothing with readings has an end in
         # (kdone, wm] (wm < chk), so marking them scanned keeps late firings from repeating.
         lateness = self._lateness
+        khi = j // g.m
         kc = g.last_closed(wm)
         k.kdone = kc
         takers = [kk for kk in range(klo, min(khi, kc) + 1) if wm < g.end(kk) + lateness]
@@ -205,17 +206,25 @@ class TimedEngine(WindowEngine):
         # Forget panes whose every window is past allowed lateness (end + lateness <= wm,
         # the very test a late reading faces). That holds for a prefix of the panes in
         # index order, so pop the lowest while it does.
+        dropped = False
         while panes:
             jmin = min(panes)
             gc_at = g.end(jmin // m) + lateness
             if gc_at > wm:
                 break
             del panes[jmin]
+            dropped = True
         else:
             gc_at = inf
-        if fires:
-            for kk in [kk for kk in fires if g.end(kk) + lateness <= wm]:
-                del fires[kk]
+        if dropped and fires:
+            # A window that fired had readings in a pane it covers; once all its panes
+            # are gone it is past allowed lateness, and its firing count can go too.
+            if panes:
+                limit = -((np_ - 1 - min(panes)) // m)
+                for kk in [kk for kk in fires if kk < limit]:
+                    del fires[kk]
+            else:
+                fires.clear()
         # next check: the first window after kb holding readings (usually kb + 1)
         nxt = None
         if panes:
