@@ -224,13 +224,6 @@ def test_start_timeout_option_fails_fast_with_an_unreachable_local_broker(
     assert cli("start", "-c", str(cfg.path), "--timeout", "-1").returncode == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime.Agent.run: a failure after store.open() but before the try/finally (health "
-    "port busy, unreadable password_file) skips _shutdown(), so the store's aiosqlite "
-    "thread (non-daemon) is never closed: `run` prints the error but the process never "
-    "exits, and `start` only gives up at its timeout. Fix: open the try right after "
-    "store.open() (or close the store on that path)."
-))
 def test_start_reports_an_agent_that_exits_before_it_is_ready(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:

@@ -233,7 +233,7 @@ def test_seq_is_plus_one_per_batch_and_continues_across_a_restart(
 def test_max_batch_windows_splits_batches(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
     cfg = write_config(
         tmp_path, broker.port, upstream_broker.port,
-        upstream={"max_batch_windows": 3, "max_batch_delay": "2s"},
+        upstream={"max_batch_windows": 3, "max_batch_delay": "1s"},
     )
     base = _now_base()
     with Consumer(upstream_broker.port) as consumer, running_agent(cfg), Publisher(broker.port) as pub:
@@ -477,7 +477,7 @@ def test_open_windows_survive_a_graceful_restart(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(idle_timeout="3s")])
+                       pipelines=[pipeline(idle_timeout="2s")])
     base = _now_base()
     with Consumer(upstream_broker.port) as consumer, Publisher(broker.port) as pub:
         with running_agent(cfg) as agent:
@@ -522,13 +522,6 @@ def test_sighup_fires_a_changed_pipelines_open_windows_and_keeps_unchanged_ones(
         assert agent.health()["config"] != h0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime.Agent._do_reload: the changed pipeline's open windows are flushed and then "
-    "`await self.commit()` runs without force_cut, so the records stay in the stream until "
-    "max_batch_delay; _make_streams() then carries them into the new config's stream and "
-    "the batch is built with the NEW config hash, although the code says 'the old config's "
-    "windows leave under the old config hash'. Fix: self.commit(force_cut=True) there."
-))
 def test_sighup_fired_windows_leave_under_the_old_config_hash(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
