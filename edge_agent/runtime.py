@@ -40,6 +40,7 @@ from edge_agent.health.server import HealthServer
 from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.decode import PayloadDecoder
+from edge_agent.ingest.limits import KeyLimits
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.mqtt import Message, MqttClient, MqttError
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
@@ -53,6 +54,9 @@ log = logging.getLogger("edge_agent")
 
 STREAM_BATCHES = 0
 STREAM_LATE = 1
+STREAM_PRIORITY = 2  # batches of `priority = "high"` pipelines: same schema and seq counter as 0
+_SEQ_COUNTER = {STREAM_BATCHES: STREAM_BATCHES, STREAM_LATE: STREAM_LATE, STREAM_PRIORITY: STREAM_BATCHES}
+OVERLOAD_LAG = 0.5  # event-loop lag (s) past which ingest counts as overloaded
 _HELD_BLOCK = 256  # packet ids per fingerprint row
 _ACK_FLUSH = 16384  # commit early when this many acknowledgements wait (receive maximum 65535)
 RECEIVE_MAXIMUM = 65535
@@ -71,6 +75,7 @@ class _Pipeline:
     cfg: PipelineConfig
     decoder: PayloadDecoder
     engine: WindowEngine
+    limits: KeyLimits
     rejects: Counter[str] = field(default_factory=Counter)
     buf: list[tuple[str, float, float]] = field(default_factory=list)
     readings_in: int = 0
@@ -89,7 +94,12 @@ class _Pipeline:
 
 
 def _build_pipeline(cfg: PipelineConfig, max_future_skew: float) -> _Pipeline:
-    return _Pipeline(cfg, PayloadDecoder(cfg.format, max_future_skew), WindowEngine(cfg))
+    return _Pipeline(
+        cfg,
+        PayloadDecoder(cfg.format, max_future_skew),
+        WindowEngine(cfg),
+        KeyLimits(cfg.max_keys, cfg.max_key_rate),
+    )
 
 
 class Agent:
@@ -112,6 +122,7 @@ class Agent:
         self.router = TopicRouter([p.cfg.topics for p in self.pipelines])
         self.streams: dict[int, Stream] = {}
         self._make_streams()
+        self._high = {p.name for p in self.pipelines if p.cfg.priority == "high"}
         self.seqs: dict[int, int] = {STREAM_BATCHES: 0, STREAM_LATE: 0}
         self.uplink: Uplink | None = None
         self.local: MqttClient | None = None
@@ -125,6 +136,9 @@ class Agent:
         self.dropped_by_reason: Counter[str] = Counter()
         self.messages_qos0 = 0
         self.messages_duplicate = 0
+        self.messages_shed = 0  # QoS 0 messages dropped on arrival while overloaded
+        self.loop_lag = 0.0
+        self.overloaded = False
         self.probe = SystemProbe(cfg.agent.state_dir)
         self.health_server: HealthServer | None = None
         # Delivery fingerprints per packet id, and which 256-id blocks changed.
@@ -165,23 +179,29 @@ class Agent:
         """
         self._loop = asyncio.get_running_loop()
         restored = await self.store.open()
-        self._restore(restored)
-        if on_started is not None:
-            on_started()
-        password = read_password(self.cfg.upstream.password_file)
-        self.uplink = Uplink(
-            self.cfg.upstream,
-            client_id=f"edge-agent-{self.cfg.agent.id}-up",
-            store=self.store,
-            password=password,
-        )
-        await self._start_health()
+        try:
+            self._restore(restored)
+            if on_started is not None:
+                on_started()
+            password = read_password(self.cfg.upstream.password_file)
+            self.uplink = Uplink(
+                self.cfg.upstream,
+                client_id=f"edge-agent-{self.cfg.agent.id}-up",
+                store=self.store,
+                password=password,
+                max_inflight=self.cfg.upstream.max_inflight,
+            )
+            await self._start_health()
+        except BaseException:
+            await self.store.close()  # its aiosqlite thread would keep the process alive
+            raise
         self._taking = True
         self._spawn("local", self._local_loop())
         self._spawn("uplink", self.uplink.run())
         self._spawn("commit", self._commit_loop())
         self._spawn("idle", self._idle_loop())
         self._spawn("reclaim", self._reclaim_loop())
+        self._spawn("lag", self._lag_loop())
         interval = watchdog_interval()
         if interval:
             self._spawn("watchdog", self._watchdog_loop(interval))
@@ -216,7 +236,11 @@ class Agent:
         up = self.cfg.upstream
         old = self.streams
         self.streams = {}
-        for sid, schema in ((STREAM_BATCHES, BATCH_SCHEMA), (STREAM_LATE, LATE_SCHEMA)):
+        for sid, schema in (
+            (STREAM_BATCHES, BATCH_SCHEMA),
+            (STREAM_LATE, LATE_SCHEMA),
+            (STREAM_PRIORITY, BATCH_SCHEMA),
+        ):
             s = Stream(schema, self.cfg.agent.id, self.cfg.hash, up.max_batch_windows,
                        up.max_batch_bytes, up.max_batch_delay)
             if sid in old:  # a reload keeps what is waiting
@@ -315,6 +339,11 @@ class Agent:
     def _on_message(self, msg: Message) -> None:
         if not self._taking:
             return  # not acknowledged: the broker redelivers it to the next run
+        if self.overloaded and not msg.qos:
+            # Load shedding: QoS 0 cannot be held back by withheld acknowledgements,
+            # QoS 1 can (the broker stops at our Receive Maximum and queues the rest).
+            self.messages_shed += 1
+            return
         self._inbox.append((msg, time.time()))
         if not self._process_scheduled:
             self._process_scheduled = True
@@ -376,10 +405,17 @@ class Agent:
         emitted = self._emitted
         for i in touched:
             p = pipelines[i]
-            if p.buf:
-                p.readings_in += len(p.buf)
-                p.engine.process(p.buf, wall, emitted)
-                p.buf.clear()
+            buf = p.buf
+            if buf:
+                engine = p.engine
+                taken = p.limits.admit(buf, wall, engine.keys(), engine.has_key)
+                if taken is not buf:
+                    p.rejects["over_key_cap"] = p.limits.over_key_cap
+                    p.rejects["over_key_rate"] = p.limits.over_key_rate
+                p.readings_in += len(taken)
+                if taken:
+                    engine.process(taken, wall, emitted)
+                buf.clear()
         self._route_emitted()
         if len(acks) >= _ACK_FLUSH:
             self._commit_now.set()
@@ -389,18 +425,27 @@ class Agent:
         if not (e.windows or e.readings or e.late):
             return
         now = time.monotonic()
-        s = self.streams[STREAM_BATCHES]
+        high = self._high
         for recs, is_window in ((e.windows, True), (e.readings, False)):
-            if recs:
-                n0 = s.next_n
-                enc = s.add(recs, is_window, now)
-                self._pending_add.extend((STREAM_BATCHES, n0 + j, b) for j, b in enumerate(enc))
+            if not recs:
+                continue
+            if high:
+                urgent = [r for r in recs if r["pipeline"] in high]
+                if urgent:
+                    self._add_records(STREAM_PRIORITY, urgent, is_window, now)
+                    recs = [r for r in recs if r["pipeline"] not in high]
+            self._add_records(STREAM_BATCHES, recs, is_window, now)
         if e.late and self.cfg.upstream.late_topic:
-            ls = self.streams[STREAM_LATE]
-            n0 = ls.next_n
-            enc = ls.add(e.late, False, now)
-            self._pending_add.extend((STREAM_LATE, n0 + j, b) for j, b in enumerate(enc))
+            self._add_records(STREAM_LATE, e.late, False, now)
         e.clear()
+
+    def _add_records(self, sid: int, recs: list[dict[str, Any]], is_window: bool, now: float) -> None:
+        if not recs:
+            return
+        s = self.streams[sid]
+        n0 = s.next_n
+        enc = s.add(recs, is_window, now)
+        self._pending_add.extend((sid, n0 + j, b) for j, b in enumerate(enc))
 
     async def _idle_loop(self) -> None:
         while True:
@@ -423,18 +468,26 @@ class Agent:
     def _take_checkpoint(self, force_cut: bool = False) -> Checkpoint:
         cp = Checkpoint()
         now_m, now_w = time.monotonic(), time.time()
-        topics = {STREAM_BATCHES: self.cfg.batch_topic, STREAM_LATE: self.cfg.late_topic}
-        for sid, stream in self.streams.items():
+        topics = {
+            STREAM_BATCHES: self.cfg.batch_topic,
+            STREAM_LATE: self.cfg.late_topic,
+            STREAM_PRIORITY: self.cfg.batch_topic,
+        }
+        # Priority batches are cut (and numbered) first.
+        for sid in (STREAM_PRIORITY, STREAM_BATCHES, STREAM_LATE):
+            stream = self.streams[sid]
             cuts: list[CutBatch] = stream.cut(now_m, force=force_cut)
+            counter = _SEQ_COUNTER[sid]
             for c in cuts:
-                seq = self.seqs[sid]
-                self.seqs[sid] = seq + 1
+                seq = self.seqs[counter]
+                self.seqs[counter] = seq + 1
                 payload = encode_batch(
                     stream.schema, self.cfg.agent.id, seq, now_w, self.cfg.hash, c.windows, c.readings
                 )
-                cp.batches.append(NewBatch(sid, seq, topics[sid], payload, now_w))
+                priority = 1 if sid == STREAM_PRIORITY else 0
+                cp.batches.append(NewBatch(sid, seq, topics[sid], payload, now_w, priority))
             if cuts:
-                cp.seqs[sid] = self.seqs[sid]
+                cp.seqs[counter] = self.seqs[counter]
                 cp.pending_done[sid] = stream.first_n
         if self.durable:
             first = {sid: s.first_n for sid, s in self.streams.items()}
@@ -510,6 +563,26 @@ class Agent:
             with contextlib.suppress(sqlite3.Error):
                 await self.store.reclaim()
 
+    async def _lag_loop(self) -> None:
+        """Event-loop lag: how late a 250 ms sleep wakes up. Past OVERLOAD_LAG, ingest
+        is overloaded: /healthz says so and QoS 0 messages are shed (counted)."""
+        loop = asyncio.get_running_loop()
+        recent: list[float] = []
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.25)
+            recent.append(max(0.0, loop.time() - t0 - 0.25))
+            del recent[:-8]
+            self.loop_lag = max(recent)
+            overloaded = self.loop_lag > OVERLOAD_LAG
+            if overloaded != self.overloaded:
+                self.overloaded = overloaded
+                if overloaded:
+                    log.warning("ingest overloaded: event loop %.1f s late; shedding QoS 0, "
+                                "withholding QoS 1 acknowledgements", self.loop_lag)
+                else:
+                    log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
+
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
             self.notifier.watchdog()
@@ -553,9 +626,10 @@ class Agent:
             self.notifier.ready()
             return
         self._route_emitted()
-        await self.commit()  # the old config's windows leave under the old config hash
+        await self.commit(force_cut=True)  # the old config's windows leave under the old config hash
         self.cfg = new
         self.pipelines = keep
+        self._high = {p.name for p in keep if p.cfg.priority == "high"}
         old_filters = self.router.subscriptions
         self.router = TopicRouter([p.cfg.topics for p in keep])
         self._make_streams()
@@ -625,6 +699,10 @@ class Agent:
             disk_full=self.disk_full,
         )
         status, reasons = evaluate(facts)
+        if self.overloaded:
+            reasons.append(f"ingest overloaded: event loop {self.loop_lag:.1f} s late")
+            if status == "ok":
+                status = "degraded"
         oldest = self.store.outbox_oldest_sent
         rejects: Counter[str] = Counter()
         for p in self.pipelines:
@@ -651,7 +729,18 @@ class Agent:
             "pipelines": {p.name: p.counters() for p in self.pipelines},
             "rejected_by_reason": dict(rejects),
             "dropped_by_reason": dict(self.dropped_by_reason),
-            "messages": {"qos0": self.messages_qos0, "duplicates": self.messages_duplicate},
+            "messages": {
+                "qos0": self.messages_qos0,
+                "duplicates": self.messages_duplicate,
+                "shed_qos0": self.messages_shed,
+            },
+            "ingest": {"loop_lag_s": round(self.loop_lag, 3), "overloaded": self.overloaded},
+            "uplink": {
+                "inflight": up.inflight if up else 0,
+                "window": up.window.limit if up else 0,
+                "puback_latency_s": round(up.latency, 4) if up and up.latency is not None else None,
+                "queued": up.queued if up else 0,
+            },
         }
 
     # -- shutdown ----------------------------------------------------------------
@@ -664,7 +753,7 @@ class Agent:
         self.notifier.stopping()
         self._taking = False
         self._process_inbox()  # what was read before the stop is processed and committed
-        for name in ("idle", "local", "commit", "reclaim", "watchdog"):
+        for name in ("idle", "local", "commit", "reclaim", "watchdog", "lag"):
             task = self._tasks.pop(name, None)
             if task is not None:
                 task.cancel()

@@ -71,7 +71,7 @@ def _toml_value(v: object) -> str:
     raise TypeError(f"no TOML for {v!r}")
 
 
-def pipeline(name: str = "p", topics: Iterable[str] = ("s/#"), **keys: object) -> dict[str, object]:
+def pipeline(name: str = "p", topics: Iterable[str] = ("s/#",), **keys: object) -> dict[str, object]:
     """A fast pipeline: 1 s tumbling windows that fire 1 s after a key goes quiet."""
     base: dict[str, object] = {
         "name": name,
