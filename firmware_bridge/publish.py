@@ -140,11 +140,16 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         if self._client is not None:
+            # paho closes the socket itself once its writer callback has sent DISCONNECT
             self._client.disconnect()
-            self._client.on_socket_close = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    while self._client.socket() is not None:
+                        await asyncio.sleep(0.005)
             sock = self._client.socket()
-            if sock is not None:
+            if sock is not None:  # the broker did not take it in time: close it ourselves
                 self._drop_socket(sock)
+                sock.close()
         if self._misc is not None:
             self._misc.cancel()
 
