@@ -28,7 +28,9 @@ until the next checkpoint truncates it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -49,6 +51,8 @@ __all__ = ["Checkpoint", "CommitResult", "NewBatch", "OutboxRow", "Restored", "S
 log = logging.getLogger("edge_agent.buffer")
 
 DB_NAME = "edge-agent.db"
+SEQ_FILE = "edge-agent.seq"  # seq numbers reserved ahead, for a database lost to corruption
+SEQ_RESERVE = 10_000
 SCHEMA_VERSION = 1
 _SHM_BYTES = 32 * 1024  # the WAL index (-shm) of a WAL smaller than ~4 MiB
 
@@ -170,6 +174,8 @@ class Store:
         self.outbox_payload_bytes = 0
         self.outbox_oldest_sent: float | None = None
         self.page_size = 4096
+        self._seq_floor: dict[int, int] = {}  # stream -> seq below which numbers may be in use
+        self._lock = asyncio.Lock()  # one transaction at a time (commit and reclaim interleave)
 
     # -- open / restore ---------------------------------------------------
 
@@ -180,6 +186,7 @@ class Store:
             raise StateError(f"state_dir {self.state_dir}: cannot create it: {exc.strerror}") from exc
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise StateError(f"state_dir {self.state_dir}: not writable by this user")
+        self._seq_floor = self._read_seq_floor()
         try:
             return await self._open_once()
         except sqlite3.DatabaseError as exc:
@@ -187,10 +194,19 @@ class Store:
                 raise StateError(f"state_dir {self.state_dir}: disk full") from exc
             await self._close_quietly()
             aside = self._move_aside(str(exc))
+            seqs = _salvage_seqs(aside)
+            for k, v in self._seq_floor.items():
+                seqs[k] = max(seqs.get(k, 0), v)
             log.error("state database %s is unreadable (%s); moved it to %s and started a fresh one",
                       self.path, exc, aside)
             try:
-                return await self._open_once()
+                restored = await self._open_once()
+                if seqs:
+                    # seq is never reused (SPEC 4): carry on above what the old file issued.
+                    await self.set_meta((f"seq:{k}", v) for k, v in seqs.items())
+                    restored.seqs.update(seqs)
+                    log.warning("kept the seq counters of the unreadable database: %s", seqs)
+                return restored
             except sqlite3.Error as again:
                 await self._close_quietly()
                 raise StateError(f"state_dir {self.state_dir}: cannot start a fresh database: {again}") from again
@@ -263,10 +279,15 @@ class Store:
 
     async def commit(self, cp: Checkpoint, now: float) -> CommitResult:
         """Make a checkpoint durable in one transaction; apply the buffer bounds."""
+        async with self._lock:
+            return await self._commit(cp, now)
+
+    async def _commit(self, cp: Checkpoint, now: float) -> CommitResult:
         db = self._require()
         ids: list[int] = []
         dropped: dict[str, int] = {}
         dropped_ids: list[int] = []
+        self._reserve_seqs(cp.seqs)
         await db.execute("BEGIN IMMEDIATE")
         try:
             acked_n = 0
@@ -401,8 +422,11 @@ class Store:
     async def reclaim(self) -> None:
         """Give free pages back to the file system and trim the WAL (idle moments)."""
         db = self._require()
-        await db.execute("PRAGMA incremental_vacuum")
-        await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        async with self._lock:
+            # Each step of incremental_vacuum frees one page, and execute() steps
+            # once: executescript (sqlite3_exec) runs it to the end.
+            await db.executescript("PRAGMA incremental_vacuum;")
+            await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reads for the sender ----------------------------------------------
 
@@ -423,6 +447,38 @@ class Store:
         db = self._require()
         await db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(items))
 
+    def _read_seq_floor(self) -> dict[int, int]:
+        try:
+            doc = json.loads((self.state_dir / SEQ_FILE).read_text())
+            return {int(k): int(v) for k, v in doc.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    def _reserve_seqs(self, seqs: dict[int, int]) -> None:
+        """Before seqs up to `seqs` are committed, record a floor above them outside SQLite.
+
+        If the database is later lost to corruption, the fresh one starts above the
+        floor, so a seq is never reused (SPEC 4); the cost is one small file written
+        every SEQ_RESERVE batches.
+        """
+        floor = self._seq_floor
+        if all(v <= floor.get(k, -1) for k, v in seqs.items()):
+            return
+        new = {**floor, **{k: v + SEQ_RESERVE for k, v in seqs.items() if v > floor.get(k, -1)}}
+        path = self.state_dir / SEQ_FILE
+        tmp = path.with_name(SEQ_FILE + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump({str(k): v for k, v in new.items()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            # Reported like SQLite's own failures, so the caller retries the checkpoint.
+            raise sqlite3.OperationalError(f"{path}: {exc.strerror or exc}: database or disk is full"
+                                           if exc.errno == errno.ENOSPC else f"{path}: {exc}") from exc
+        self._seq_floor = new
+
     def disk_bytes(self) -> int:
         """The database and its journal files on disk."""
         total = 0
@@ -435,6 +491,26 @@ class Store:
         if self._db is None:
             raise StateError("state database is not open")
         return self._db
+
+
+def _salvage_seqs(path: Path) -> dict[int, int]:
+    """The next seq per stream that a damaged database still shows (meta, outbox), best effort."""
+    seqs: dict[int, int] = {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return seqs
+    try:
+        for query in (
+            "SELECT CAST(substr(k, 5) AS INTEGER), v FROM meta WHERE k LIKE 'seq:%'",
+            "SELECT stream, max(seq) + 1 FROM outbox GROUP BY stream",
+        ):
+            with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
+                for stream, nxt in db.execute(query):
+                    seqs[int(stream)] = max(seqs.get(int(stream), 0), int(nxt))
+    finally:
+        db.close()
+    return seqs
 
 
 def _is_disk_full(exc: BaseException) -> bool:
