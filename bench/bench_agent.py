@@ -222,7 +222,17 @@ def agent_drain(agent: AgentProcess, consumer: UpstreamConsumer, pool: Publisher
     done = wait_for(lambda: agent.counters().get("readings_in", 0) >= n, 120, 0.05)
     took = time.monotonic() - agent.started_at - startup
     rate = n / took if done and took > 0 else float("nan")
-    wait_for(lambda: consumer.stats()["count"] - c0 >= n, IDLE_TIMEOUT + 10, 0.1)
+    # Upstream may trail readings_in by a lot after a burst: wait while it still moves.
+    last, changed, t0 = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - t0 < 120:
+        got = consumer.stats()["count"] - c0
+        if got >= n:
+            break
+        if got != last:
+            last, changed = got, time.monotonic()
+        elif time.monotonic() - changed > IDLE_TIMEOUT + 8:
+            break
+        time.sleep(0.1)
     return rate, n - (consumer.stats()["count"] - c0)
 
 
