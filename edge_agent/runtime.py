@@ -644,8 +644,20 @@ class Agent:
             except MqttError as exc:
                 log.error("resubscribing after reload failed: %s", exc)
         await self._restart_health_if_needed()
+        self._reconfigure_uplink()
         log.info("config reloaded: %s (%d pipeline(s), %d restarted)", new.hash, len(keep), len(gone))
         self.notifier.ready()
+
+    def _reconfigure_uplink(self) -> None:
+        """Upstream settings and the password file take effect on reload."""
+        if self.uplink is None:
+            return
+        try:
+            password = read_password(self.cfg.upstream.password_file)
+        except EdgeAgentError as exc:
+            log.error("%s; keeping the running upstream settings", exc)
+            return
+        self.uplink.reconfigure(self.cfg.upstream, password)
 
     # -- health ----------------------------------------------------------------
 
@@ -653,17 +665,23 @@ class Agent:
         addr = self.cfg.health.address
         if addr is None:
             return
-        server = HealthServer(addr[0], addr[1], health=self.health, ready=self.ready,
-                              token=_read_token(self.cfg.health.token_file))
+        token = _read_token(self.cfg.health.token_file)
+        server = HealthServer(addr[0], addr[1], health=self.health, ready=self.ready, token=token)
         try:
             await server.start()
         except OSError as exc:
             raise EdgeAgentError(f"health.listen {self.cfg.health.listen}: cannot listen: {exc.strerror}") from exc
         self.health_server = server
-        self._health_listen = self.cfg.health.listen
+        self._health_listen = (self.cfg.health.listen, token)
 
     async def _restart_health_if_needed(self) -> None:
-        if getattr(self, "_health_listen", "") == self.cfg.health.listen:
+        """A new listen address or a rotated token_file restarts the health server."""
+        try:
+            token = _read_token(self.cfg.health.token_file)
+        except EdgeAgentError as exc:
+            log.error("%s; keeping the running endpoint", exc)
+            return
+        if getattr(self, "_health_listen", None) == (self.cfg.health.listen, token):
             return
         if self.health_server is not None:
             await self.health_server.close()
@@ -740,6 +758,8 @@ class Agent:
                 "window": up.window.limit if up else 0,
                 "puback_latency_s": round(up.latency, 4) if up and up.latency is not None else None,
                 "queued": up.queued if up else 0,
+                # Why upstream is unreachable; the spec's reason string stays exactly as it is.
+                "last_error": (up.last_error or None) if up and not up.connected else None,
             },
         }
 
@@ -824,6 +844,9 @@ def _read_token(path: str) -> str | None:
         return None
     from edge_agent.logs import register_secret
 
-    token = Path(path).read_text(encoding="utf-8").strip()
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeAgentError(f"health.token_file {path}: cannot read it: {exc}") from exc
     register_secret(token)
     return token or None

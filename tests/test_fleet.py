@@ -288,11 +288,6 @@ def test_without_token_file_the_endpoint_is_open(
         assert _health_cli(cfg.base_url, "--token", "anything").returncode in (0, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the token is read once when the health server starts; a SIGHUP reload restarts "
-    "the server only when health.listen changed, so a rotated token_file needs a restart",
-)
 def test_sighup_rotates_the_token(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
     cfg = _token_config(tmp_path, broker, upstream_broker)
     with running_agent_with_token(cfg) as agent:
@@ -341,11 +336,6 @@ def test_metrics_carry_the_temperature_when_the_board_has_one() -> None:
     assert "edge_agent_temperature_celsius" not in _metrics(render_metrics(_health_doc()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/healthz has system.throttled (the Pi firmware's get_throttled flags) but "
-    "/metrics has no series for it; proposed: edge_agent_throttled_flags <the flags as a number>",
-)
 def test_metrics_carry_the_pi_throttling_flags_when_the_board_has_them() -> None:
     m = _metrics(render_metrics(_health_doc(throttled="0x50005")))
     assert m["edge_agent_throttled_flags"] > 0

@@ -86,6 +86,18 @@ class _Writer:
             self.lines.append(f"{name} {text}")
 
 
+def _throttled_flags(value: Any) -> int | None:
+    """The Pi's get_throttled value ("0x50005" or a number) as an int, None if unknown."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip(), 0)
+    except ValueError:
+        return None
+
+
 def render_metrics(health: Mapping[str, Any]) -> str:
     """Render a /healthz dict as Prometheus text; missing figures are left out."""
     w = _Writer()
@@ -151,6 +163,13 @@ def render_metrics(health: Mapping[str, Any]) -> str:
     system = _section(health, "system")
     for suffix, help_text, key in _SYSTEM_GAUGES:
         w.gauge(f"edge_agent_{suffix}", help_text, system.get(key))
+    flags = _throttled_flags(system.get("throttled"))
+    if flags is not None:
+        w.gauge(
+            "edge_agent_throttled_flags",
+            "Raspberry Pi firmware get_throttled bits (0 = never throttled or under-volted).",
+            flags,
+        )
 
     labels = ",".join(
         f'{label}="{escape_label_value(str(health.get(label) or ""))}"'

@@ -66,7 +66,14 @@ class Uplink:
         self._wake = asyncio.Event()
         self._client: MqttClient | None = None
         self._on_state: Callable[[bool], None] | None = None
-        self.window = AdaptiveWindow(max_inflight)
+        self._kick = asyncio.Event()  # cuts a reconnect wait short (reconfigure)
+        self._setup_limits()
+        self.latency: float | None = None  # last PUBACK latency, seconds
+        self.inflight = 0
+
+    def _setup_limits(self) -> None:
+        cfg = self.cfg
+        self.window = AdaptiveWindow(self.max_inflight)
         self._buckets: list[tuple[TokenBucket, bool]] = []  # (bucket, counts bytes)
         rl = cfg.rate_limit
         if rl is not None and rl.batches_per_s:
@@ -75,8 +82,18 @@ class Uplink:
             # At least one full-size batch fits in the burst, so no batch waits forever.
             burst = max(rl.burst_bytes or 0.0, float(cfg.max_batch_bytes))
             self._buckets.append((TokenBucket(rl.bytes_per_s, burst), True))
-        self.latency: float | None = None  # last PUBACK latency, seconds
-        self.inflight = 0
+
+    def reconfigure(self, cfg: UpstreamSection, password: str) -> None:
+        """New upstream settings (a reload): reconnect with them, resending what is unacknowledged."""
+        changed = cfg != self.cfg or password != self.password
+        self.cfg, self.password = cfg, password
+        self.max_inflight = cfg.max_inflight
+        self._setup_limits()
+        if changed:
+            self.last_error = ""
+            if self._client is not None:
+                self._client.close()  # the run loop sees the loss, rewinds and reconnects
+            self._kick.set()
 
     # -- fed by the runtime ---------------------------------------------
 
@@ -129,9 +146,10 @@ class Uplink:
 
     async def run(self) -> None:
         backoff = Backoff()
-        cfg = self.cfg
-        tls = TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None
         while True:
+            self._kick.clear()
+            cfg = self.cfg
+            tls = TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None
             client = MqttClient(
                 host=cfg.host,
                 port=cfg.port,
@@ -146,7 +164,7 @@ class Uplink:
                 await client.connect(timeout=10.0)
             except (MqttError, OSError) as exc:
                 self._note_error(str(exc))
-                await asyncio.sleep(backoff.next())
+                await self._pause(backoff.next())
                 continue
             self._client = client
             self.connected = True
@@ -164,7 +182,12 @@ class Uplink:
                 self._client = None
                 client.close()
                 self._rewind()
-            await asyncio.sleep(backoff.next())
+            await self._pause(backoff.next())
+
+    async def _pause(self, delay: float) -> None:
+        """The reconnect wait; a reconfigure ends it at once."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kick.wait(), delay)
 
     def _note_error(self, why: str) -> None:
         if why != self.last_error:
