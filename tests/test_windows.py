@@ -409,6 +409,15 @@ def test_checkpoint_restores_percentile_sketch_and_revisions() -> None:
     assert feed(a, later).windows == feed(b, later).windows
 
 
+def test_checkpoint_of_another_window_shape_is_skipped() -> None:
+    a = engine(size=10.0)
+    feed(a, [("k", 1.0, 1.0)])
+    states = [(k, v) for k, v in a.take_dirty().items() if v is not None]
+    assert engine(size=10.0, allowed_lateness=5.0).restore(states) == 1  # lateness may change
+    other = engine(size=20.0)
+    assert other.restore(states) == 0 and other.keys() == 0
+
+
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(ConfigError):
         engine(window="hopping")

@@ -17,6 +17,7 @@ since the last call; `None` means the key's state is gone (after `flush_all`).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Iterable
 from typing import Any
@@ -75,6 +76,9 @@ class WindowEngine:
         self.windows_emitted = 0
         self.aggs = Aggregates(cfg.aggregates)
         self._record = self.aggs.record
+        # what a checkpointed state depends on; lateness and timeouts may change freely
+        shape = f"{cfg.window}|{cfg.size!r}|{cfg.slide!r}|{cfg.gap!r}|{','.join(cfg.aggregates)}"
+        self._shape = hashlib.sha256(shape.encode()).hexdigest()[:8]
         self._idle = float(cfg.idle_timeout)
         self._keys: dict[str, Any] = {}
         self._dirty: set[str] = set()
@@ -138,17 +142,28 @@ class WindowEngine:
         keys = self._keys
         for key in self._dirty:
             k = keys.get(key)
-            res[key] = None if k is None else cbor2.dumps(self._dump_key(k))
+            res[key] = None if k is None else cbor2.dumps([self._shape, *self._dump_key(k)])
         self._dirty.clear()
         return res
 
-    def restore(self, states: Iterable[tuple[str, bytes]]) -> None:
-        """Load checkpointed keys (as produced by take_dirty) into this engine."""
+    def restore(self, states: Iterable[tuple[str, bytes]]) -> int:
+        """Load checkpointed keys (as produced by take_dirty); returns how many were used.
+
+        A state written for another window shape (kind, size, slide, gap or
+        aggregates changed while the agent was down) cannot be read as this one's
+        and is skipped: those windows are lost, which beats misreading them.
+        """
+        used = 0
         for key, raw in states:
-            k = self._load_key(cbor2.loads(raw))
+            data = cbor2.loads(raw)
+            if not data or data[0] != self._shape:
+                continue
+            k = self._load_key(data[1:])
+            used += 1
             self._keys[key] = k
             k.queued = True
             heapq.heappush(self._heap, (k.wall + self._idle, key))
+        return used
 
     def open_windows(self) -> int:
         raise NotImplementedError

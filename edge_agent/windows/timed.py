@@ -31,7 +31,7 @@ from typing import Any
 from edge_agent.config import PipelineConfig
 from edge_agent.errors import ConfigError
 from edge_agent.windows.aggregates import Partial
-from edge_agent.windows.engine import Emitted, Reading, WindowEngine
+from edge_agent.windows.engine import Emitted, Reading, WindowEngine, _num
 from edge_agent.windows.grid import Grid
 
 __all__ = ["TimedEngine"]
@@ -156,16 +156,20 @@ class TimedEngine(WindowEngine):
     def _fire(self, out: Emitted, key: str, k: _Key, kk: int, rev: int) -> None:
         g = self.grid
         panes = k.panes
+        np_ = g.np
         first = kk * g.m
-        if g.np == 1:
+        if np_ == 1:
             p = panes[first]
+        elif np_ <= len(panes):
+            parts = [x for x in map(panes.get, range(first, first + np_)) if x is not None]
+            p = self.aggs.merged(parts)
         else:
-            last = first + g.np
-            if g.np <= len(panes):
-                p = self.aggs.merged([panes[j] for j in range(first, last) if j in panes])
-            else:
-                p = self.aggs.merged([panes[j] for j in sorted(panes) if first <= j < last])
-        self._emit(out, key, g.start(kk), g.end(kk), rev, p)
+            p = self.aggs.merged([panes[j] for j in sorted(panes) if first <= j < first + np_])
+        start, end = first * g.pw, (first + np_) * g.pw
+        if g.d != 1:
+            start, end = _num(start / g.d), _num(end / g.d)
+        out.windows.append(self._record(self.name, key, start, end, rev, p))
+        self.windows_emitted += 1
 
     # -- watermark moves -----------------------------------------------------------
 
