@@ -300,9 +300,10 @@ def scenarios(draw: st.DrawFn) -> tuple[PipelineConfig, Fraction, Fraction, list
         aggregates=AGGS,
     )
     span = draw(st.sampled_from([10, 40]))
+    base = draw(st.sampled_from([0.0, 1_700_000_000.0]))  # epoch magnitudes round differently
     ts = st.one_of(
-        st.integers(0, span * 10).map(lambda n: n / 10),
-        st.integers(0, span * 4).map(lambda n: n / 4),
+        st.integers(0, span * 10).map(lambda n: base + n / 10),
+        st.integers(0, span * 4).map(lambda n: base + n / 4),
     )
     keys = st.sampled_from(["a", "b", "c"][: draw(st.integers(1, 3))])
     reading = st.tuples(keys, ts, st.integers(-20, 20).map(float))
