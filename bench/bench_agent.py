@@ -236,6 +236,18 @@ def agent_drain(agent: AgentProcess, consumer: UpstreamConsumer, pool: Publisher
     return rate, n - (consumer.stats()["count"] - c0)
 
 
+def prelude(args: argparse.Namespace) -> str:
+    """Experiments: code run in the agent's process before its main(), changing nothing on disk."""
+    lines = []
+    if args.fast_paho:
+        lines += ["from bench import paho_fast", "paho_fast.install()"]
+    if args.receive_maximum:
+        lines += ["import edge_agent.runtime as rt",
+                  f"rt.RECEIVE_MAXIMUM = {args.receive_maximum}",
+                  f"rt._ACK_FLUSH = max(1, {args.receive_maximum} // 4)"]
+    return "\n".join(lines)
+
+
 def one_run(args: argparse.Namespace, k: int) -> RunResult:
     res = RunResult()
     work = Path(tempfile.mkdtemp(prefix="bench-agent-"))
@@ -257,7 +269,8 @@ def one_run(args: argparse.Namespace, k: int) -> RunResult:
         consumer = UpstreamConsumer(upstream.port)
         health = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
         agent = AgentProcess(cfg, health, work / "agent.log",
-                             profile_out=Path(args.profile) if args.profile else None).start()
+                             profile_out=Path(args.profile) if args.profile else None,
+                             prelude=prelude(args)).start()
         failures = 0
         for target in args.rates:
             st = run_step(agent, consumer, pool, target, args.duration, args.keepup)
@@ -306,6 +319,8 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
     print("edge-agent end-to-end benchmark: 100 sensors, QoS 1 JSON readings, local -> agent -> upstream")
     print("brokers: mosquitto with max_queued_messages 1000000 (tests.brokers.Broker); a stock")
     print("mosquitto (1000) drops QoS 1 for an online subscriber >~1000 messages behind (FIELD-NOTES).")
+    if args.fast_paho or args.receive_maximum:
+        print(f"EXPERIMENT: agent run with {prelude(args)!r}")
     print(f"runs: {len(results)}, step {args.duration:g} s, {args.publishers} {args.publisher} publisher process(es),"
           f" cpus {os.cpu_count()}")
     print()
@@ -380,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publisher", choices=("raw", "paho"), default="raw",
                     help="raw: QoS 1 packets built by hand on a socket (~6 us/msg); paho: ~35 us/msg")
     ap.add_argument("--profile", default="", help="run the agent under cProfile, writing this file (one run)")
+    ap.add_argument("--fast-paho", action="store_true",
+                    help="experiment: run the agent with bench/paho_fast.py installed")
+    ap.add_argument("--receive-maximum", type=int, default=0,
+                    help="experiment: the agent's local Receive Maximum (its _ACK_FLUSH = a quarter)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, state)")
     ap.add_argument("--quick", action="store_true", help="one short run: a smoke test of the bench itself")
     args = ap.parse_args(argv)

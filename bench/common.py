@@ -499,6 +499,7 @@ class AgentProcess:
     health_port: int
     log: Path
     profile_out: Path | None = None
+    prelude: str = ""  # Python run in the agent's process before main(): bench experiments
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready_after: float = 0.0  # exec -> /readyz 200, with nothing queued: the start-up cost
@@ -508,7 +509,11 @@ class AgentProcess:
         cmd = [sys.executable]
         if self.profile_out is not None:
             cmd += ["-m", "cProfile", "-o", str(self.profile_out)]
-        cmd += ["-m", "edge_agent", "run", "-c", str(self.cfg)]
+        if self.prelude:
+            cmd += ["-c", f"{self.prelude}\nimport sys\nfrom edge_agent.cli.main import main\n"
+                          f"sys.exit(main(['run', '-c', {str(self.cfg)!r}]))"]
+        else:
+            cmd += ["-m", "edge_agent", "run", "-c", str(self.cfg)]
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._logf, stderr=subprocess.STDOUT)
