@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import paho.mqtt._packet as _paho_packet
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -33,6 +34,43 @@ __all__ = ["Message", "MqttClient", "MqttError", "TlsSettings"]
 log = logging.getLogger("edge_agent.mqtt")
 
 Message = paho.MQTTMessage
+
+
+class _SharedTableProperties(Properties):
+    """paho's Properties for received packets, without paho's per-packet setup cost.
+
+    paho 2.x builds a Properties for every MQTT 5 PUBLISH it decodes, and its
+    __init__ rebuilds three lookup tables (~30 entries, ~80 str.replace calls): with
+    an empty property block that is most of the ~10 us paho spends decoding a
+    PUBLISH (bench/README.md has the profile). The tables are never mutated, so one
+    copy serves every instance, and an empty property block (one 0x00 byte, the
+    common case) needs no parsing. Everything else is paho's own code;
+    tests/test_mqtt.py checks that decoding gives the same result as paho's.
+    """
+
+    _proto = Properties(PacketTypes.PUBLISH)
+
+    def __init__(self, packetType: int) -> None:
+        set_ = object.__setattr__
+        set_(self, "packetType", packetType)
+        set_(self, "types", self._proto.types)
+        set_(self, "names", self._proto.names)
+        set_(self, "properties", self._proto.properties)
+
+    def unpack(self, buffer: Any) -> tuple[Properties, int]:
+        if buffer[:1] == b"\x00":
+            return self, 1
+        return super().unpack(buffer)  # type: ignore[no-any-return]
+
+
+def _install_shared_table_properties() -> None:
+    # decode_publish and its siblings look `Properties` up in paho.mqtt._packet at
+    # call time; replace it there only, and only on the paho major version we know.
+    if getattr(_paho_packet, "Properties", None) is Properties and hasattr(_paho_packet, "decode_publish"):
+        _paho_packet.Properties = _SharedTableProperties  # type: ignore[misc]
+
+
+_install_shared_table_properties()
 
 
 class MqttError(EdgeAgentError):
@@ -429,7 +467,9 @@ class MqttClient:
         if c is None:
             return
         read = c._packet_read  # private, but the only way to learn "socket drained" (AGAIN)
-        for _ in range(10_000):
+        # At most 1,000 packets per turn: bounds the messages held between reading
+        # and processing (memory) and lets timers and other sockets run in between.
+        for _ in range(1000):
             if c._sock is None:
                 return
             rc = read()

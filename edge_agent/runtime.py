@@ -325,7 +325,8 @@ class Agent:
         router = self.router
         filters = router.subscriptions
         await client.subscribe(
-            [(f, self.cfg.local.qos) for f in filters], ids=[router.sub_ids[f] for f in filters]
+            [(f, self.cfg.local.qos) for f in filters],
+            ids=[router.sub_ids[f] for f in filters] if router.needs_ids else None,
         )
         stale = [f for f in self._subscribed_before if f not in router.sub_ids]
         if stale:

@@ -91,3 +91,17 @@ def test_overlapping_filters_count_each_message_once_per_pipeline(
         assert counts(consumer) == {"left": 10, "right": 10}, got
         h = agent.health()
         assert {k: v["readings_in"] for k, v in h["pipelines"].items()} == {"left": 10, "right": 10}
+
+
+@given(filters(), filters(), st.lists(topics(), min_size=1, max_size=30))
+def test_filters_that_share_a_topic_overlap(a: str, b: str, ts: list[str]) -> None:
+    from edge_agent.ingest.router import filters_overlap
+
+    if any(filter_matches(a, t) and filter_matches(b, t) for t in ts):
+        assert filters_overlap(a, b), (a, b)
+
+
+def test_subscription_ids_only_when_subscriptions_overlap() -> None:
+    assert not TopicRouter([["sensors/#"]]).needs_ids
+    assert not TopicRouter([["a/+"], ["b/+"]]).needs_ids
+    assert TopicRouter([["a/+"], ["+/b"]]).needs_ids

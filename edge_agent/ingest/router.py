@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["TopicRouter", "filter_covers", "filter_matches"]
+__all__ = ["TopicRouter", "filter_covers", "filter_matches", "filters_overlap"]
 
 
 def filter_matches(flt: str, topic: str) -> bool:
@@ -41,6 +41,21 @@ def filter_covers(a: str, b: str) -> bool:
     return len(ap) == len(bp)
 
 
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic matches both filters (conservative about $ topics)."""
+    ap, bp = a.split("/"), b.split("/")
+    for i in range(max(len(ap), len(bp))):
+        x = ap[i] if i < len(ap) else None
+        y = bp[i] if i < len(bp) else None
+        if x == "#" or y == "#":
+            return True  # '#' also matches the parent level, so a shorter side still fits
+        if x is None or y is None:
+            return False
+        if x != "+" and y != "+" and x != y:
+            return False
+    return True
+
+
 class TopicRouter:
     """Maps a topic to the indexes of the pipelines whose filters match it."""
 
@@ -49,8 +64,14 @@ class TopicRouter:
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_size = cache_size
         self.subscriptions = self.all_filters
-        # MQTT 5 Subscription Identifiers, 1.. in subscription order.
-        self.sub_ids = {f: i + 1 for i, f in enumerate(self.subscriptions)}
+        # MQTT 5 Subscription Identifiers, 1.. in subscription order; only needed when
+        # two subscriptions overlap. Without them PUBLISH packets carry no properties,
+        # which paho decodes several times faster.
+        subs = self.subscriptions
+        self.needs_ids = any(
+            filters_overlap(f, g) for i, f in enumerate(subs) for g in subs[i + 1 :]
+        )
+        self.sub_ids = {f: i + 1 for i, f in enumerate(subs)}
         self._first: dict[str, int] = {}
 
     def first_copy(self, topic: str, ids: list[int]) -> bool:
