@@ -226,15 +226,14 @@ def tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
 def fill(path: Path) -> Path:
     """Fill the file system of `path` to the last byte."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0")
-                f.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (b"\0" * 65536, b"\0" * 512, b"\0"):
+            with contextlib.suppress(OSError):
+                while os.write(fd, chunk):
+                    pass
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -253,9 +252,9 @@ def test_read_only_state_dir_stops_the_start_with_a_clear_error(
 
 # -- the agent: bounds, ttl --------------------------------------------------------------------------
 
-def _cfg(tmp_path: Path, broker: Broker, upstream: Broker, **kw: Any) -> Any:
-    pipe = pipeline(topics=["s/#"], size="100ms", aggregates=["count", "sum"], idle_timeout="1s")
-    return write_config(tmp_path, broker.port, upstream.port, pipelines=[pipe], **kw)
+def _cfg(tmp_path: Path, broker: Broker, up: Broker, size: str = "100ms", **kw: Any) -> Any:
+    pipe = pipeline(topics=["s/#"], size=size, aggregates=["count", "sum"], idle_timeout="1s")
+    return write_config(tmp_path, broker.port, up.port, pipelines=[pipe], **kw)
 
 
 @pytest.mark.slow
@@ -263,14 +262,16 @@ def _cfg(tmp_path: Path, broker: Broker, upstream: Broker, **kw: Any) -> Any:
 def test_agent_bounds_its_buffer_and_counts_what_it_drops(
     broker: Broker, upstream_broker: Broker, tmp_path: Path, policy: str
 ) -> None:
-    max_bytes = 256 * 1024
+    # 1 MiB: the fingerprint table alone may take 256 KiB once every packet id was used.
+    max_bytes = 1024 * 1024
     cfg = _cfg(tmp_path, broker, upstream_broker,
                buffer={"max_bytes": max_bytes, "when_full": policy},
-               upstream={"max_batch_delay": "50ms"})
+               upstream={"max_batch_delay": "50ms"}, size="20ms")
+    consumer = Consumer(upstream_broker.port)  # its session queues what comes after the outage
     upstream_broker.stop()
-    with AgentProcess(cfg) as agent:
+    with consumer, AgentProcess(cfg) as agent:
         agent.wait_ready()
-        load = LoadPublisher(broker.port, rate=2000, sensors=50).start()
+        load = LoadPublisher(broker.port, rate=3000, sensors=200).start()
 
         def dropping() -> Any:
             h = agent.health()
@@ -282,26 +283,27 @@ def test_agent_bounds_its_buffer_and_counts_what_it_drops(
         assert h["status"] == "degraded" and h["dropped_by_reason"].get("full", 0) >= 20
         assert any("drop" in r for r in h["reasons"]), h["reasons"]
         dropped = agent.health()["counters"]["batches_dropped"]
-        with Consumer(upstream_broker.port) as consumer:
-            upstream_broker.start()
-            poll(lambda: agent.health()["buffer"]["batches"] == 0, 20, what="buffer drained")
-            # Readings after the outage: their batches come after every drop.
-            LoadPublisher(broker.port, rate=200).start().stop()
-            more = LoadPublisher(broker.port, rate=200).start()
-            time.sleep(0.3)
-            more.stop()
-            poll(lambda: agent.health()["buffer"]["batches"] == 0
-                 and len(consumer.unique()) == agent.health()["counters"]["batches_sent"] > 0, 15,
-                 what="every acknowledged batch at the consumer")
-            h = agent.health()
-            seqs = sorted(b.seq for b in consumer.unique())
-            missing = sorted(set(range(seqs[-1] + 1)) - set(seqs))
-            assert len(missing) == h["counters"]["batches_dropped"] >= dropped
-            if policy == "drop_oldest":
-                assert missing == list(range(len(missing))), "drop_oldest must drop the oldest seqs"
-            else:
-                assert missing == list(range(missing[0], missing[0] + len(missing))) and missing[0] > 0
-                assert seqs[-1] > missing[-1]  # what came after the drops got through
+        upstream_broker.start()
+        poll(lambda: agent.health()["buffer"]["batches"] == 0, 20, what="buffer drained")
+        # Readings after the outage: their batches come after every drop.
+        more = LoadPublisher(broker.port, rate=200).start()
+        time.sleep(0.3)
+        more.stop()
+        poll(lambda: agent.health()["buffer"]["batches"] == 0
+             and len(consumer.unique()) >= agent.health()["counters"]["batches_sent"] > 0, 15,
+             what=f"every acknowledged batch at the consumer ({len(consumer.unique())}, {len(consumer.batches)},"
+                  f" {agent.health()['counters']})")
+        h = agent.health()
+        seqs = sorted(b.seq for b in consumer.unique())
+        missing = sorted(set(range(seqs[-1] + 1)) - set(seqs))
+        assert len(missing) == h["counters"]["batches_dropped"] >= dropped
+        if policy == "drop_oldest":
+            assert missing == list(range(len(missing))), "drop_oldest must drop the oldest seqs"
+        else:
+            # The oldest stay; the newest went (a few may slip into space a drop freed
+            # within a page); what came after the outage got through.
+            assert missing[0] > 0 and seqs[-1] > missing[-1]
+            assert missing[0] + len(missing) - 1 - missing[-1] >= -0.1 * len(missing)
 
 
 @pytest.mark.slow
