@@ -1,8 +1,9 @@
 """`edge-agent demo`: the whole path on one machine, printed as it happens.
 
 Two mosquitto brokers (local and upstream) on free loopback ports, simulated
-sensors publishing JSON readings, the agent itself, and a consumer that prints
-each CBOR batch it receives, decoded. Halfway through, the upstream broker is
+sensors publishing JSON readings, a simulated microcontroller writing frames to a
+pseudo-terminal that firmware_bridge turns into readings, the agent itself, and a
+consumer that prints each CBOR batch it receives, decoded. Halfway through, the upstream broker is
 stopped for a few seconds: the agent buffers, then drains the backlog in seq
 order, and the consumer's totals show that nothing was lost. Ctrl-C (or
 --duration) stops everything and leaves nothing running.
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
@@ -61,7 +63,8 @@ aggregates = ["count", "min", "max", "mean", "p95"]
 def demo(duration: float, sensors: int, rate: float) -> int:
     if find_mosquitto() is None:
         raise EdgeAgentError("the demo needs mosquitto: sudo apt-get install -y mosquitto")
-    logging.basicConfig(level=logging.WARNING, format="  [agent] %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="  [%(name)s] %(levelname)s %(message)s")
+    logging.getLogger("firmware_bridge").setLevel(logging.ERROR)  # its shutdown is the demo's
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
         return asyncio.run(_demo(Path(tmp), duration, sensors, rate))
 
@@ -86,6 +89,7 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
     print("Ctrl-C to stop.\n")
     agent_task = asyncio.create_task(agent.run(), name="agent")
     tasks: list[asyncio.Task[None]] = []
+    board, bridge = None, None
     try:
         await _connect_retry(consumer)
         await consumer.subscribe([("edge/#", 1)])
@@ -94,6 +98,7 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
                 agent_task.result()
             await asyncio.sleep(0.05)
         tasks.append(asyncio.create_task(_sensors(local.port, sensors, rate, totals, stop)))
+        board, bridge = await _start_board(tmp, local.port, rate)
         tasks.append(asyncio.create_task(_outage(upstream, consumer, duration, stop)))
         if duration > 0:
             with contextlib.suppress(TimeoutError):
@@ -104,12 +109,24 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         for t in tasks:
             with contextlib.suppress(Exception):
                 await t
+        if board is not None and bridge is not None:
+            board.stop()
+            await asyncio.sleep(0.3)  # the last frames through the pty
+            h = bridge.health()
+            totals["published"] += 2 * int(h.get("published", 0))
+            await bridge.close()
+            bridge = None
         # Let the last windows fire (idle) and their batches arrive.
         deadline = time.monotonic() + 15
         while totals["counted"] < totals["published"] and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
     finally:
         stop.set()
+        if board is not None:
+            board.close()
+        if bridge is not None:
+            with contextlib.suppress(Exception):
+                await bridge.close()
         agent.request_stop()
         with contextlib.suppress(Exception):
             await agent_task
@@ -129,6 +146,30 @@ def _consumer(port: int, totals: dict[str, int]) -> MqttClient:
     # back after the outage wait for it at the broker.
     return MqttClient(host="127.0.0.1", port=port, client_id="demo-consumer", clean_start=False,
                       session_expiry=3600, on_message=lambda m: _show(m, totals))
+
+
+async def _start_board(tmp: Path, port: int, rate: float) -> tuple[Any, Any]:
+    """A microcontroller on a serial line: SimulatedBoard -> pty -> firmware_bridge -> MQTT."""
+    from firmware_bridge.bridge import Bridge
+    from firmware_bridge.config import parse_config
+    from firmware_bridge.simulator import SimulatedBoard
+
+    link = str(tmp / "ttyDEMO")
+    board = SimulatedBoard("mcu1", rate=rate, format="kv", clock="uptime_ms", noise=0.02,
+                           seed=3, link=link)
+    board.open()
+    cfg = parse_config(
+        f'[source]\nkind = "pty"\npath = "{link}"\n'
+        f'[clock]\nmode = "uptime_ms"\nfield = "uptime_ms"\n'
+        f'[publish]\nport = {port}\ntopic_template = "sensors/{{id}}"\n',
+        "demo-bridge.toml",
+    )
+    bridge = Bridge(cfg)
+    await bridge.start()
+    board.start_thread()
+    print(f"microcontroller mcu1 on {link} (key=value frames with *HH checksums, some line noise)"
+          " -> firmware_bridge -> sensors/mcu1")
+    return board, bridge
 
 
 async def _connect_retry(client: MqttClient) -> None:
