@@ -63,6 +63,7 @@ port = {local}
 [upstream]
 port = {upstream}
 max_batch_delay = "250ms"
+max_batch_windows = {batch_windows}
 
 [buffer]
 checkpoints = {checkpoints}
@@ -115,13 +116,15 @@ class RunResult:
 class Agent:
     """The agent with its config, fresh state dir, health port."""
 
-    def __init__(self, work: Path, local: int, upstream: int, checkpoints: bool, size: str) -> None:
+    def __init__(self, work: Path, local: int, upstream: int, checkpoints: bool, size: str,
+                 batch_windows: int = 500) -> None:
         self.health = free_port()
         state = work / f"state-{checkpoints}-{size}"
         shutil.rmtree(state, ignore_errors=True)
         cfg = work / f"agent-{checkpoints}-{size}.toml"
         cfg.write_text(AGENT_TOML.format(state=state, local=local, upstream=upstream, health=self.health,
-                                         checkpoints="true" if checkpoints else "false", size=size, idle=IDLE))
+                                         checkpoints="true" if checkpoints else "false", size=size, idle=IDLE,
+                                         batch_windows=batch_windows))
         self.proc = AgentProcess(cfg, self.health, work / "agent.log")
 
     def health_doc(self) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def broker_qos1_rate(port: int, size: int, n: int) -> float:
     sent = 0
     while acked[0] < n:
         while sent < n and sent - acked[0] < MAX_INFLIGHT:
-            c.publish("edge/bench-baseline/batches", payload, qos=1)
+            c.publish("baseline/qos1", payload, qos=1)  # outside the consumer's edge/#
             sent += 1
         c.loop(0.01)
     rate = n / (time.perf_counter() - t0)
@@ -207,8 +210,9 @@ def broker_qos1_rate(port: int, size: int, n: int) -> float:
 
 def spill_and_drain(work: Path, local: Broker, upstream: Broker, pool: PublisherPool,
                     args: argparse.Namespace, res: RunResult) -> None:
-    agent = Agent(work, local.port, upstream.port, True, "20ms")
-    consumer = UpstreamConsumer(upstream.port)  # subscribed before the outage: the broker keeps nothing for it
+    # 20 ms windows, 10 per batch: many small batches, as a long outage of a busy agent makes.
+    agent = Agent(work, local.port, upstream.port, True, "20ms", batch_windows=10)
+    consumer: UpstreamConsumer | None = None
     agent.proc.start()
     try:
         upstream.stop()
@@ -233,8 +237,9 @@ def spill_and_drain(work: Path, local: Broker, upstream: Broker, pool: Publisher
         res.spill_batches, res.spill_windows = batches / t_spill, windows / t_spill
         res.batch_bytes = h1["buffer"]["bytes"] / max(1, batches)
         log(f"    spilled {batches:,} batches ({windows:,} windows) in {t_spill:.2f}s")
-        # The consumer reconnects (1 s) and the agent too; both time out of the drain.
+        # The consumer (a clean session) subscribes before the agent's backoff brings it back.
         upstream.start()
+        consumer = UpstreamConsumer(upstream.port)
         wait_for(lambda: agent.health_doc().get("upstream", {}).get("connected", False), 30, 0.01)
         c0 = consumer.stats()
         t0 = time.monotonic()
@@ -244,7 +249,7 @@ def spill_and_drain(work: Path, local: Broker, upstream: Broker, pool: Publisher
         res.drain_windows = windows / t_drain
         wait_for(lambda: consumer.stats()["count"] >= args.spill_n, IDLE + 10, 0.1)
         c1 = consumer.stats()
-        res.lost = args.spill_n - c1["count"]
+        res.lost = args.spill_n - c1["count"]  # not seen upstream (or seen before the consumer joined)
         payload = int((c1["bytes"] - c0["bytes"]) / max(1, c1["batches"] - c0["batches"]))
         log(f"    drained {batches:,} batches in {t_drain:.2f}s; upstream count {c1['count']:,} of"
             f" {args.spill_n:,}; mean payload {payload} B")
@@ -252,7 +257,8 @@ def spill_and_drain(work: Path, local: Broker, upstream: Broker, pool: Publisher
         log(f"    broker QoS 1 baseline ({payload} B payloads, {MAX_INFLIGHT} in flight): {res.broker_qos1:,.0f}/s")
     finally:
         agent.proc.stop()
-        consumer.close()
+        if consumer is not None:
+            consumer.close()
 
 
 def one_run(args: argparse.Namespace, k: int) -> RunResult:
@@ -324,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--keepup", type=float, default=1.0)
     ap.add_argument("--wear-rate", type=float, default=5000.0)
-    ap.add_argument("--spill-n", type=int, default=50_000)
+    ap.add_argument("--spill-n", type=int, default=100_000)
     ap.add_argument("--spill-rate", type=float, default=10_000.0)
     ap.add_argument("--publishers", type=int, default=1)
     ap.add_argument("--keep", action="store_true")
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.rates = [int(float(x)) for x in args.rates.split(",") if x.strip()]
     if args.quick:
-        args.runs, args.duration, args.spill_n = 1, 2.0, 10_000
+        args.runs, args.duration, args.spill_n = 1, 2.0, 30_000
         args.rates = args.rates[:3]
     results = [one_run(args, k) for k in range(args.runs)]
     return report(results, args)
