@@ -205,6 +205,8 @@ class Agent:
         interval = watchdog_interval()
         if interval:
             self._spawn("watchdog", self._watchdog_loop(interval))
+        if self.notifier.enabled:
+            self._spawn("status", self._status_loop())
         log.info(
             "edge-agent %s started: agent %s, %d pipeline(s), config %s",
             __version__, self.cfg.agent.id, len(self.pipelines), self.cfg.hash,
@@ -584,6 +586,21 @@ class Agent:
                 else:
                     log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
 
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=)."""
+        c = self.counters()
+        up = self.uplink
+        link = "upstream connected" if up and up.connected else "upstream unreachable, buffering"
+        return (f"{c['readings_in']} readings in, {c['windows_emitted']} windows, "
+                f"{c['batches_sent']} batches sent; {link}; "
+                f"{self.store.outbox_batches} batches buffered")
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(10.0)
+            if self.ready():
+                self.notifier.status(self.status_line())
+
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
             self.notifier.watchdog()
@@ -774,7 +791,7 @@ class Agent:
         self.notifier.stopping()
         self._taking = False
         self._process_inbox()  # what was read before the stop is processed and committed
-        for name in ("idle", "local", "commit", "reclaim", "watchdog", "lag"):
+        for name in ("idle", "local", "commit", "reclaim", "watchdog", "lag", "status"):
             task = self._tasks.pop(name, None)
             if task is not None:
                 task.cancel()
