@@ -84,6 +84,7 @@ class UpstreamSection:
     max_batch_delay: float = 1.0
     rate_limit: RateLimit | None = None
     max_inflight: int = 32  # extension: unacknowledged batches at most (the adaptive window's ceiling)
+    live_share: float = 0.0  # extension: share of sends for new batches while a backlog drains
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +579,13 @@ def _rate_limit(v: object) -> RateLimit | None:
         raise _Problem(str(e)) from None
 
 
+def _fraction(v: object) -> float:
+    """A number from 0 to 1 (an integer 0 or 1 too)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        raise _Problem(f"expected a number from 0 to 1, got {show_value(v)}")
+    return float(v)
+
+
 def _key_rate(v: object) -> float | None:
     """`max_key_rate`: "" (no cap) or "N/s" readings per second per key."""
     text = _string(v).strip()
@@ -778,6 +786,7 @@ _SCHEMA: dict[str, dict[str, _Conv]] = {
         "max_batch_delay": _duration(positive=False),
         "rate_limit": _rate_limit,
         "max_inflight": _integer(1, 65535),
+        "live_share": _fraction,
     },
     "buffer": {
         "max_bytes": _size(1),

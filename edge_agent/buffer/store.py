@@ -430,6 +430,13 @@ class Store:
 
     # -- reads for the sender ----------------------------------------------
 
+    async def max_outbox_id(self) -> int:
+        """The newest outbox id (0 when empty)."""
+        db = self._require()
+        async with db.execute("SELECT coalesce(max(id), 0) FROM outbox") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def outbox_after(self, after_id: int, limit: int, priority: int | None = None) -> list[OutboxRow]:
         """Outbox rows with id > after_id in id order (of one priority, when given)."""
         db = self._require()

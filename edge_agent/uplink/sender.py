@@ -8,6 +8,12 @@ of memory, not the whole backlog.
 
 Batches of `priority = "high"` pipelines have their own queue, always served
 first; within a priority, batches leave in id (= seq) order.
+
+With `upstream.live_share` > 0 (default 0: strict seq order, as SPEC 4 says), the
+batches built since the uplink last (re)connected ("live") get that share of the
+sends while an older backlog drains, so fresh data leaves within a bounded delay
+even behind a long outage on a thin link. Each flow stays in seq order; a
+consumer that keeps the newest rev per window and deduplicates on seq is unaffected.
 """
 
 from __future__ import annotations
@@ -62,6 +68,11 @@ class Uplink:
         self.batches_sent = 0
         self.acked: list[tuple[int, int]] = []  # (id, size), taken by the runtime's commit
         self._classes = {p: _Class(p) for p in (1, 0)}  # served in this order
+        self._live = _Class(0)  # with live_share: batches newer than the last reconnect
+        self._live.backlog = False
+        self._boundary = 0  # highest outbox id offered before the last reconnect
+        self._sent_live = 0
+        self._sent_backlog = 0
         self._skip: set[int] = set()  # acked or dropped, maybe still in the database
         self._wake = asyncio.Event()
         self._client: MqttClient | None = None
@@ -102,15 +113,22 @@ class Uplink:
         if not rows:
             return
         for row in rows:
-            self._classes.get(row.priority, self._classes[0]).offer(row)
+            self._class_of(row).offer(row)
         self._wake.set()
+
+    def _class_of(self, row: OutboxRow) -> _Class:
+        if row.priority > 0:
+            return self._classes[1]
+        if self.cfg.live_share > 0 and row.id > self._boundary:
+            return self._live
+        return self._classes[0]
 
     def forget(self, ids: list[int]) -> None:
         """Batches the buffer policy dropped: never send them."""
         if ids:
             self._skip.update(ids)
             gone = set(ids)
-            for c in self._classes.values():
+            for c in (*self._classes.values(), self._live):
                 c.queue = deque(r for r in c.queue if r.id not in gone)
 
     def take_acked(self) -> list[tuple[int, int]]:
@@ -123,24 +141,36 @@ class Uplink:
 
     @property
     def queued(self) -> int:
-        return sum(len(c.queue) for c in self._classes.values())
+        return sum(len(c.queue) for c in (*self._classes.values(), self._live))
 
     @property
     def _backlog(self) -> bool:
-        return any(c.backlog for c in self._classes.values())
+        return any(c.backlog for c in (*self._classes.values(), self._live))
+
+    def _head(self, c: _Class) -> OutboxRow | None:
+        q = c.queue
+        while q and q[0].id in self._skip:
+            q.popleft()
+        return q[0] if q else None
 
     def _next_row(self) -> OutboxRow | None:
-        """The next batch to send: highest priority first, oldest first."""
-        for c in self._classes.values():
-            q = c.queue
-            while q and q[0].id in self._skip:
-                q.popleft()
-            if q:
-                return q[0]
-        return None
+        """The next batch to send: high priority first, then backlog and live by share."""
+        high = self._head(self._classes[1])
+        if high is not None:
+            return high
+        old, live = self._head(self._classes[0]), self._head(self._live)
+        if old is None or live is None:
+            return old or live
+        total = self._sent_live + self._sent_backlog
+        return live if self._sent_live < self.cfg.live_share * (total + 1) else old
 
     def _pop(self, row: OutboxRow) -> None:
-        self._classes.get(row.priority, self._classes[0]).queue.popleft()
+        c = self._class_of(row)
+        if c is self._live:
+            self._sent_live += 1
+        elif c is self._classes[0]:
+            self._sent_backlog += 1
+        c.queue.popleft()
 
     # -- the connection loop ----------------------------------------------
 
@@ -166,6 +196,8 @@ class Uplink:
                 self._note_error(str(exc))
                 await self._pause(backoff.next())
                 continue
+            if self.cfg.live_share > 0:
+                await self._split_backlog()
             self._client = client
             self.connected = True
             self.lost_since = None
@@ -198,6 +230,18 @@ class Uplink:
         """After a disconnect, every unacknowledged batch goes again, in order."""
         for c in self._classes.values():
             c.rewind()
+        self._live.queue.clear()
+
+    async def _split_backlog(self) -> None:
+        """On connect (live_share > 0): what is committed now is the backlog, what is
+        built from here on is live. Both were rewound, so nothing is queued twice."""
+        self._boundary = max(await self.store.max_outbox_id(), self._live.offered,
+                             *(c.offered for c in self._classes.values()))
+        self._classes[0].upper = self._boundary
+        self._live.cursor = self._live.offered = self._boundary
+        self._live.backlog = False
+        self._live.queue.clear()
+        self._sent_live = self._sent_backlog = 0
 
     async def _send_until_lost(self, client: MqttClient) -> None:
         inflight: dict[int, tuple[OutboxRow, float]] = {}
@@ -211,7 +255,7 @@ class Uplink:
         try:
             while not lost.done():
                 # Refill the memory queues from the database when they ran dry.
-                for c in self._classes.values():
+                for c in (*self._classes.values(), self._live):
                     if not c.queue and c.backlog:
                         await c.load(self.store, self._skip)
                 throttled = 0.0
@@ -308,6 +352,7 @@ class _Class:
         self.cursor = 0  # highest outbox id mirrored in memory
         self.backlog = True  # the database may hold rows beyond the cursor
         self.offered = 0  # highest id offered by the runtime
+        self.upper: int | None = None  # rows above this id belong to the live class
 
     def offer(self, row: OutboxRow) -> None:
         self.offered = max(self.offered, row.id)
@@ -325,6 +370,12 @@ class _Class:
     async def load(self, store: Store, skip: set[int]) -> None:
         offered_before = self.offered  # all committed before the query starts
         rows = await store.outbox_after(self.cursor, _PAGE, self.priority)
+        if self.upper is not None and rows and rows[-1].id > self.upper:
+            rows = [r for r in rows if r.id <= self.upper]
+            self.queue.extend(r for r in rows if r.id not in skip)
+            self.cursor = self.upper
+            self.backlog = False
+            return
         if rows:
             self.cursor = max(self.cursor, rows[-1].id)
             self.queue.extend(r for r in rows if r.id not in skip)
