@@ -1021,9 +1021,11 @@ def test_health_token_file_and_the_client_token_variable(tmp_path: Path) -> None
     (tmp_path / "token").write_text("s3cret\n")
     f = tmp_path / "agent.toml"
     f.write_text('[health]\ntoken_file = "token"\n' + PIPE)
-    # EDGE_AGENT_HEALTH_TOKEN is the `health` command's, not a config key
-    cfg = load_config(f, environ={"EDGE_AGENT_HEALTH_TOKEN": "x"})
+    cfg = load_config(f)
     assert cfg.health.token_file == str(tmp_path / "token")
+    # Every EDGE_AGENT_ variable is a config override; one that names no key is an error.
+    with pytest.raises(ConfigError, match="EDGE_AGENT_HEALTH_TOKEN"):
+        load_config(f, environ={"EDGE_AGENT_HEALTH_TOKEN": "x"})
     assert error('[health]\ntoken_file = "/no/token"\n' + PIPE) == (
         'agent.toml:2: health.token_file: no such file: "/no/token"'
     )

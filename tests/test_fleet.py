@@ -82,10 +82,8 @@ def _get(
             return exc.code, dict(exc.headers), exc.read()
 
 
-def _health_cli(*args: str, env_token: str | None = None) -> subprocess.CompletedProcess[str]:
+def _health_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = agent_env()
-    if env_token is not None:
-        env["EDGE_AGENT_HEALTH_TOKEN"] = env_token
     return subprocess.run(
         [sys.executable, "-m", "edge_agent", "health", *args],
         capture_output=True,
@@ -238,11 +236,11 @@ def test_token_guards_every_path_and_the_cli_passes_it(
         assert _get(cfg.base_url + "/healthz", TOKEN, method="HEAD")[0] == 200
         assert _get(cfg.base_url + "/healthz", None, method="HEAD")[0] == 401
 
-        # The CLI, as a fleet manager runs it over SSH: URL and --token, or the variable.
+        # The CLI, as a fleet manager runs it over SSH: URL and --token, or --token-file.
         ok = _health_cli(cfg.base_url, "--token", TOKEN)
         assert ok.returncode == 0, ok
         assert json.loads(ok.stdout)["agent"] == cfg.agent_id
-        full = _health_cli(cfg.base_url + "/healthz", env_token=TOKEN)
+        full = _health_cli(cfg.base_url + "/healthz", "--token-file", str(tmp_path / "health.token"))
         assert full.returncode == 0, full
         missing = _health_cli(cfg.base_url)
         assert missing.returncode == 2 and "401" in missing.stderr, missing

@@ -271,9 +271,19 @@ def _fetch(url: str, token: str | None, timeout: float) -> tuple[int, object]:
         return 0, str(reason)
 
 
-def health(url: str | None, config_path: str | None, token: str | None, timeout: float) -> int:
+def health(
+    url: str | None,
+    config_path: str | None,
+    token: str | None,
+    timeout: float,
+    token_file: str | None = None,
+) -> int:
     target = health_url(url, config_path)
-    token = token or os.environ.get("EDGE_AGENT_HEALTH_TOKEN")
+    if token is None and token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise EdgeAgentError(f"--token-file {token_file}: {exc.strerror}") from exc
     if token is None and config_path:
         token = _config_token(load_config(config_path))
     _, body = _fetch(target, token, timeout)

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="fetch /healthz and print it")
     h.add_argument("url", nargs="?", default=None)
     h.add_argument("-c", "--config", metavar="FILE", default=None)
-    h.add_argument("--token", default=None, help="bearer token (or $EDGE_AGENT_HEALTH_TOKEN)")
+    h.add_argument("--token", default=None, help="bearer token for the endpoint")
+    h.add_argument("--token-file", default=None, help="a file holding the bearer token")
     h.add_argument("--timeout", type=float, default=5.0)
 
     d = sub.add_parser("demo", help="simulated sensors -> agent -> upstream, printing batches")
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "health":
             from edge_agent.cli.control import health
 
-            return health(args.url, args.config, args.token, args.timeout)
+            return health(args.url, args.config, args.token, args.timeout, args.token_file)
         if args.command == "demo":
             from edge_agent.cli.demo import demo
 
