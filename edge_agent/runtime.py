@@ -156,6 +156,7 @@ class Agent:
         self._reload = asyncio.Event()
         self._commit_now = asyncio.Event()
         self._ready_notified = False
+        self._closing = False
         self._subscribed_before: list[str] = []  # filters the local session holds (from meta)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
@@ -461,12 +462,14 @@ class Agent:
     # -- checkpoint ----------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        interval = self.cfg.buffer.checkpoint_interval
-        while True:
+        # Stopped by _closing, never cancelled mid-commit: a commit cut short after its
+        # transaction would lose the acknowledgements it owes the local broker.
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._commit_now.wait(), interval)
+                await asyncio.wait_for(self._commit_now.wait(), self.cfg.buffer.checkpoint_interval)
             self._commit_now.clear()
-            await self.commit()
+            if not self._closing:
+                await self.commit()
 
     def _take_checkpoint(self, force_cut: bool = False) -> Checkpoint:
         cp = Checkpoint()
@@ -791,7 +794,15 @@ class Agent:
         self.notifier.stopping()
         self._taking = False
         self._process_inbox()  # what was read before the stop is processed and committed
-        for name in ("idle", "local", "commit", "reclaim", "watchdog", "lag", "status"):
+        self._closing = True
+        self._commit_now.set()
+        commit_task = self._tasks.pop("commit", None)
+        if commit_task is not None:
+            try:
+                await asyncio.wait_for(commit_task, 10.0)
+            except (TimeoutError, asyncio.CancelledError, Exception):
+                log.warning("checkpoint task did not finish in time")
+        for name in ("idle", "local", "reclaim", "watchdog", "lag", "status"):
             task = self._tasks.pop(name, None)
             if task is not None:
                 task.cancel()
