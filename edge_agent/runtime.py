@@ -269,8 +269,13 @@ class Agent:
         by_name = {p.name: p for p in self.pipelines}
         for name, states in r.windows.items():
             p = by_name.get(name)
-            if p is not None:
-                p.engine.restore(states)
+            if p is None:
+                log.warning("checkpoint of pipeline %r ignored: no such pipeline now", name)
+                continue
+            used = p.engine.restore(states)
+            if used is not None and used < len(states):
+                log.warning("pipeline %r: %d of %d checkpointed keys were saved with other window "
+                            "settings and are dropped", name, len(states) - used, len(states))
         for block, fps in r.held.items():
             if 0 <= block < 65536 // _HELD_BLOCK and len(fps) == 4 * _HELD_BLOCK:
                 self._held[block * _HELD_BLOCK : (block + 1) * _HELD_BLOCK] = array("I", fps)
