@@ -366,3 +366,18 @@ def test_agent_starts_fresh_beside_a_corrupt_database(
         assert poll(lambda: sum(int(w["count"]) for b in consumer.unique() for w in b.doc["windows"])
                     == published, 15, what="readings upstream")
         assert all(cbor2.loads(b.raw)["agent"] == cfg.agent_id for b in consumer.batches)
+
+
+async def test_pending_records_come_back_encoded_as_committed(tmp_path: Path) -> None:
+    # The runtime re-adds them to its batch stream as encoded CBOR (a kill -9 with
+    # records not yet cut into a batch made every restart crash when they came back decoded).
+    recs = [cbor2.dumps({"pipeline": "p", "key": f"k{i}", "start": 1.0, "end": 2.0, "count": i}) for i in range(3)]
+    store = Store(tmp_path)
+    await store.open()
+    await store.commit(Checkpoint(pending_add=[(0, 10 + i, r) for i, r in enumerate(recs)]), time.time())
+    await store.commit(Checkpoint(pending_done={0: 11}), time.time())
+    await store.close()
+    store = Store(tmp_path)
+    restored = await store.open()
+    await store.close()
+    assert restored.pending == {0: [(11, recs[1]), (12, recs[2])]}

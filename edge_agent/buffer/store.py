@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import cbor2
 
 from edge_agent.errors import StateError
 
@@ -141,7 +140,7 @@ class CommitResult:
 @dataclass(slots=True)
 class Restored:
     seqs: dict[int, int]
-    pending: dict[int, list[tuple[int, Any]]]  # stream -> [(n, record)]
+    pending: dict[int, list[tuple[int, bytes]]]  # stream -> [(n, CBOR-encoded record)]
     windows: dict[str, list[tuple[str, bytes]]]
     held: dict[int, bytes]
     outbox_batches: int
@@ -232,10 +231,10 @@ class Store:
             async for k, v in cur:
                 meta[k] = v
         seqs = {int(k[4:]): int(v) for k, v in meta.items() if k.startswith("seq:")}
-        pending: dict[int, list[tuple[int, Any]]] = {}
+        pending: dict[int, list[tuple[int, bytes]]] = {}
         async with db.execute("SELECT stream, n, record FROM pending ORDER BY stream, n") as cur:
             async for stream, n, rec in cur:
-                pending.setdefault(stream, []).append((n, cbor2.loads(rec)))
+                pending.setdefault(stream, []).append((n, bytes(rec)))  # encoded, as stored
         windows: dict[str, list[tuple[str, bytes]]] = {}
         async with db.execute("SELECT pipeline, key, state FROM windows") as cur:
             async for p, k, s in cur:
