@@ -117,6 +117,7 @@ class RunResult:
     steps: list[Step] = field(default_factory=list)
     agent_drain: float = float("nan")
     agent_drain_lost: int = 0
+    drain_rss: int = 0  # peak RSS of the agent process that drained the backlog
     peak_rss: int = 0
     upstream_dup_batches: int = 0
 
@@ -288,6 +289,7 @@ def one_run(args: argparse.Namespace, k: int) -> RunResult:
         res.peak_rss = peak_rss(agent.pid)
         if args.drain_n and not args.profile:
             res.agent_drain, res.agent_drain_lost = agent_drain(agent, consumer, pool, args.drain_n)
+            res.drain_rss = peak_rss(agent.pid)
             log(f"  agent drains a backlog at {res.agent_drain:,.0f}/s (lost {res.agent_drain_lost})")
         res.upstream_dup_batches = int(consumer.stats()["dup_batches"])
     finally:
@@ -321,6 +323,7 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
     print("mosquitto (1000) drops QoS 1 for an online subscriber >~1000 messages behind (FIELD-NOTES).")
     if args.fast_paho or args.receive_maximum:
         print(f"EXPERIMENT: agent run with {prelude(args)!r}")
+    print(f"code: {args.version}")
     print(f"runs: {len(results)}, step {args.duration:g} s, {args.publishers} {args.publisher} publisher process(es),"
           f" cpus {os.cpu_count()}")
     print()
@@ -366,7 +369,8 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
           " (published / (publishing + catch-up) time)")
     if adrain == adrain:
         print(f"  backlog drain                   {adrain:>10,.0f} readings/s = {adrain / drain:.0%} of the bare"
-              f" subscriber's drain; lost {[r.agent_drain_lost for r in results]}")
+              f" subscriber's drain; lost {[r.agent_drain_lost for r in results]};"
+              f" peak RSS {med([float(r.drain_rss) for r in results]) / 2**20:.1f} MiB")
     dupb = [r.upstream_dup_batches for r in results]
     if any(dupb):
         print(f"  duplicate batches upstream (same agent, seq): {dupb}")
@@ -380,10 +384,24 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
     return 0 if passed else 1
 
 
+def code_version() -> str:
+    """The commit measured, and whether the work tree differs from it (shared tree)."""
+    import subprocess
+
+    from bench.common import REPO
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False)
+        return r.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "edge_agent")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted edge_agent changes" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rates", default="2500,5000,7500,10000,12500,15000,20000,25000,30000,40000,50000",
+    ap.add_argument("--rates", default="2500,5000,7500,10000,15000,20000,25000,30000,40000,50000,60000,80000",
                     help="comma-separated target readings/s of the ramp")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of publishing per step")
     ap.add_argument("--keepup", type=float, default=1.0,
@@ -409,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.runs = 1
     load0 = os.getloadavg()
+    args.version = code_version()
     results: list[Any] = [one_run(args, k) for k in range(args.runs)]
     return report(results, args, load0)
 
