@@ -41,7 +41,17 @@ Partial = list  # the layout above
 class Aggregates:
     """Everything about one pipeline's aggregate list: new/add/combine/fill/dump/load."""
 
-    __slots__ = ("_outs", "_template", "add", "combine", "merged", "names", "pct", "record")
+    __slots__ = (
+        "_outs",
+        "_template",
+        "add",
+        "combine",
+        "merged",
+        "names",
+        "pct",
+        "record",
+        "window",
+    )
 
     def __init__(self, names: Sequence[str]) -> None:
         outs: list[tuple[str, str, float]] = []
@@ -76,6 +86,12 @@ class Aggregates:
         # a sliding window from its panes in one call
         self.merged: Callable[[list[Partial]], Partial] = _make_merged(**flags)
         self.record: Callable[..., dict[str, object]] = _make_record(self._outs, welford)
+        # window(pl, key, start, end, rev, parts) -> record(..., merged(parts)) in one call,
+        # parts may yield None (missing panes); the same arithmetic in the same order, so
+        # the same floats. None with a percentile: those need the values merged anyway.
+        self.window: Callable[..., dict[str, object]] | None = (
+            None if self.pct else _make_window(self._outs, **flags)
+        )
 
     def new(self) -> Partial:
         p = self._template.copy()
@@ -172,7 +188,7 @@ def _make_combine(
     return _compile("combine(dst, src)", body)  # type: ignore[return-value]
 
 
-def _make_merged(
+def _fold(
     *,
     use_sum: bool,
     welford: bool,
@@ -180,13 +196,17 @@ def _make_merged(
     use_max: bool,
     first: bool,
     last: bool,
-    pct: bool,
-) -> Callable[[list[Partial]], Partial]:
-    # Same arithmetic as combine, folded in locals: one call per fired window.
+    skip_none: bool,
+) -> list[str]:
+    """Lines folding every partial of ``parts`` into locals n, s, mean, m2, lo, hi, ft..lv."""
     body = [
         "    n = 0; s = 0.0; mean = 0.0; m2 = 0.0; lo = _inf; hi = -_inf",
         "    ft = _inf; fv = 0.0; lt = -_inf; lv = 0.0",
         "    for src in parts:",
+    ]
+    if skip_none:
+        body += ["        if src is None:", "            continue"]
+    body += [
         "        n2 = src[0]",
         "        if not n2:",
         "            continue",
@@ -213,6 +233,29 @@ def _make_merged(
         body += ["        if src[6] < ft:", "            ft = src[6]", "            fv = src[7]"]
     if last:
         body += ["        if src[8] > lt:", "            lt = src[8]", "            lv = src[9]"]
+    return body
+
+
+def _make_merged(
+    *,
+    use_sum: bool,
+    welford: bool,
+    use_min: bool,
+    use_max: bool,
+    first: bool,
+    last: bool,
+    pct: bool,
+) -> Callable[[list[Partial]], Partial]:
+    # Same arithmetic as combine, folded in locals: one call per fired window.
+    body = _fold(
+        use_sum=use_sum,
+        welford=welford,
+        use_min=use_min,
+        use_max=use_max,
+        first=first,
+        last=last,
+        skip_none=False,
+    )
     body.append("    p = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]")
     if pct:
         body += [
@@ -275,6 +318,50 @@ def _make_record(
     return _compile("record(pl, key, start, end, rev, p)", body)  # type: ignore[return-value]
 
 
+def _make_window(
+    outs: tuple[tuple[str, str, float], ...],
+    *,
+    use_sum: bool,
+    welford: bool,
+    use_min: bool,
+    use_max: bool,
+    first: bool,
+    last: bool,
+    pct: bool,
+) -> Callable[..., dict[str, object]]:
+    """window(pl, key, start, end, rev, parts): `merged` then `record` without the partial."""
+    assert not pct
+    body = _fold(
+        use_sum=use_sum,
+        welford=welford,
+        use_min=use_min,
+        use_max=use_max,
+        first=first,
+        last=last,
+        skip_none=True,
+    )
+    expr = {
+        "sum": "s",
+        "mean": "mean" if welford else "s / n",
+        "min": "lo",
+        "max": "hi",
+        "first": "fv",
+        "last": "lv",
+        "stddev": "(_sqrt(max(m2, 0.0) / (n - 1)) if n > 1 else 0.0)"  # as _stddev,
+    }
+    fields = [
+        "'pipeline': pl",
+        "'key': key",
+        "'start': start",
+        "'end': end",
+        "'rev': rev",
+        "'count': n",
+        *(f"{name!r}: {expr[kind]}" for name, kind, _ in outs),
+    ]
+    body.append("    return {" + ", ".join(fields) + "}")
+    return _compile("window(pl, key, start, end, rev, parts)", body)  # type: ignore[return-value]
+
+
 def _compile(signature: str, body: list[str]) -> Callable[..., None]:
     src = f"def {signature}:\n" + "\n".join(body) + "\n"
     ns: dict[str, object] = {
@@ -285,6 +372,7 @@ def _compile(signature: str, body: list[str]) -> Callable[..., None]:
         "_inf": inf,
         "_quantile": _quantile,
         "_stddev": _stddev,
+        "_sqrt": sqrt,
     }
     exec(compile(src, f"<edge_agent.windows.aggregates.{signature}>", "exec"), ns)
     return ns[signature.partition("(")[0]]  # type: ignore[return-value]

@@ -49,6 +49,7 @@ class _Key:
         "maxts",
         "panes",
         "queued",
+        "tidy",
         "wall",
         "wm",
     )
@@ -60,6 +61,7 @@ class _Key:
         self.chk = inf
         self.wall = 0.0
         self.queued = False
+        self.tidy = True  # no pane is past allowed lateness (see _scan); a restore may break it
         self.panes: dict[int, Partial] = {}
         self.fires: dict[int, int] = {}
         self._uncache()
@@ -83,6 +85,7 @@ class TimedEngine(WindowEngine):
         self.grid = Grid(size, slide)
         self._ooo = float(cfg.max_out_of_orderness)
         self._lateness = float(cfg.allowed_lateness)
+        self._window = self.aggs.window
 
     # -- per reading ---------------------------------------------------------------
 
@@ -155,20 +158,26 @@ class TimedEngine(WindowEngine):
 
     def _fire(self, out: Emitted, key: str, k: _Key, kk: int, rev: int) -> None:
         g = self.grid
-        panes = k.panes
         np_ = g.np
         first = kk * g.m
-        if np_ == 1:
-            p = panes[first]
-        elif np_ <= len(panes):
-            parts = [x for x in map(panes.get, range(first, first + np_)) if x is not None]
-            p = self.aggs.merged(parts)
-        else:
-            p = self.aggs.merged([panes[j] for j in sorted(panes) if first <= j < first + np_])
         start, end = first * g.pw, (first + np_) * g.pw
         if g.d != 1:
             start, end = _num(start / g.d), _num(end / g.d)
-        out.windows.append(self._record(self.name, key, start, end, rev, p))
+        panes = k.panes
+        if np_ == 1:
+            rec = self._record(self.name, key, start, end, rev, panes[first])
+        else:
+            if np_ <= len(panes):  # dense: look the window's panes up (None: no readings)
+                parts: Any = map(panes.get, range(first, first + np_))
+            else:  # few live panes in a long window: look from the panes
+                parts = [panes[j] for j in sorted(panes) if first <= j < first + np_]
+            window = self._window
+            if window is not None:
+                rec = window(self.name, key, start, end, rev, parts)
+            else:
+                p = self.aggs.merged([x for x in parts if x is not None])
+                rec = self._record(self.name, key, start, end, rev, p)
+        out.windows.append(rec)
         self.windows_emitted += 1
 
     # -- watermark moves -----------------------------------------------------------
@@ -177,6 +186,54 @@ class TimedEngine(WindowEngine):
         """Fire windows with readings whose end passed the watermark; forget old state."""
         g = self.grid
         wm = k.wm
+        if k.tidy and not self._lateness:
+            # The steady step, without allowed lateness: the watermark passed the end of
+            # exactly one more window (kdone + 1). Same outcome as the general path below,
+            # which it relies on for: every live pane j has j // m > kdone ("tidy", true
+            # after any scan with this lateness), and fires only holds restored counts.
+            kb = k.kdone + 1
+            m, np_, pw, d = g.m, g.np, g.pw, g.d
+            x = (kb * m + np_) * pw
+            x2 = x + m * pw
+            if d != 1:
+                x, x2 = x / d, x2 / d
+            if x <= wm < x2:  # end(kb) <= wm < end(kb + 1): last_closed(wm) == kb
+                k.kdone = kb
+                panes = k.panes
+                first = kb * m
+                if np_ == 1:
+                    if first in panes:
+                        self._fire(out, key, k, kb, k.fires.get(kb, 0) if k.fires else 0)
+                        del panes[first]  # window kb was its last; past lateness 0
+                        if k.fires:
+                            self._forget_fires(k)
+                else:
+                    for j in range(first, first + np_):
+                        if j in panes:
+                            self._fire(out, key, k, kb, k.fires.get(kb, 0) if k.fires else 0)
+                            break
+                    # panes whose last window is kb are past lateness 0; no lower one lives
+                    dropped = False
+                    for j in range(first, first + m):
+                        if j in panes:
+                            del panes[j]
+                            dropped = True
+                    if dropped and k.fires:
+                        self._forget_fires(k)
+                # next check: end(kb + 1) if that window holds readings (then it is
+                # also <= every pane's forget time), else the general rule
+                first += m
+                for j in range(first, first + np_):
+                    if j in panes:
+                        k.chk = x2 + 0.0  # float, as gc_at + lateness in the general path
+                        if k.efirst <= wm:
+                            k._uncache()
+                        return
+                k.chk = self._next_check(k, kb, wm)
+                if k.efirst <= wm:
+                    k._uncache()
+                return
+        k.tidy = True
         panes, fires = k.panes, k.fires
         lateness = self._lateness
         m, np_ = g.m, g.np
@@ -221,19 +278,34 @@ class TimedEngine(WindowEngine):
         else:
             gc_at = inf
         if dropped and fires:
-            # A window that fired had readings in a pane it covers; once all its panes
-            # are gone it is past allowed lateness, and its firing count can go too.
-            if panes:
-                limit = -((np_ - 1 - min(panes)) // m)
-                for kk in [kk for kk in fires if kk < limit]:
-                    del fires[kk]
-            else:
-                fires.clear()
-        # next check: the first window after kb holding readings (usually kb + 1)
+            self._forget_fires(k)
+        k.chk = self._next_check(k, kb, wm, gc_at)
+        if k.efirst <= wm:
+            k._uncache()
+
+    def _forget_fires(self, k: _Key) -> None:
+        # A window that fired had readings in a pane it covers; once all its panes
+        # are gone it is past allowed lateness, and its firing count can go too.
+        fires, panes = k.fires, k.panes
+        if panes:
+            limit = -((self.grid.np - 1 - min(panes)) // self.grid.m)
+            for kk in [kk for kk in fires if kk < limit]:
+                del fires[kk]
+        else:
+            fires.clear()
+
+    def _next_check(self, k: _Key, kb: int, wm: float, gc_at: float | None = None) -> float:
+        """The watermark of the next scan: the first window after kb holding readings
+        (usually kb + 1) or the lowest pane's forget time (gc_at; None: work it out)."""
+        g = self.grid
+        panes = k.panes
+        m, np_ = g.m, g.np
+        if gc_at is None:
+            gc_at = g.end(min(panes) // m) + self._lateness if panes else inf
         nxt = None
         if panes:
             first = (kb + 1) * m
-            for j in range(first, first + np_):  # type: ignore[arg-type]
+            for j in range(first, first + np_):
                 if j in panes:
                     nxt = kb + 1
                     break
@@ -248,9 +320,7 @@ class TimedEngine(WindowEngine):
             e = g.end(nxt)
             if e < gc_at:
                 gc_at = e
-        k.chk = gc_at
-        if k.efirst <= wm:
-            k._uncache()
+        return gc_at
 
     def _go_idle(self, key: str, k: _Key, out: Emitted) -> None:
         if not k.panes:
@@ -280,6 +350,7 @@ class TimedEngine(WindowEngine):
         k.maxts, k.wm, k.kdone, k.chk, k.wall = data[:5]
         k.panes = {j: load(p) for j, p in data[5]}
         k.fires = {kk: n for kk, n in data[6]}
+        k.tidy = False  # written under another allowed_lateness, maybe
         return k
 
     def open_windows(self) -> int:
