@@ -63,6 +63,28 @@ class _SharedTableProperties(Properties):
         return super().unpack(buffer)  # type: ignore[no-any-return]
 
 
+class _PackedProperties(Properties):
+    """PUBLISH properties that never change after set-up: packed once, not per message.
+
+    paho calls pack() on every publish (~30 us of str.replace and hasattr scans).
+    """
+
+    def __init__(self, packetType: int) -> None:
+        super().__init__(packetType)
+        object.__setattr__(self, "_packed", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        object.__setattr__(self, "_packed", None)
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()
+            object.__setattr__(self, "_packed", packed)
+        return packed
+
+
 def _install_shared_table_properties() -> None:
     # decode_publish and its siblings look `Properties` up in paho.mqtt._packet at
     # call time; replace it there only, and only on the paho major version we know.
@@ -176,6 +198,9 @@ class MqttClient:
         self._in_connect = False
         self._want_reader = False
         self._publish_props: dict[str, Properties] = {}
+        # The broker's Receive Maximum from CONNACK (MQTT 5 3.2.2.3.3): how many QoS 1/2
+        # publishes it accepts unacknowledged. paho does not enforce it; callers must.
+        self.server_receive_maximum = 65535
 
     # -- lifecycle -------------------------------------------------------
 
@@ -350,7 +375,7 @@ class MqttClient:
             # time, so one per content type serves every message.
             props = self._publish_props.get(content_type)
             if props is None:
-                props = self._publish_props[content_type] = Properties(PacketTypes.PUBLISH)
+                props = self._publish_props[content_type] = _PackedProperties(PacketTypes.PUBLISH)
                 props.ContentType = content_type
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
@@ -387,6 +412,7 @@ class MqttClient:
         if reason.is_failure:
             fut.set_exception(MqttError(f"{self.host}:{self.port} refused the connection: {reason}"))
         else:
+            self.server_receive_maximum = int(getattr(props, "ReceiveMaximum", 65535) or 65535)
             fut.set_result(bool(flags.session_present))
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

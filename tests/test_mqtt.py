@@ -106,3 +106,15 @@ async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
     assert [m.mid for m in again] == [m.mid for m in got]  # type: ignore[attr-defined]
     await sub2.disconnect()
     await pub.disconnect()
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_packed_publish_properties_match_paho_and_follow_changes(first: str, second: str) -> None:
+    from edge_agent.mqtt import _PackedProperties
+
+    ours, theirs = _PackedProperties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
+    for value in (first, second):
+        ours.ContentType = value
+        theirs.ContentType = value
+        assert ours.pack() == theirs.pack()
+        assert ours.pack() == theirs.pack()  # cached the second time

@@ -178,3 +178,29 @@ def test_live_share_lets_fresh_data_through_while_the_backlog_drains(
     assert backlog_done > fresh_at + 1.5
     backlog = [s for s in order if s != max(order)]
     assert backlog == sorted(backlog)  # the backlog itself stays in seq order
+
+
+def test_window_never_exceeds_the_brokers_receive_maximum() -> None:
+    clock = FakeClock()
+    w = AdaptiveWindow(max_inflight=32, clock=clock)
+    w.cap(20)  # a stock mosquitto announces 20
+    assert w.limit == 20
+    for _ in range(500):
+        clock.t += 0.01
+        w.on_ack(0.001)
+    assert w.limit == 20
+    w.cap(65535)
+    for _ in range(500):
+        clock.t += 0.01
+        w.on_ack(0.001)
+    assert w.limit == 32
+
+
+async def test_client_reads_the_brokers_receive_maximum(tmp_path: Path) -> None:
+    from edge_agent.mqtt import MqttClient
+
+    with Broker(tmp_path / "b", extra_conf="max_inflight_messages 7\n") as b:
+        c = MqttClient(host="127.0.0.1", port=b.port)
+        await c.connect()
+        assert c.server_receive_maximum == 7
+        await c.disconnect()

@@ -74,7 +74,8 @@ class Uplink:
         self._sent_live = 0
         self._sent_backlog = 0
         self._skip: set[int] = set()  # acked or dropped, maybe still in the database
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._client: MqttClient | None = None
         self._on_state: Callable[[bool], None] | None = None
         self._kick = asyncio.Event()  # cuts a reconnect wait short (reconfigure)
@@ -114,7 +115,7 @@ class Uplink:
             return
         for row in rows:
             self._class_of(row).offer(row)
-        self._wake.set()
+        self._wake_up()
 
     def _class_of(self, row: OutboxRow) -> _Class:
         if row.priority > 0:
@@ -126,7 +127,8 @@ class Uplink:
     def forget(self, ids: list[int]) -> None:
         """Batches the buffer policy dropped: never send them."""
         if ids:
-            self._skip.update(ids)
+            # Already deleted from the database (this follows their commit), so a
+            # reload cannot bring them back: only the in-memory queues hold them.
             gone = set(ids)
             for c in (*self._classes.values(), self._live):
                 c.queue = deque(r for r in c.queue if r.id not in gone)
@@ -198,6 +200,8 @@ class Uplink:
                 continue
             if self.cfg.live_share > 0:
                 await self._split_backlog()
+            # Never more in flight than the broker accepts (paho does not enforce it).
+            self.window.cap(client.server_receive_maximum)
             self._client = client
             self.connected = True
             self.lost_since = None
@@ -244,13 +248,18 @@ class Uplink:
         self._sent_live = self._sent_backlog = 0
 
     async def _send_until_lost(self, client: MqttClient) -> None:
-        inflight: dict[int, tuple[OutboxRow, float]] = {}
+        # Hot loop of a backlog drain: per batch one publish, one completion callback
+        # and (when idle) one future to sleep on; no tasks, no asyncio.wait.
+        inflight: dict[int, tuple[OutboxRow, float]] = {}  # insertion order = send order
+        done: deque[tuple[OutboxRow, BaseException | None]] = deque()
         lost = asyncio.ensure_future(client.wait_disconnected())
-        done_q: asyncio.Queue[tuple[OutboxRow, BaseException | None]] = asyncio.Queue()
+        lost.add_done_callback(lambda _f: self._wake_up())
+        publish, qos = client.publish, self.cfg.qos
+        monotonic = time.monotonic
 
         def on_done(row: OutboxRow, fut: asyncio.Future[None]) -> None:
-            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
-            done_q.put_nowait((row, exc))
+            done.append((row, fut.exception() if not fut.cancelled() else MqttError("cancelled")))
+            self._wake_up()
 
         try:
             while not lost.done():
@@ -259,56 +268,63 @@ class Uplink:
                     if not c.queue and c.backlog:
                         await c.load(self.store, self._skip)
                 throttled = 0.0
-                while len(inflight) < self.window.limit:
+                limit = self.window.limit
+                while len(inflight) < limit:
                     row = self._next_row()
                     if row is None:
                         break
-                    throttled = self._rate_wait(len(row.payload))
-                    if throttled > 0:
-                        break
+                    if self._buckets:
+                        throttled = self._rate_wait(len(row.payload))
+                        if throttled > 0:
+                            break
+                        self._rate_take(len(row.payload))
                     self._pop(row)
-                    self._rate_take(len(row.payload))
-                    fut = client.publish(row.topic, row.payload, self.cfg.qos, CONTENT_TYPE)
-                    inflight[row.id] = (row, time.monotonic())
+                    fut = publish(row.topic, row.payload, qos, CONTENT_TYPE)
+                    inflight[row.id] = (row, monotonic())
                     fut.add_done_callback(lambda f, r=row: on_done(r, f))
-                # Drain completions.
-                while not done_q.empty():
-                    row, exc = done_q.get_nowait()
-                    sent_at = inflight.pop(row.id, (row, time.monotonic()))[1]
+                while done:
+                    row, exc = done.popleft()
+                    sent_at = inflight.pop(row.id, (row, monotonic()))[1]
                     if exc is not None:
                         raise exc if isinstance(exc, MqttError) else MqttError(str(exc))
-                    self.latency = time.monotonic() - sent_at
+                    self.latency = monotonic() - sent_at
                     self.window.on_ack(self.latency)
                     self._acked(row)
                 self.inflight = len(inflight)
                 if inflight:
-                    oldest = min(t for _, t in inflight.values())
-                    if time.monotonic() - oldest > self.ack_timeout:
+                    oldest = next(iter(inflight.values()))[1]
+                    if monotonic() - oldest > self.ack_timeout:
                         self.window.on_timeout()
                         raise MqttError(f"no PUBACK within {self.ack_timeout:g} s")
-                self._wake.clear()
                 room = len(inflight) < self.window.limit
-                pending = self.queued or self._backlog
-                if pending and room and throttled == 0 and done_q.empty():
+                if room and throttled == 0 and (self.queued or self._backlog):
                     continue
-                waiters = [lost, asyncio.ensure_future(self._wake.wait()),
-                           asyncio.ensure_future(done_q.get())]
-                try:
-                    finished, _ = await asyncio.wait(
-                        waiters,
-                        timeout=throttled if throttled > 0 and room else 1.0,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    for w in waiters[1:]:
-                        w.cancel()
-                getter = waiters[2]
-                if getter in finished and not getter.cancelled():
-                    done_q.put_nowait(getter.result())
+                await self._sleep(throttled if throttled > 0 and room else 1.0)
         finally:
             lost.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lost
+
+    def _wake_up(self) -> None:
+        self._woken = True
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _sleep(self, timeout: float) -> None:
+        """Until something happens (a PUBACK, new batches, the connection lost) or timeout."""
+        if self._woken:
+            self._woken = False
+            return
+        loop = asyncio.get_running_loop()
+        w = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, lambda: w.done() or w.set_result(None))
+        try:
+            await w
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self._woken = False
 
     def _rate_wait(self, size: int) -> float:
         return max((b.wait_time(size if by_bytes else 1) for b, by_bytes in self._buckets), default=0.0)

@@ -70,8 +70,16 @@ class AdaptiveWindow:
 
     FLOOR_MEMORY = 30.0  # seconds a best latency is trusted before it is re-learnt
 
+    ceiling: int = 0  # max_inflight, lowered to the broker's Receive Maximum when smaller
+
     def __post_init__(self) -> None:
         self.window = float(self.max_inflight)
+        self.ceiling = self.max_inflight
+
+    def cap(self, receive_maximum: int) -> None:
+        """The broker's Receive Maximum bounds the window (MQTT 5 3.2.2.3.3)."""
+        self.ceiling = max(1, min(self.max_inflight, receive_maximum))
+        self.window = min(self.window, float(self.ceiling))
 
     @property
     def limit(self) -> int:
@@ -90,7 +98,7 @@ class AdaptiveWindow:
                 self._last_cut = now
                 self.cuts += 1
         else:
-            self.window = min(float(self.max_inflight), self.window + 1.0 / max(self.window, 1.0))
+            self.window = min(float(self.ceiling), self.window + 1.0 / max(self.window, 1.0))
 
     def on_timeout(self) -> None:
         self.window = 1.0
