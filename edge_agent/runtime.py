@@ -272,7 +272,7 @@ class Agent:
             if p is None:
                 log.warning("checkpoint of pipeline %r ignored: no such pipeline now", name)
                 continue
-            used = p.engine.restore(states)
+            used = p.engine.restore(states, wall=time.time())
             if used is not None and used < len(states):
                 log.warning("pipeline %r: %d of %d checkpointed keys were saved with other window "
                             "settings and are dropped", name, len(states) - used, len(states))

@@ -146,12 +146,16 @@ class WindowEngine:
         self._dirty.clear()
         return res
 
-    def restore(self, states: Iterable[tuple[str, bytes]]) -> int:
+    def restore(self, states: Iterable[tuple[str, bytes]], wall: float | None = None) -> int:
         """Load checkpointed keys (as produced by take_dirty); returns how many were used.
 
         A state written for another window shape (kind, size, slide, gap or
         aggregates changed while the agent was down) cannot be read as this one's
         and is skipped: those windows are lost, which beats misreading them.
+
+        `wall` is the restart time: a key's idle clock starts again from it, so time
+        the agent was down does not count as the device being silent (its readings
+        from that time are waiting at the broker and come next).
         """
         used = 0
         for key, raw in states:
@@ -159,6 +163,8 @@ class WindowEngine:
             if not data or data[0] != self._shape:
                 continue
             k = self._load_key(data[1:])
+            if wall is not None and k.wall < wall:
+                k.wall = wall
             used += 1
             self._keys[key] = k
             k.queued = True
