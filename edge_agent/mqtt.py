@@ -274,10 +274,19 @@ class MqttClient:
             raise
 
     async def disconnect(self, timeout: float = 2.0) -> None:
-        """Send DISCONNECT (flushing queued packets first) and close."""
+        """Make sure the broker applied what we sent, send DISCONNECT, and close."""
         c = self._client
         if c is None:
             return
+        if self.connected:
+            # Closing a socket that still has unread data (a broker keeps publishing
+            # to us until DISCONNECT) sends a TCP RST, and the broker's kernel may then
+            # drop packets of ours it has not read yet: the last PUBACKs, which would
+            # make it redeliver messages we committed. A broker answers packets in
+            # order (MQTT 5 4.6), so once an UNSUBACK comes back, everything before it
+            # was applied.
+            with contextlib.suppress(MqttError, TimeoutError):
+                await self.unsubscribe(["$edge-agent/flush"], timeout=timeout)
         if self.connected:
             c.disconnect()
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
