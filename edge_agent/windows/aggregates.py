@@ -46,6 +46,7 @@ class Aggregates:
         "_template",
         "add",
         "combine",
+        "fresh",
         "merged",
         "names",
         "pct",
@@ -86,6 +87,8 @@ class Aggregates:
         # a sliding window from its panes in one call
         self.merged: Callable[[list[Partial]], Partial] = _make_merged(**flags)
         self.record: Callable[..., dict[str, object]] = _make_record(self._outs, welford)
+        # fresh() -> a new partial, as new() without the method call when no values array
+        self.fresh: Callable[[], Partial] = self.new if self.pct else self._template.copy
         # window(pl, key, start, end, rev, parts) -> record(..., merged(parts)) in one call,
         # parts may yield None (missing panes); the same arithmetic in the same order, so
         # the same floats. None with a percentile: those need the values merged anyway.

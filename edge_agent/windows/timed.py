@@ -86,6 +86,7 @@ class TimedEngine(WindowEngine):
         self._ooo = float(cfg.max_out_of_orderness)
         self._lateness = float(cfg.allowed_lateness)
         self._window = self.aggs.window
+        self._new = self.aggs.fresh
 
     # -- per reading ---------------------------------------------------------------
 
@@ -118,18 +119,26 @@ class TimedEngine(WindowEngine):
     def _slow(self, key: str, k: _Key, ts: float, v: float, out: Emitted) -> None:
         g = self.grid
         j = g.pane_of(ts)
-        klo = -((g.np - 1 - j) // g.m)  # g.first_window(j), inlined: once per pane
+        m, np_, pw, d = g.m, g.np, g.pw, g.d
+        klo = -((np_ - 1 - j) // m)  # g.first_window(j), inlined: once per pane
         wm = k.wm
-        efirst = g.end(klo)
+        efirst = (klo * m + np_) * pw  # g.end(klo)
+        if d != 1:
+            efirst /= d
         panes = k.panes
         if efirst > wm:  # on time for all its windows
             p = panes.get(j)
             if p is None:
-                p = panes[j] = self.aggs.new()
+                p = panes[j] = self._new()
                 if efirst < k.chk:
                     k.chk = efirst
             self.aggs.add(p, ts, v)
-            k.lo, k.hi, k.cur, k.efirst = g.bound(j), g.bound(j + 1), p, efirst
+            lo = j * pw  # g.bound(j), g.bound(j + 1)
+            if d == 1:
+                k.lo, k.hi = lo, lo + pw
+            else:
+                k.lo, k.hi = lo / d, (lo + pw) / d
+            k.cur, k.efirst = p, efirst
             return
         # Some windows of this pane are closed. Nothing with readings has an end in
         # (kdone, wm] (wm < chk), so marking them scanned keeps late firings from repeating.
@@ -200,17 +209,35 @@ class TimedEngine(WindowEngine):
             if x <= wm < x2:  # end(kb) <= wm < end(kb + 1): last_closed(wm) == kb
                 k.kdone = kb
                 panes = k.panes
+                fires = k.fires
                 first = kb * m
+                stop = first + np_
                 if np_ == 1:
-                    if first in panes:
-                        self._fire(out, key, k, kb, k.fires.get(kb, 0) if k.fires else 0)
-                        del panes[first]  # window kb was its last; past lateness 0
-                        if k.fires:
+                    p = panes.pop(first, None)  # window kb was its last; past lateness 0
+                    if p is not None:
+                        start, end = first * pw, stop * pw
+                        if d != 1:
+                            start, end = _num(start / d), _num(end / d)
+                        rev = fires.get(kb, 0) if fires else 0
+                        out.windows.append(self._record(self.name, key, start, end, rev, p))
+                        self.windows_emitted += 1
+                        if fires:
                             self._forget_fires(k)
                 else:
-                    for j in range(first, first + np_):
+                    for j in range(first, stop):
                         if j in panes:
-                            self._fire(out, key, k, kb, k.fires.get(kb, 0) if k.fires else 0)
+                            rev = fires.get(kb, 0) if fires else 0
+                            window = self._window
+                            if window is not None and np_ <= len(panes):  # as _fire
+                                start, end = first * pw, stop * pw
+                                if d != 1:
+                                    start, end = _num(start / d), _num(end / d)
+                                parts = map(panes.get, range(first, stop))
+                                rec = window(self.name, key, start, end, rev, parts)
+                                out.windows.append(rec)
+                                self.windows_emitted += 1
+                            else:
+                                self._fire(out, key, k, kb, rev)
                             break
                     # panes whose last window is kb are past lateness 0; no lower one lives
                     dropped = False
@@ -218,18 +245,19 @@ class TimedEngine(WindowEngine):
                         if j in panes:
                             del panes[j]
                             dropped = True
-                    if dropped and k.fires:
+                    if dropped and fires:
                         self._forget_fires(k)
                 # next check: end(kb + 1) if that window holds readings (then it is
                 # also <= every pane's forget time), else the general rule
                 first += m
                 for j in range(first, first + np_):
                     if j in panes:
-                        k.chk = x2 + 0.0  # float, as gc_at + lateness in the general path
-                        if k.efirst <= wm:
-                            k._uncache()
-                        return
-                k.chk = self._next_check(k, kb, wm)
+                        # as the general path: the lowest pane's forget time (a float,
+                        # end + lateness) when it equals x2, else x2 itself
+                        k.chk = x2 + 0.0 if j < first + m else x2
+                        break
+                else:
+                    k.chk = self._next_check(k, kb, wm)
                 if k.efirst <= wm:
                     k._uncache()
                 return
