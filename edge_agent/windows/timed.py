@@ -25,7 +25,7 @@ A pane is forgotten once every window covering it is past allowed lateness
 
 from __future__ import annotations
 
-from math import inf
+from math import floor, inf
 from typing import Any
 
 from edge_agent.config import PipelineConfig
@@ -118,8 +118,15 @@ class TimedEngine(WindowEngine):
 
     def _slow(self, key: str, k: _Key, ts: float, v: float, out: Emitted) -> None:
         g = self.grid
-        j = g.pane_of(ts)
         m, np_, pw, d = g.m, g.np, g.pw, g.d
+        if d == 1:  # g.pane_of(ts), inlined for integral grids
+            j = floor(ts / pw)
+            while j * pw > ts:
+                j -= 1
+            while (j + 1) * pw <= ts:
+                j += 1
+        else:
+            j = g.pane_of(ts)
         klo = -((np_ - 1 - j) // m)  # g.first_window(j), inlined: once per pane
         wm = k.wm
         efirst = (klo * m + np_) * pw  # g.end(klo)
@@ -224,7 +231,8 @@ class TimedEngine(WindowEngine):
                         if fires:
                             self._forget_fires(k)
                 else:
-                    for j in range(first, stop):
+                    # the window holds readings: usually its first pane does, else look on
+                    for j in (first,) if first in panes else range(first + 1, stop):
                         if j in panes:
                             rev = fires.get(kb, 0) if fires else 0
                             window = self._window
@@ -240,17 +248,20 @@ class TimedEngine(WindowEngine):
                                 self._fire(out, key, k, kb, rev)
                             break
                     # panes whose last window is kb are past lateness 0; no lower one lives
-                    dropped = False
-                    for j in range(first, first + m):
-                        if j in panes:
-                            del panes[j]
-                            dropped = True
+                    if m == 1:
+                        dropped = panes.pop(first, None) is not None
+                    else:
+                        dropped = False
+                        for j in range(first, first + m):
+                            if j in panes:
+                                del panes[j]
+                                dropped = True
                     if dropped and fires:
                         self._forget_fires(k)
                 # next check: end(kb + 1) if that window holds readings (then it is
                 # also <= every pane's forget time), else the general rule
                 first += m
-                for j in range(first, first + np_):
+                for j in (first,) if first in panes else range(first + 1, first + np_):
                     if j in panes:
                         # as the general path: the lowest pane's forget time (a float,
                         # end + lateness) when it equals x2, else x2 itself
