@@ -350,7 +350,7 @@ def _make_window(
         "max": "hi",
         "first": "fv",
         "last": "lv",
-        "stddev": "(_sqrt(max(m2, 0.0) / (n - 1)) if n > 1 else 0.0)"  # as _stddev,
+        "stddev": "(_sqrt(max(m2, 0.0) / (n - 1)) if n > 1 else 0.0)",  # as _stddev
     }
     fields = [
         "'pipeline': pl",
