@@ -380,9 +380,12 @@ def test_adaptive_window_shrinks_on_a_congested_link_and_recovers(
 
             def recovered() -> bool:
                 h = agent.health()
-                return h["uplink"]["window"] > low and h["buffer"]["batches"] < 5
+                return h["uplink"]["window"] > low and (h["buffer"]["oldest_age_s"] or 0) < 2  # backlog drained
 
-            poll(recovered, 45, 0.1, what="the window growing again and the backlog drained")
+            try:
+                poll(recovered, 45, 0.1, what="the window growing again and the backlog drained")
+            except AssertionError:
+                raise AssertionError((low, agent.health()["uplink"], agent.health()["buffer"], proxy.connections)) from None
         finally:
             stop.set()
             loader.join()
