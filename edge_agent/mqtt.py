@@ -198,6 +198,7 @@ class MqttClient:
         self._in_connect = False
         self._want_reader = False
         self._publish_props: dict[str, Properties] = {}
+        self._paused = False
         # The broker's Receive Maximum from CONNACK (MQTT 5 3.2.2.3.3): how many QoS 1/2
         # publishes it accepts unacknowledged. paho does not enforce it; callers must.
         self.server_receive_maximum = 65535
@@ -406,6 +407,22 @@ class MqttClient:
     @property
     def unacked_publishes(self) -> int:
         return len(self._pending)
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (backpressure): the broker holds what we do not read."""
+        if self._loop is not None and self._sock is not None and not self._paused:
+            self._paused = True
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._sock)
+
+    def resume_reading(self) -> None:
+        if self._loop is not None and self._sock is not None and self._paused:
+            self._paused = False
+            self._loop.add_reader(self._sock, self._do_read)
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
 
     # -- paho callbacks (all on the loop, except socket-open during connect) --
 

@@ -59,6 +59,11 @@ _SEQ_COUNTER = {STREAM_BATCHES: STREAM_BATCHES, STREAM_LATE: STREAM_LATE, STREAM
 OVERLOAD_LAG = 0.5  # event-loop lag (s) past which ingest counts as overloaded
 _HELD_BLOCK = 256  # packet ids per fingerprint row
 _ACK_FLUSH = 16384  # commit early when this many acknowledgements wait (receive maximum 65535)
+# The ingest budget: past this much uncommitted work, the local socket is not read
+# until the next checkpoint has acknowledged it, so a flood waits in the broker, not
+# in our memory (records: encoded but not yet durable, across all streams).
+_BUDGET_MESSAGES = 32768
+_BUDGET_RECORDS = 100_000
 RECEIVE_MAXIMUM = 65535
 COUNTER_NAMES = (
     "readings_in",
@@ -137,6 +142,9 @@ class Agent:
         self.messages_qos0 = 0
         self.messages_duplicate = 0
         self.messages_shed = 0  # QoS 0 messages dropped on arrival while overloaded
+        self.ingest_pauses = 0  # times the local socket was paused for the checkpoint to catch up
+        self._over_budget = False  # uncommitted work past the budget, until the next checkpoint
+        self._over_budget_at = -1e9
         self.loop_lag = 0.0
         self.overloaded = False
         self.probe = SystemProbe(cfg.agent.state_dir)
@@ -428,6 +436,20 @@ class Agent:
         self._route_emitted()
         if len(acks) >= _ACK_FLUSH:
             self._commit_now.set()
+        over_records = len(self._pending_add) >= _BUDGET_RECORDS
+        if over_records or len(acks) >= _BUDGET_MESSAGES:
+            # Over the ingest budget: overloaded until a checkpoint catches up. QoS 0
+            # messages are shed on arrival meanwhile (counted); QoS 1 ones are held
+            # back by not reading the socket, so the broker keeps them (nothing lost).
+            self._over_budget = True
+            self._over_budget_at = time.monotonic()
+            if not self.overloaded:
+                self._set_overloaded(True)
+            hard = len(acks) >= _BUDGET_MESSAGES or len(self._pending_add) >= 2 * _BUDGET_RECORDS
+            if hard and local is not None and not local.reading_paused:
+                local.pause_reading()
+                self.ingest_pauses += 1
+            self._commit_now.set()
 
     def _route_emitted(self) -> None:
         e = self._emitted
@@ -549,6 +571,9 @@ class Agent:
         if local is not None:
             for mid in acks:
                 local.ack(mid, 1)
+            if local.reading_paused and self._taking:
+                local.resume_reading()
+        self._over_budget = False
         assert self.uplink is not None
         self.uplink.committed_deletions(cp.acked)
         if result.dropped_ids:
@@ -585,14 +610,20 @@ class Agent:
             recent.append(max(0.0, loop.time() - t0 - 0.25))
             del recent[:-8]
             self.loop_lag = max(recent)
-            overloaded = self.loop_lag > OVERLOAD_LAG
+            # Overloaded: the loop is late, or ingest went over its budget in the last 2 s.
+            recent_budget = self._over_budget or time.monotonic() - self._over_budget_at < 2.0
+            overloaded = self.loop_lag > OVERLOAD_LAG or recent_budget
             if overloaded != self.overloaded:
-                self.overloaded = overloaded
-                if overloaded:
-                    log.warning("ingest overloaded: event loop %.1f s late; shedding QoS 0, "
-                                "withholding QoS 1 acknowledgements", self.loop_lag)
-                else:
-                    log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
+                self._set_overloaded(overloaded)
+
+    def _set_overloaded(self, overloaded: bool) -> None:
+        self.overloaded = overloaded
+        if overloaded:
+            log.warning("ingest overloaded (event loop %.1f s late, %d uncommitted records): "
+                        "shedding QoS 0, holding QoS 1 back at the broker",
+                        self.loop_lag, len(self._pending_add))
+        else:
+            log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
 
     def status_line(self) -> str:
         """One line for `systemctl status` (sd_notify STATUS=)."""
@@ -744,7 +775,8 @@ class Agent:
         )
         status, reasons = evaluate(facts)
         if self.overloaded:
-            reasons.append(f"ingest overloaded: event loop {self.loop_lag:.1f} s late")
+            reasons.append(f"ingest overloaded: event loop {self.loop_lag:.1f} s late, "
+                           f"{self.messages_shed} QoS 0 messages shed")
             if status == "ok":
                 status = "degraded"
         oldest = self.store.outbox_oldest_sent
@@ -778,7 +810,12 @@ class Agent:
                 "duplicates": self.messages_duplicate,
                 "shed_qos0": self.messages_shed,
             },
-            "ingest": {"loop_lag_s": round(self.loop_lag, 3), "overloaded": self.overloaded},
+            "ingest": {
+                "loop_lag_s": round(self.loop_lag, 3),
+                "overloaded": self.overloaded,
+                "paused": bool(self.local and self.local.reading_paused),
+                "pauses": self.ingest_pauses,
+            },
             "uplink": {
                 "inflight": up.inflight if up else 0,
                 "window": up.window.limit if up else 0,

@@ -194,15 +194,6 @@ def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: F
     assert run.final["status"] == "ok" and run.final["reasons"] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Ingest memory is not bounded by the agent: acknowledgements wait for the commit and "
-    "Receive Maximum is 65535, so up to 65535 unacknowledged messages (x their records: "
-    "decoded readings, encoded records in Stream.items and Agent._pending_add) sit in the "
-    "process, and under saturation _process_inbox runs back to back so checkpoints fall "
-    "further behind. Measured: RSS grows ~40 MB/s during the flood, VmHWM 300-700 MB. "
-    "Fix: a budget of uncommitted readings/bytes in runtime.py: past it, stop reading the "
-    "local socket (loop.remove_reader via MqttClient.pause_reading) and commit; resume "
-    "reading after the commit acknowledges. The broker then holds the backlog."))
 def test_qos1_flood_memory_stays_bounded(qos1_flood: FloodRun) -> None:
     assert qos1_flood.alive
     assert qos1_flood.peak_rss < RSS_BOUND, f"peak RSS {qos1_flood.peak_rss / 2**20:.0f} MiB"

@@ -39,6 +39,7 @@ log = logging.getLogger("edge_agent.uplink")
 
 CONTENT_TYPE = "application/cbor"
 _MEMORY_ROWS = 2000  # rows mirrored in memory before the queue falls back to the database
+_MEMORY_BYTES = 4 * 1024 * 1024  # and payload bytes: a backlog stays on disk, not in RAM
 _PAGE = 500
 
 
@@ -369,14 +370,19 @@ class _Class:
         self.backlog = True  # the database may hold rows beyond the cursor
         self.offered = 0  # highest id offered by the runtime
         self.upper: int | None = None  # rows above this id belong to the live class
+        self.row_hint = 1024  # payload size of a recent row, to size pages by bytes
 
     def offer(self, row: OutboxRow) -> None:
         self.offered = max(self.offered, row.id)
-        if not self.backlog and len(self.queue) < _MEMORY_ROWS:
+        if not self.backlog and len(self.queue) < _MEMORY_ROWS and self.bytes() < _MEMORY_BYTES:
             self.queue.append(row)
             self.cursor = row.id
         else:
             self.backlog = True
+
+    def bytes(self) -> int:
+        # Estimated from the head (batches of a class are alike), not summed per call.
+        return len(self.queue[0].payload) * len(self.queue) if self.queue else 0
 
     def rewind(self) -> None:
         self.queue.clear()
@@ -385,7 +391,10 @@ class _Class:
 
     async def load(self, store: Store, skip: set[int]) -> None:
         offered_before = self.offered  # all committed before the query starts
-        rows = await store.outbox_after(self.cursor, _PAGE, self.priority)
+        page = max(1, min(_PAGE, _MEMORY_BYTES // max(1, self.row_hint)))
+        rows = await store.outbox_after(self.cursor, page, self.priority)
+        if rows:
+            self.row_hint = len(rows[0].payload)
         if self.upper is not None and rows and rows[-1].id > self.upper:
             rows = [r for r in rows if r.id <= self.upper]
             self.queue.extend(r for r in rows if r.id not in skip)
@@ -395,7 +404,7 @@ class _Class:
         if rows:
             self.cursor = max(self.cursor, rows[-1].id)
             self.queue.extend(r for r in rows if r.id not in skip)
-        if len(rows) < _PAGE:
+        if len(rows) < page:
             # The query saw every row up to offered_before that still exists; rows
             # offered while it ran keep the backlog set for one more page.
             self.cursor = max(self.cursor, offered_before)
