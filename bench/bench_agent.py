@@ -56,6 +56,7 @@ from bench.common import (
 )
 
 IDLE_TIMEOUT = 2.0
+DEFAULT_RATES = "2500,5000,7500,10000,15000,20000,25000,30000,40000,50000,60000,80000"
 
 AGENT_TOML = """\
 [agent]
@@ -378,6 +379,8 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
     print(f"  load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min): shared machine, expect noise")
     passed = ratio >= 0.5 and rss <= 60
     print()
+    if args.quick:
+        print("(--quick: one short run with a coarse ramp, a smoke test of the bench; not the figure)")
     print(f"SUMMARY: agent {best_rate:,.0f} readings/s zero-loss = {ratio:.0%} of bare paho subscriber"
           f" {live:,.0f}/s (target >= 50%), peak RSS {rss:.1f} MiB (target <= 60), {cpu:.3f} CPU-s/1k readings,"
           f" {bpr:.1f} upstream B/reading -> {'PASS' if passed else 'FAIL'}")
@@ -401,7 +404,7 @@ def code_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rates", default="2500,5000,7500,10000,15000,20000,25000,30000,40000,50000,60000,80000",
+    ap.add_argument("--rates", default=DEFAULT_RATES,
                     help="comma-separated target readings/s of the ramp")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of publishing per step")
     ap.add_argument("--keepup", type=float, default=1.0,
@@ -420,12 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, state)")
     ap.add_argument("--quick", action="store_true", help="one short run: a smoke test of the bench itself")
     args = ap.parse_args(argv)
-    args.rates = [int(float(x)) for x in args.rates.split(",") if x.strip()]
     if args.quick:
         args.runs, args.duration, args.baseline_n, args.drain_n = 1, 2.0, 20_000, 20_000
-        args.rates = args.rates[:3]
+        if args.rates == DEFAULT_RATES:
+            args.rates = "5000,15000,30000"
+    args.rates = [int(float(x)) for x in args.rates.split(",") if x.strip()]
     if args.profile:
         args.runs = 1
+        if prelude(args):
+            ap.error("--profile cannot be combined with --fast-paho / --receive-maximum (cProfile has no -c)")
     load0 = os.getloadavg()
     args.version = code_version()
     results: list[Any] = [one_run(args, k) for k in range(args.runs)]
