@@ -58,13 +58,17 @@ STREAM_PRIORITY = 2  # batches of `priority = "high"` pipelines: same schema and
 _SEQ_COUNTER = {STREAM_BATCHES: STREAM_BATCHES, STREAM_LATE: STREAM_LATE, STREAM_PRIORITY: STREAM_BATCHES}
 OVERLOAD_LAG = 0.5  # event-loop lag (s) past which ingest counts as overloaded
 _HELD_BLOCK = 256  # packet ids per fingerprint row
-_ACK_FLUSH = 16384  # commit early when this many acknowledgements wait (receive maximum 65535)
+# The local session's Receive Maximum: how many QoS 1 messages the broker sends us
+# unacknowledged. Acknowledgements wait for the checkpoint, so this is also what a
+# crash can make the broker redeliver. 8192 holds ~0.3 s at 30k readings/s; the
+# throughput is the same as with 65535 and the worst case memory far smaller.
+RECEIVE_MAXIMUM = 8192
+_ACK_FLUSH = RECEIVE_MAXIMUM // 2  # commit early when half the window waits for its acks
 # The ingest budget: past this much uncommitted work, the local socket is not read
 # until the next checkpoint has acknowledged it, so a flood waits in the broker, not
 # in our memory (records: encoded but not yet durable, across all streams).
-_BUDGET_MESSAGES = 32768
+_BUDGET_MESSAGES = RECEIVE_MAXIMUM  # a broker that ignores our Receive Maximum meets this
 _BUDGET_RECORDS = 100_000
-RECEIVE_MAXIMUM = 65535
 COUNTER_NAMES = (
     "readings_in",
     "readings_rejected",
@@ -569,8 +573,7 @@ class Agent:
         self.disk_full = False
         local = self.local
         if local is not None:
-            for mid in acks:
-                local.ack(mid, 1)
+            local.ack_many(acks)
             if local.reading_paused and self._taking:
                 local.resume_reading()
         self._over_budget = False

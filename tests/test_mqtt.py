@@ -118,3 +118,30 @@ def test_packed_publish_properties_match_paho_and_follow_changes(first: str, sec
         theirs.ContentType = value
         assert ours.pack() == theirs.pack()
         assert ours.pack() == theirs.pack()  # cached the second time
+
+
+async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) -> None:
+    got: list[object] = []
+    sub = MqttClient(host="127.0.0.1", port=broker.port, client_id="am-sub", clean_start=False,
+                     session_expiry=60, receive_maximum=1000, manual_ack=True, on_message=got.append)
+    await sub.connect()
+    await sub.subscribe([("am/#", 1)])
+    pub = MqttClient(host="127.0.0.1", port=broker.port)
+    await pub.connect()
+    await asyncio.gather(*(pub.publish(f"am/{i}", b"x" * i, 1) for i in range(300)))
+    for _ in range(300):
+        if len(got) == 300:
+            break
+        await asyncio.sleep(0.01)
+    assert len(got) == 300  # read through the buffered receive path, every size intact
+    assert sorted(len(m.payload) for m in got) == list(range(300))  # type: ignore[attr-defined]
+    sub.ack_many([m.mid for m in got])  # type: ignore[attr-defined]
+    await sub.disconnect()
+    again: list[object] = []
+    sub2 = MqttClient(host="127.0.0.1", port=broker.port, client_id="am-sub", clean_start=False,
+                      session_expiry=60, manual_ack=True, on_message=again.append)
+    assert await sub2.connect() is True
+    await asyncio.sleep(0.3)  # a redelivery would come right after CONNACK
+    assert again == []
+    await sub2.disconnect()
+    await pub.disconnect()

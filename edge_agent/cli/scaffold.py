@@ -29,7 +29,7 @@ autosave_interval 60
 max_queued_messages 1000000
 max_queued_bytes 0
 
-# Let the client's Receive Maximum (edge-agent asks for 65535) set the in-flight
+# Let the client's Receive Maximum (edge-agent asks for 8192) set the in-flight
 # window: acknowledgements come in groups, after each checkpoint.
 max_inflight_messages 0
 """
