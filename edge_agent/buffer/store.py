@@ -54,6 +54,7 @@ SEQ_FILE = "edge-agent.seq"  # seq numbers reserved ahead, for a database lost t
 SEQ_RESERVE = 10_000
 SCHEMA_VERSION = 1
 _SHM_BYTES = 32 * 1024  # the WAL index (-shm) of a WAL smaller than ~4 MiB
+_NOT_STORED = -1  # the id of a batch dropped before it was written (CommitResult.ids/dropped_ids)
 
 
 def wal_limit(max_bytes: int) -> int:
@@ -306,12 +307,30 @@ class Store:
                 # Make room first, so the file does not grow past the budget mid-transaction.
                 incoming = sum(self._row_cost(len(b.payload)) for b in cp.batches)
                 await self._fit(db, self.file_budget - incoming, dropped, victims)
-            for b in cp.batches:
+            skip: set[int] = set()
+            if cp.batches and self.when_full == "drop_newest":
+                # The incoming batches are the newest: the ones that do not fit are
+                # dropped before they are written, so the file never passes the budget.
+                # A high-priority batch goes in; _fit below drops a normal one for it.
+                room = self.file_budget - await self._used_bytes(db)
+                for k, b in enumerate(cp.batches):
+                    cost = self._row_cost(len(b.payload))
+                    if b.priority > 0 or cost <= room:
+                        room -= cost
+                    else:
+                        skip.add(k)
+            for k, b in enumerate(cp.batches):
+                if k in skip:
+                    ids.append(_NOT_STORED)
+                    dropped_ids.append(_NOT_STORED)
+                    continue
                 cur = await db.execute(
                     "INSERT INTO outbox (stream, seq, topic, payload, sent, priority) VALUES (?, ?, ?, ?, ?, ?)",
                     (b.stream, b.seq, b.topic, b.payload, b.sent, b.priority),
                 )
                 ids.append(int(cur.lastrowid or 0))
+            if skip:
+                dropped["full"] = dropped.get("full", 0) + len(skip)
             if cp.seqs:
                 await db.executemany(
                     "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
@@ -335,10 +354,10 @@ class Store:
             if cp.batches:
                 await self._fit(db, self.file_budget, dropped, victims)
             dropped_ids.extend(i for i, _ in victims)
-            batches = self.outbox_batches + len(cp.batches) - acked_n - len(victims)
+            batches = self.outbox_batches + len(cp.batches) - len(skip) - acked_n - len(victims)
             size = (
                 self.outbox_payload_bytes
-                + sum(len(b.payload) for b in cp.batches)
+                + sum(len(b.payload) for k, b in enumerate(cp.batches) if k not in skip)
                 - acked_bytes
                 - sum(n for _, n in victims)
             )
