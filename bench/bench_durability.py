@@ -67,6 +67,7 @@ max_batch_windows = {batch_windows}
 
 [buffer]
 checkpoints = {checkpoints}
+checkpoint_interval = "{interval}"
 
 [health]
 listen = "127.0.0.1:{health}"
@@ -117,14 +118,14 @@ class Agent:
     """The agent with its config, fresh state dir, health port."""
 
     def __init__(self, work: Path, local: int, upstream: int, checkpoints: bool, size: str,
-                 batch_windows: int = 500) -> None:
+                 batch_windows: int = 500, interval: str = "250ms") -> None:
         self.health = free_port()
         state = work / f"state-{checkpoints}-{size}"
         shutil.rmtree(state, ignore_errors=True)
         cfg = work / f"agent-{checkpoints}-{size}.toml"
         cfg.write_text(AGENT_TOML.format(state=state, local=local, upstream=upstream, health=self.health,
                                          checkpoints="true" if checkpoints else "false", size=size, idle=IDLE,
-                                         batch_windows=batch_windows))
+                                         batch_windows=batch_windows, interval=interval))
         self.proc = AgentProcess(cfg, self.health, work / "agent.log")
 
     def health_doc(self) -> dict[str, Any]:
@@ -323,6 +324,41 @@ def report(results: list[RunResult], args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def wear_sweep(args: argparse.Namespace) -> int:
+    """Disk bytes written per reading for each checkpoint interval (healthy uplink)."""
+    intervals = [x.strip() for x in args.wear_intervals.split(",") if x.strip()]
+    table: dict[str, list[float]] = {i: [] for i in intervals}
+    for k in range(args.runs):
+        work = Path(tempfile.mkdtemp(prefix="bench-wear-"))
+        local = Broker(work / "local").start()
+        upstream = Broker(work / "upstream").start()
+        pool = PublisherPool(local.port, sensors=100, procs=args.publishers)
+        try:
+            for interval in intervals:
+                agent = Agent(work, local.port, upstream.port, True, "1s", interval=interval)
+                consumer = UpstreamConsumer(upstream.port)
+                agent.proc.start()
+                try:
+                    n = int(args.wear_rate * args.duration)
+                    _, _, sent, got, written = step(agent.proc, consumer, pool, args.wear_rate, n, args.keepup)
+                    table[interval].append(written / max(1, sent))
+                    log(f"run {k}: checkpoint_interval {interval}: {written:,} B for {sent:,} readings "
+                        f"= {written / max(1, sent):.1f} B/reading (upstream {got:,})")
+                finally:
+                    agent.proc.stop()
+                    consumer.close()
+        finally:
+            pool.close()
+            local.stop()
+            upstream.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\ndisk bytes written per reading at {args.wear_rate:,.0f} readings/s, checkpoints on "
+          f"({args.runs} run(s), medians):")
+    for interval, xs in table.items():
+        print(f"  checkpoint_interval {interval:>6}: {median(xs):7.1f} B/reading  {[round(x, 1) for x in xs]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -335,7 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publishers", type=int, default=1)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one short run: a smoke test of the bench")
+    ap.add_argument("--wear-intervals", default="",
+                    help='only the SD-wear sweep over checkpoint intervals, e.g. "250ms,1s,5s"')
     args = ap.parse_args(argv)
+    if args.wear_intervals:
+        return wear_sweep(args)
     args.rates = [int(float(x)) for x in args.rates.split(",") if x.strip()]
     if args.quick:
         args.runs, args.duration, args.spill_n = 1, 2.0, 30_000

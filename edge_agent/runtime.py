@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import time
 import zlib
@@ -900,16 +899,6 @@ def _keep_restart_only(old: Config, new: Config) -> Config:
 
     agent = dataclasses.replace(new.agent, id=old.agent.id, state_dir=old.agent.state_dir)
     return dataclasses.replace(new, agent=agent)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_token(path: str) -> str | None:
