@@ -148,6 +148,7 @@ class Agent:
         self.ingest_pauses = 0  # times the local socket was paused for the checkpoint to catch up
         self._over_budget = False  # uncommitted work past the budget, until the next checkpoint
         self._over_budget_at = -1e9
+        self._stalled = 0.0  # seconds ingest stood still since start (the ingest clock's offset)
         self.loop_lag = 0.0
         self.overloaded = False
         self.probe = SystemProbe(cfg.agent.state_dir)
@@ -422,6 +423,7 @@ class Agent:
                 p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)
                 touched.add(i)
         wall = time.time()
+        clock = wall - self._stalled  # the ingest clock: see _idle_loop
         emitted = self._emitted
         for i in touched:
             p = pipelines[i]
@@ -434,7 +436,7 @@ class Agent:
                     p.rejects["over_key_rate"] = p.limits.over_key_rate
                 p.readings_in += len(taken)
                 if taken:
-                    engine.process(taken, wall, emitted)
+                    engine.process(taken, clock, emitted)
                 buf.clear()
         self._route_emitted()
         if len(acks) >= _ACK_FLUSH:
@@ -482,11 +484,33 @@ class Agent:
         self._pending_add.extend((sid, n0 + j, b) for j, b in enumerate(enc))
 
     async def _idle_loop(self) -> None:
+        """Fire the windows of keys silent for idle_timeout, on the ingest clock.
+
+        idle_timeout is about a device going quiet, so it only runs while the agent
+        could hear from it: while the local broker is away, the socket is paused by
+        the ingest budget or the loop is overloaded, readings wait at the broker, and
+        firing their keys' windows as idle would turn them into late drops. The
+        ingest clock is wall time less every such stall (`_stalled`).
+        """
+        tick = 0.25
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(0.25)
-            wall = time.time()
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            local = self.local
+            stalled = (not self.local_connected or local is None or local.reading_paused
+                       or self.overloaded)
+            if stalled:
+                self._stalled += now - last
+                last = now
+                continue
+            # A tick that comes late means the loop was busy (a big checkpoint, a burst):
+            # no reading was processed meanwhile, so that time is a stall too.
+            self._stalled += max(0.0, now - last - 2 * tick)
+            last = now
+            clock = time.time() - self._stalled
             for p in self.pipelines:
-                p.engine.advance_idle(wall, self._emitted)
+                p.engine.advance_idle(clock, self._emitted)
             self._route_emitted()
 
     # -- checkpoint ----------------------------------------------------------
