@@ -189,7 +189,7 @@ def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: F
     t_last, h_last = answered[-1]
     taken = h_last["counters"]["readings_in"] / PER_MESSAGE
     offered = run.published * t_last / run.flood_s
-    assert taken * 1.5 < offered, (taken, offered)  # beyond capacity (~2x on a 2-core VM; bench_flood goes further)
+    assert taken * 2 < offered, (taken, offered)  # beyond capacity: ~2.5x with this publisher (bench_flood: ~10x)
     # The health endpoint said so while it happened.
     assert any(h["ingest"]["overloaded"] and h["status"] == "degraded"
                and any("overloaded" in r for r in h["reasons"]) for _, h in answered), answered[-1]
