@@ -696,12 +696,28 @@ _DECODER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z
 
 def _format(v: object) -> str:
     s = _string(v)
-    if s in ("json", "cbor", "auto") or _DECODER.fullmatch(s):
+    if s in ("json", "cbor", "auto"):
+        return s
+    # A custom decoder: "package.module:function" or an entry point in group
+    # edge_agent.decoders. Resolved here, so a typo is refused with its line.
+    from edge_agent.ingest.decode import resolve_custom_decoder
+
+    if _DECODER.fullmatch(s) or _decoder_entry_point(s):
+        try:
+            resolve_custom_decoder(s)
+        except ConfigError as e:
+            raise _Problem(str(e)) from None
         return s
     raise _Problem(
-        f'unknown format {show_value(s)} (expected "json", "cbor", "auto" '
-        'or a decoder written "package.module:function")'
+        f'unknown format {show_value(s)} (expected "json", "cbor", "auto", a decoder '
+        'written "package.module:function" or an entry point in group edge_agent.decoders)'
     )
+
+
+def _decoder_entry_point(name: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == name for ep in entry_points(group="edge_agent.decoders"))
 
 
 # slots=True leaves no class attribute holding the default; ask the field.

@@ -221,7 +221,7 @@ def test_window_kinds() -> None:
         name = "n"
         window = "none"
         topics = ["raw/+/x", "$share/g/raw/#", "+"]
-        format = "my_pkg.decoders:decode_v2"
+        format = "tests.test_decode:triple_decoder"
         """
     )
     t, s, g, c, n = cfg.pipelines
@@ -230,7 +230,15 @@ def test_window_kinds() -> None:
     assert g.gap == 30.0 and g.slide is None
     assert c.size == 100 and type(c.size) is int
     assert n.topics == ("raw/+/x", "$share/g/raw/#", "+")
-    assert n.format == "my_pkg.decoders:decode_v2"
+    assert n.format == "tests.test_decode:triple_decoder"
+
+
+def test_a_custom_decoder_that_cannot_load_is_refused_with_its_line() -> None:
+    text = '[[pipeline]]\nname = "n"\nformat = "no_such_pkg.decoders:decode"\n'
+    with pytest.raises(ConfigError) as info:
+        config_from_text(text)
+    msg = str(info.value)
+    assert msg.startswith("agent.toml:3: pipeline[0].format: ") and "no_such_pkg" in msg, msg
 
 
 def test_sliding_slide_equal_to_size_is_fine() -> None:
@@ -425,11 +433,11 @@ ERRORS = [
     ),
     (
         '[[pipeline]]\n[[pipeline]]\nformat = "xml"\n',
-        'agent.toml:3: pipeline[1].format: unknown format "xml" (expected "json", "cbor", "auto" or a decoder written "package.module:function")',
+        'agent.toml:3: pipeline[1].format: unknown format "xml" (expected "json", "cbor", "auto", a decoder written "package.module:function" or an entry point in group edge_agent.decoders)',
     ),
     (
         '[[pipeline]]\nformat = "pkg.mod:"\n',
-        'agent.toml:2: pipeline[0].format: unknown format "pkg.mod:" (expected "json", "cbor", "auto" or a decoder written "package.module:function")',
+        'agent.toml:2: pipeline[0].format: unknown format "pkg.mod:" (expected "json", "cbor", "auto", a decoder written "package.module:function" or an entry point in group edge_agent.decoders)',
     ),
     (
         '[[pipeline]]\nsize = "10 seconds"\n',
