@@ -432,8 +432,10 @@ class Agent:
                 engine = p.engine
                 taken = p.limits.admit(buf, wall, engine.keys(), engine.has_key)
                 if taken is not buf:
-                    p.rejects["over_key_cap"] = p.limits.over_key_cap
-                    p.rejects["over_key_rate"] = p.limits.over_key_rate
+                    for reason, n in (("over_key_cap", p.limits.over_key_cap),
+                                      ("over_key_rate", p.limits.over_key_rate)):
+                        if n:
+                            p.rejects[reason] = n
                 p.readings_in += len(taken)
                 if taken:
                     engine.process(taken, clock, emitted)

@@ -65,21 +65,9 @@ def test_high_priority_batches_overtake_a_rate_limited_queue(
         assert seqs == sorted(seqs), (name, seqs)
 
 
-_BURST_BUG = (
-    "Store.commit with drop_oldest makes room BEFORE inserting a checkpoint's batches: "
-    "_fit(db, file_budget - incoming) may only delete rows already in the outbox, so when one "
-    "checkpoint brings more low-priority bytes than the free budget, it deletes the older "
-    "high-priority rows too (ORDER BY priority, id reaches them once priority 0 is exhausted); "
-    "the post-insert _fit then drops the new bulk rows anyway. Fix (store.py): in the pre-insert "
-    "_fit, never delete rows of a priority higher than the highest incoming one (or cap "
-    "`incoming` at the budget minus the high-priority bytes), and let the post-insert _fit, "
-    "which sees every row, choose by priority."
-)
-
-
 @pytest.mark.parametrize("burst", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=_BURST_BUG)),
+    True,  # regression: one checkpoint's burst of normal batches deleted high-priority ones
 ], ids=["spread", "one-checkpoint-burst"])
 def test_a_full_buffer_drops_high_priority_batches_last(tmp_path: Path, broker: Broker, burst: bool) -> None:
     # The agent's upstream is a proxy to a port where nothing listens: everything

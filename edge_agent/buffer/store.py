@@ -306,7 +306,12 @@ class Store:
             if cp.batches and self.when_full == "drop_oldest":
                 # Make room first, so the file does not grow past the budget mid-transaction.
                 incoming = sum(self._row_cost(len(b.payload)) for b in cp.batches)
-                await self._fit(db, self.file_budget - incoming, dropped, victims)
+                # Room is made from stored batches no more urgent than the incoming
+                # ones: a burst of normal batches never pushes out a high-priority one
+                # (what still does not fit is dropped by the fit after the insert,
+                # lowest priority first).
+                top = max(b.priority for b in cp.batches)
+                await self._fit(db, self.file_budget - incoming, dropped, victims, max_priority=top)
             skip: set[int] = set()
             if cp.batches and self.when_full == "drop_newest":
                 # The incoming batches are the newest: the ones that do not fit are
@@ -389,7 +394,12 @@ class Store:
             victims.extend(old)
 
     async def _fit(
-        self, db: aiosqlite.Connection, budget: int, dropped: dict[str, int], victims: list[tuple[int, int]]
+        self,
+        db: aiosqlite.Connection,
+        budget: int,
+        dropped: dict[str, int],
+        victims: list[tuple[int, int]],
+        max_priority: int | None = None,
     ) -> None:
         """Drop batches by the when_full policy until the pages in use fit `budget`."""
         used = await self._used_bytes(db)
@@ -402,8 +412,9 @@ class Store:
             chosen: list[tuple[int, int]] = []
             freed = 0
             # Lower priority goes first; within a priority, the when_full policy decides.
+            where = "" if max_priority is None else f"WHERE priority <= {int(max_priority)}"
             async with db.execute(
-                f"SELECT id, length(payload) FROM outbox ORDER BY priority ASC, id {order} LIMIT 4096"
+                f"SELECT id, length(payload) FROM outbox {where} ORDER BY priority ASC, id {order} LIMIT 4096"
             ) as cur:
                 async for i, size in cur:
                     if freed >= excess:
