@@ -148,6 +148,35 @@ def test_sliding_reading_lands_in_every_covering_window(
     assert health["counters"]["readings_late"] == 0
 
 
+def test_sliding_reading_on_time_for_one_window_is_not_late(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
+                       pipelines=[pipeline(window="sliding", size="4s", slide="2s",
+                                           aggregates=["count", "sum"])])
+    base = _base(4)
+    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+        _send(pub, "s/a", base + 1, 1)
+        _send(pub, "s/a", base + 4.5, 10)  # watermark base + 4.5: [base, base + 4) fires
+        _wait_record(consumer, "s/a", base, 0)
+        # base + 3 is past [base, base + 4) (closed, lateness 0 s) but on time for
+        # [base + 2, base + 6): it goes there only, and is not counted late.
+        _send(pub, "s/a", base + 3, 100)
+        consumer.wait_for(lambda c: len(_of(c, "s/a")) >= 4, 8, what="four sliding windows")
+        health = agent.health()
+        recs = _of(consumer, "s/a")
+
+    got = {(r["start"], r["end"]): (r["count"], r["sum"], r["rev"]) for r in recs}
+    assert got == {
+        (base - 2, base + 2): (1, 1, 0),
+        (base, base + 4): (1, 1, 0),
+        (base + 2, base + 6): (2, 110, 0),
+        (base + 4, base + 8): (1, 10, 0),
+    }
+    assert health["counters"]["readings_late"] == 0
+    assert health["counters"]["readings_in"] == 3
+
+
 # -- session -------------------------------------------------------------------------------
 
 
