@@ -406,6 +406,7 @@ class Consumer:
         self.client = _client()
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
@@ -418,7 +419,11 @@ class Consumer:
     def _on_connect(self, client: paho.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
         if not rc.is_failure:
             client.subscribe(self.topic, qos=1)
-            self._connected.set()
+
+    def _on_subscribe(self, _c: paho.Client, _u: object, _mid: int, _codes: object, _p: object) -> None:
+        # Ready only once the broker holds the subscription: a test that stops the
+        # broker right away must find it in the saved session.
+        self._connected.set()
 
     def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         ct = getattr(msg.properties, "ContentType", None) if msg.properties else None
