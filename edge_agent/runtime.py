@@ -116,7 +116,6 @@ class Agent:
     def __init__(self, cfg: Config, *, notifier: SdNotifier | None = None) -> None:
         self.cfg = cfg
         self.notifier = notifier or SdNotifier()
-        self.started_wall = time.time()
         self.started = time.monotonic()
         self.store = Store(
             cfg.agent.state_dir,
@@ -228,7 +227,6 @@ class Agent:
             while not self._stop.is_set():
                 reload_wait = asyncio.ensure_future(self._reload.wait())
                 stop_wait = asyncio.ensure_future(self._stop.wait())
-                crashed = [t for t in self._tasks.values() if t.done()]
                 await asyncio.wait(
                     [reload_wait, stop_wait, *self._tasks.values()],
                     return_when=asyncio.FIRST_COMPLETED,
@@ -259,10 +257,7 @@ class Agent:
             s = Stream(schema, self.cfg.agent.id, self.cfg.hash, up.max_batch_windows,
                        up.max_batch_bytes, up.max_batch_delay)
             if sid in old:  # a reload keeps what is waiting
-                prev = old[sid]
-                s.items, s.kinds, s.first_n, s.oldest = prev.items, prev.kinds, prev.first_n, prev.oldest
-                s.add_encoded([], True, 0.0)
-                s._size = sum(map(len, s.items))
+                s.adopt(old[sid])
             self.streams[sid] = s
 
     def _restore(self, r: Any) -> None:
@@ -301,6 +296,7 @@ class Agent:
         cfg = self.cfg.local
         client_id = cfg.client_id or f"edge-agent-{self.cfg.agent.id}"
         self.local_lost_since = time.monotonic()
+        last_error = ""
         while True:
             client = MqttClient(
                 host=cfg.host,
@@ -319,10 +315,13 @@ class Agent:
             except (MqttError, OSError) as exc:
                 client.close()
                 self.local = None
-                log.warning("local broker %s:%d unreachable: %s", cfg.host, cfg.port, exc)
+                if str(exc) != last_error:  # once per distinct cause, not per retry
+                    log.warning("local broker %s:%d unreachable: %s", cfg.host, cfg.port, exc)
+                    last_error = str(exc)
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
+            last_error = ""
             self.local_connected = self.local_ever_connected = True
             self.local_lost_since = None
             self.subscribed = True
@@ -695,7 +694,7 @@ class Agent:
             gone: list[str] = []
             for np in new.pipelines:
                 op = old.get(np.name)
-                if op is not None and op.cfg == np and new.local.max_future_skew == self.cfg.local.max_future_skew:
+                if op is not None and op.cfg == np:
                     keep.append(op)
                 else:
                     keep.append(_build_pipeline(np, new.local.max_future_skew))
@@ -712,6 +711,7 @@ class Agent:
             return
         self._route_emitted()
         await self.commit(force_cut=True)  # the old config's windows leave under the old config hash
+        old_cfg = self.cfg
         self.cfg = new
         self.pipelines = keep
         self._high = {p.name for p in keep if p.cfg.priority == "high"}
@@ -723,7 +723,9 @@ class Agent:
             with contextlib.suppress(sqlite3.Error):
                 await self.store.commit(cp, time.time())
         local = self.local
-        if local is not None and self.router.subscriptions != old_filters:
+        if new.local != old_cfg.local:
+            await self._restart_local()
+        elif local is not None and self.router.subscriptions != old_filters:
             try:
                 await self._subscribe(local)
             except MqttError as exc:
@@ -732,6 +734,24 @@ class Agent:
         self._reconfigure_uplink()
         log.info("config reloaded: %s (%d pipeline(s), %d restarted)", new.hash, len(keep), len(gone))
         self.notifier.ready()
+
+    async def _restart_local(self) -> None:
+        """New [local] settings: reconnect with them. What was processed is committed
+        and acknowledged first; the rest comes again from the broker's session."""
+        await self.commit()
+        task = self._tasks.pop("local", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        local, self.local = self.local, None
+        self.local_connected = self.subscribed = False
+        self.local_lost_since = time.monotonic()
+        if local is not None:
+            await local.disconnect()
+        for p in self.pipelines:  # a new max_future_skew applies to every decoder
+            p.decoder = PayloadDecoder(p.cfg.format, self.cfg.local.max_future_skew)
+        self._spawn("local", self._local_loop())
 
     def _reconfigure_uplink(self) -> None:
         """Upstream settings and the password file take effect on reload."""

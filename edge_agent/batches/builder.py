@@ -131,6 +131,11 @@ class Stream:
         self.kinds.extend([is_window] * len(enc))
         self._size += sum(map(len, enc))
 
+    def adopt(self, other: Stream) -> None:
+        """Take over what waits in `other` (a reload builds new streams for new limits)."""
+        self.items, self.kinds = other.items, other.kinds
+        self.first_n, self.oldest, self._size = other.first_n, other.oldest, other._size
+
     def due(self, now: float) -> bool:
         """Whether a batch should be cut now (full, or its oldest record is old enough)."""
         if not self.items:
