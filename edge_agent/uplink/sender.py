@@ -23,7 +23,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.buffer.store import OutboxRow, Store
@@ -78,7 +77,6 @@ class Uplink:
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
         self._client: MqttClient | None = None
-        self._on_state: Callable[[bool], None] | None = None
         self._kick = asyncio.Event()  # cuts a reconnect wait short (reconfigure)
         self._setup_limits()
         self.latency: float | None = None  # last PUBACK latency, seconds
