@@ -51,7 +51,7 @@ class Uplink:
         *,
         client_id: str,
         store: Store,
-        max_inflight: int = 32,
+        max_inflight: int = 64,
         ack_timeout: float = 30.0,
         password: str = "",
     ) -> None:
