@@ -157,37 +157,48 @@ class _ClosingSSLSocket(ssl.SSLSocket):
 _CONNACK_REASONS_RETRYABLE = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, rate
 _PUBACK = struct.Struct(">BBH")
 _RECV_CHUNK = 65536
+_READ_TURN = 256  # packets read per event-loop turn
 
 
-def _buffered_recv(client: paho.Client, sock: Any) -> Callable[[int], bytes]:
+class _BufferedRecv:
     """A drop-in for paho's _sock_recv that reads the socket 64 KiB at a time.
 
     paho reads a packet's first byte, then its length byte by byte, then its body:
     three or more recv() system calls per message. Serving those reads from one
     buffer makes it one recv() per 64 KiB. Semantics kept: BlockingIOError when
     nothing is buffered and the socket has nothing, b"" at end of stream.
-    """
-    data = b""
-    pos = 0
 
-    def recv(bufsize: int) -> bytes:
-        nonlocal data, pos
-        if pos >= len(data):
+    Data in this buffer is invisible to select(): whoever stops reading early must
+    come back while `buffered` is true (MqttClient._do_read does).
+    """
+
+    __slots__ = ("_client", "_data", "_pos", "_sock")
+
+    def __init__(self, client: paho.Client, sock: Any) -> None:
+        self._client, self._sock = client, sock
+        self._data = b""
+        self._pos = 0
+
+    @property
+    def buffered(self) -> bool:
+        return self._pos < len(self._data)
+
+    def __call__(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._data):
             try:
-                data = sock.recv(_RECV_CHUNK)
+                self._data = self._sock.recv(_RECV_CHUNK)
             except ssl.SSLWantReadError as err:
                 raise BlockingIOError() from err
             except ssl.SSLWantWriteError as err:
-                client._call_socket_register_write()
+                self._client._call_socket_register_write()
                 raise BlockingIOError() from err
-            pos = 0
-            if not data:
+            self._pos = 0
+            if not self._data:
                 return b""
-        chunk = data[pos : pos + bufsize]
-        pos += len(chunk)
+        pos = self._pos
+        chunk = self._data[pos : pos + bufsize]
+        self._pos = pos + len(chunk)
         return chunk
-
-    return recv
 
 
 class MqttClient:
@@ -233,6 +244,8 @@ class MqttClient:
         self._want_reader = False
         self._publish_props: dict[str, Properties] = {}
         self._paused = False
+        self._recv: _BufferedRecv | None = None
+        self._read_again: asyncio.Handle | None = None
         # The broker's Receive Maximum from CONNACK (MQTT 5 3.2.2.3.3): how many QoS 1/2
         # publishes it accepts unacknowledged. paho does not enforce it; callers must.
         self.server_receive_maximum = 65535
@@ -468,6 +481,12 @@ class MqttClient:
         if self._loop is not None and self._sock is not None and self._paused:
             self._paused = False
             self._loop.add_reader(self._sock, self._do_read)
+            self._schedule_read()  # what is already buffered will not wake select()
+
+    def _schedule_read(self) -> None:
+        if (self._loop is not None and not self._paused and self._read_again is None
+                and self._recv is not None and self._recv.buffered):
+            self._read_again = self._loop.call_soon(self._do_read)
 
     @property
     def reading_paused(self) -> bool:
@@ -546,7 +565,8 @@ class MqttClient:
         if loop is None or c is None or sock is None or not self._want_reader:
             return
         self._want_reader = False
-        c._sock_recv = _buffered_recv(c, sock)  # type: ignore[method-assign]
+        self._recv = _BufferedRecv(c, sock)
+        c._sock_recv = self._recv  # type: ignore[method-assign]
         loop.add_reader(sock, self._do_read)
         if c.want_write():
             loop.add_writer(sock, self._do_write)
@@ -565,14 +585,16 @@ class MqttClient:
         # loop_read() handles one packet per call (paho reads the header a byte
         # at a time); drain everything the socket holds in one loop turn so a
         # burst costs one select() instead of one per message.
+        self._read_again = None
         c = self._client
-        if c is None:
+        if c is None or self._paused:
             return
         read = c._packet_read  # private, but the only way to learn "socket drained" (AGAIN)
-        # At most 1,000 packets per turn: bounds the messages held between reading
-        # and processing (memory) and lets timers and other sockets run in between.
-        for _ in range(1000):
-            if c._sock is None:
+        # At most 256 packets per turn: bounds what is held between reading and
+        # processing (a message may decode into hundreds of readings) and lets timers
+        # and other sockets run in between.
+        for _ in range(_READ_TURN):
+            if c._sock is None or self._paused:
                 return
             rc = read()
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
@@ -580,6 +602,9 @@ class MqttClient:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 c._loop_rc_handle(rc)
                 return
+        # Stopped at the cap: packets may wait in our buffer, where select() cannot
+        # see them (the broker may send nothing more until we acknowledge them).
+        self._schedule_read()
 
     def _do_write(self) -> None:
         c = self._client
@@ -604,6 +629,9 @@ class MqttClient:
                 fut.set_exception(MqttError(f"connection lost before SUBACK: {why}"))
 
     def _teardown(self) -> None:
+        if self._read_again is not None:
+            self._read_again.cancel()
+            self._read_again = None
         c, self._client = self._client, None
         if self._misc_task is not None:
             self._misc_task.cancel()

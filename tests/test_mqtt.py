@@ -145,3 +145,24 @@ async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) 
     assert again == []
     await sub2.disconnect()
     await pub.disconnect()
+
+
+async def test_a_burst_held_in_the_read_buffer_is_delivered_without_more_traffic(broker: Broker) -> None:
+    # 3,000 tiny unacknowledged messages fit in one 64 KiB read; a read turn stops
+    # after 1,000 packets, and the broker sends nothing more (it waits for acks): the
+    # rest must still be delivered although select() never sees the socket readable.
+    got: list[object] = []
+    sub = MqttClient(host="127.0.0.1", port=broker.port, client_id="burst-sub", receive_maximum=5000,
+                     manual_ack=True, on_message=got.append)
+    await sub.connect()
+    await sub.subscribe([("b", 1)])
+    pub = MqttClient(host="127.0.0.1", port=broker.port, max_inflight=5000)
+    await pub.connect()
+    await asyncio.gather(*(pub.publish("b", b"", 1) for _ in range(3000)))
+    for _ in range(300):
+        if len(got) == 3000:
+            break
+        await asyncio.sleep(0.01)
+    assert len(got) == 3000
+    await sub.disconnect()
+    await pub.disconnect()
