@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import ConfigError
-from edge_agent.units import RateLimit, parse_duration, parse_rate_limit, parse_size, show_value
+from edge_agent.units import (
+    RateLimit,
+    listen_address,
+    parse_duration,
+    parse_rate_limit,
+    parse_size,
+    show_value,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -108,10 +115,7 @@ class HealthSection:
     @property
     def address(self) -> tuple[str, int] | None:
         """(host, port) to bind, or None when disabled."""
-        if not self.listen:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return listen_address(self.listen)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ __all__ = [
     "RateLimit",
     "format_duration",
     "format_size",
+    "listen_address",
     "parse_duration",
     "parse_rate_limit",
     "parse_size",
@@ -207,3 +208,15 @@ def format_size(n: int) -> str:
         if n and n % mult == 0:
             return f"{n // mult}{unit}"
     return f"{n}B"
+
+
+def listen_address(listen: str) -> tuple[str, int] | None:
+    """A validated "host:port" listen setting as (host, port); "" = disabled (None).
+
+    The host may be an IPv6 literal in brackets ("[::1]:9100"); an empty host binds
+    to loopback.
+    """
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import ConfigError
+from edge_agent.units import listen_address
 
 __all__ = [
     "BridgeConfig",
@@ -97,10 +98,7 @@ class HealthSection:
 
     @property
     def address(self) -> tuple[str, int] | None:
-        if not self.listen:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return listen_address(self.listen)
 
 
 @dataclass(frozen=True, slots=True)
