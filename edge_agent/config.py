@@ -45,6 +45,7 @@ __all__ = [
     "PipelineConfig",
     "RateLimit",
     "UpstreamSection",
+    "accepted_keys",
     "config_from_text",
     "load_config",
     "restart_needed",
@@ -191,6 +192,12 @@ def config_from_text(
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(_syntax_error(name, text, str(e), dups)) from None
     return _Validator(doc, name, locs, environ or {}).config()
+
+
+def accepted_keys() -> tuple[str, ...]:
+    """Every key the loader accepts, as `section.key`; pipeline keys as `pipeline.key`."""
+    keys = [f"{section}.{key}" for section, table in _SCHEMA.items() for key in table]
+    return (*keys, *(f"pipeline.{key}" for key in _PIPELINE))
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
