@@ -36,6 +36,8 @@ from edge_agent.units import (
 
 __all__ = [
     "ENV_PREFIX",
+    "MACHINE_ID_PATH",
+    "SECRET_FILE_KEYS",
     "NON_CONFIG_ENV",
     "AgentSection",
     "BufferSection",
@@ -47,6 +49,7 @@ __all__ = [
     "UpstreamSection",
     "accepted_keys",
     "config_from_text",
+    "default_agent_id",
     "load_config",
     "restart_needed",
 ]
@@ -72,6 +75,13 @@ class LocalSection:
     session_expiry: float = (
         7 * 86400.0
     )  # extension: persistent session lifetime on the local broker
+    # SPEC 1: the same authentication and (m)TLS keys, with the same meaning, as [upstream]
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,32 @@ class Config:
     @property
     def late_topic(self) -> str:
         return self.upstream.late_topic.replace("{agent}", self.agent.id)
+
+
+MACHINE_ID_PATH = "/etc/machine-id"
+# Keys whose value names a file holding a secret. Errors never quote their value:
+# a password written where its file's path belongs must not end up in a log.
+SECRET_FILE_KEYS = frozenset({"password_file", "token_file", "key_file"})
+
+
+def default_agent_id(hostname: str | None = None, machine_id_path: str = MACHINE_ID_PATH) -> str:
+    """SPEC 1: the hostname, "-", and 8 hex digits of an app-specific hash of the machine id.
+
+    The hash is sha256(b"edge-agent:" + the machine id as written, stripped), so the id
+    tells cloned SD cards apart without publishing the machine id itself (machine-id(5)
+    asks applications not to). The hostname alone where the file is missing or empty.
+    """
+    if hostname is None:
+        import socket  # only needed for the default
+
+        hostname = socket.gethostname() or "edge-agent"
+    try:
+        machine_id = Path(machine_id_path).read_bytes().strip()
+    except OSError:
+        return hostname
+    if not machine_id:
+        return hostname
+    return f"{hostname}-{hashlib.sha256(b'edge-agent:' + machine_id).hexdigest()[:8]}"
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -492,6 +528,13 @@ class _Problem(Exception):
         self.index = index
 
 
+def _kind(v: object) -> str:
+    """A value's TOML type in words, for messages that must not show the value."""
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (list, "an array"),
+             (dict, "a table"))
+    return next((name for t, name in kinds if isinstance(v, t)), "a date or time")
+
+
 def _string(v: object) -> str:
     if not isinstance(v, str):
         raise _Problem(f"expected a string, got {show_value(v)}")
@@ -792,6 +835,12 @@ _SCHEMA: dict[str, dict[str, _Conv]] = {
         "qos": _integer(0, 2),
         "max_future_skew": _duration(positive=False),
         "client_id": _string,
+        "tls": _boolean,
+        "ca_file": _FILE,
+        "cert_file": _FILE,
+        "key_file": _FILE,
+        "username": _string,
+        "password_file": _FILE,
         # MQTT 5 3.1.2.11.2: Session Expiry Interval is a four-byte integer of seconds
         "session_expiry": _duration(positive=False, hi=float(0xFFFFFFFF)),
     },
@@ -1000,6 +1049,10 @@ class _Validator:
 
     def convert(self, path: tuple[Any, ...], conv: _Conv, value: object) -> Any:
         if conv is _PATH or conv is _FILE:
+            secret = path[-1] in SECRET_FILE_KEYS
+            if secret and not isinstance(value, str):
+                # the value may be the secret itself, written where its file belongs
+                raise _Problem(f"expected a string (the path of a file), got {_kind(value)}")
             s = _string(value) if conv is _FILE else _nonempty(value)
             if s == "":
                 return s
@@ -1009,6 +1062,11 @@ class _Validator:
                 return Path(os.path.normpath(p))
             p = os.path.normpath(p)
             if not os.path.isfile(p):
+                if secret and "/" not in s:
+                    raise _Problem(
+                        "no such file (the value is not shown: it does not look like a "
+                        "path and may be the secret itself)"
+                    )
                 raise _Problem(f"no such file: {show_value(p)}")
             return p
         return conv(value)  # type: ignore[operator]
@@ -1039,14 +1097,14 @@ class _Validator:
             return None
         if name == "agent":
             if "id" not in values and "id" not in self.doc.get("agent", {}):
-                import socket  # only needed for the default
-
-                values["id"] = socket.gethostname() or "edge-agent"
+                values["id"] = default_agent_id()
             elif "id" not in values:
                 return None  # its error is reported already
             self.check_topics(values["id"])
-        if name == "upstream":
-            self.check_upstream(values)
+        if name in ("upstream", "local"):
+            self.check_tls(name, values)
+        if name == "health":
+            self.check_token_file(values)
         if (
             name == "local"
             and values.get("client_id", "")
@@ -1068,13 +1126,33 @@ class _Validator:
                 except _Problem as e:
                     self.error(("upstream", key), f"{e} once {{agent}} is expanded")
 
-    def check_upstream(self, v: dict[str, Any]) -> None:
+    def check_tls(self, section: str, v: dict[str, Any]) -> None:
         tls = v.get("tls", False)
         for key in ("ca_file", "cert_file", "key_file"):
             if v.get(key) and not tls:
-                self.conflict(("upstream", key), ("upstream", "tls"), f"{key} needs tls = true")
+                self.conflict((section, key), (section, "tls"), f"{key} needs tls = true")
         if v.get("key_file") and not v.get("cert_file"):
-            self.error(("upstream", "cert_file"), "missing; key_file needs cert_file")
+            self.error((section, "cert_file"), "missing; key_file needs cert_file")
+
+    def check_token_file(self, v: dict[str, Any]) -> None:
+        """An empty token file would turn authentication off without a word: refuse it.
+
+        A file we may not read (`check` as another user) is left to the agent, which
+        reads it at start and fails there if it cannot.
+        """
+        path = v.get("token_file", "")
+        if not path:
+            return
+        try:
+            token = Path(path).read_bytes()
+        except OSError:
+            return
+        if not token.strip():
+            self.error(
+                ("health", "token_file"),
+                "the file is empty; an empty token would leave the endpoint open "
+                '(set token_file = "" to run without authentication)',
+            )
 
     def pipelines(self) -> list[PipelineConfig]:
         raw = self.doc.get("pipeline")

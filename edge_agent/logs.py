@@ -295,11 +295,18 @@ def _is_journal_stream(stream: TextIO) -> bool:
 _NOISY = ("aiosqlite", "asyncio")
 
 
-def setup_logging(level: str, fmt: str = "text", *, stream: TextIO | None = None) -> None:
+LOG_FILE_MAX_BYTES = 5 * 1024 * 1024  # a log file (`start`) rotates past this...
+LOG_FILE_BACKUPS = 2  # ...keeping this many old ones: 15 MiB at most on the SD card
+
+
+def setup_logging(
+    level: str, fmt: str = "text", *, stream: TextIO | None = None, log_file: str | None = None
+) -> None:
     """Configure the root logger for the whole process; safe to call again on reload.
 
     ``level`` is debug, info, warning or error; ``fmt`` is "text" or "json".
-    Raises ValueError for anything else.
+    ``log_file``: write there instead of stderr, rotated by size (LOG_FILE_MAX_BYTES,
+    LOG_FILE_BACKUPS old files). Raises ValueError for anything else.
     """
     try:
         levelno = LEVELS[level.lower()]
@@ -318,7 +325,17 @@ def setup_logging(level: str, fmt: str = "text", *, stream: TextIO | None = None
     for old in [h for h in root.handlers if getattr(h, "_edge_agent", False)]:
         root.removeHandler(old)
         old.close()
-    handler = logging.StreamHandler(out)
+    handler: logging.Handler
+    if log_file is not None:
+        from logging.handlers import RotatingFileHandler
+
+        formatter = JsonFormatter() if fmt == "json" else TextFormatter(journal=False)
+        handler = RotatingFileHandler(
+            log_file, maxBytes=LOG_FILE_MAX_BYTES, backupCount=LOG_FILE_BACKUPS,
+            encoding="utf-8",
+        )
+    else:
+        handler = logging.StreamHandler(out)
     handler._edge_agent = True  # type: ignore[attr-defined]
     handler.setFormatter(formatter)
     root.addHandler(handler)

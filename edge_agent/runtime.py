@@ -41,7 +41,7 @@ from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.decode import PayloadDecoder
 from edge_agent.ingest.limits import KeyLimits
 from edge_agent.ingest.router import TopicRouter
-from edge_agent.mqtt import Message, MqttClient, MqttError
+from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
 from edge_agent.uplink.backoff import Backoff
 from edge_agent.uplink.sender import Uplink, read_password
@@ -172,6 +172,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.durable = cfg.buffer.checkpoints
+        self._local_password = ""  # from local.password_file, read at start and on reload
 
     # -- public control -------------------------------------------------------
 
@@ -196,6 +197,7 @@ class Agent:
             if on_started is not None:
                 on_started()
             password = read_password(self.cfg.upstream.password_file)
+            self._local_password = read_password(self.cfg.local.password_file, "local")
             self.uplink = Uplink(
                 self.cfg.upstream,
                 client_id=f"edge-agent-{self.cfg.agent.id}-up",
@@ -307,6 +309,9 @@ class Agent:
                 receive_maximum=RECEIVE_MAXIMUM,
                 manual_ack=True,
                 on_message=self._on_message,
+                tls=TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None,
+                username=cfg.username,
+                password=self._local_password,
             )
             try:
                 present = await client.connect(timeout=10.0)
@@ -723,7 +728,13 @@ class Agent:
             with contextlib.suppress(sqlite3.Error):
                 await self.store.commit(cp, time.time())
         local = self.local
-        if new.local != old_cfg.local:
+        try:  # the password file is reread on every reload, like upstream's
+            local_password = read_password(new.local.password_file, "local")
+        except EdgeAgentError as exc:
+            log.error("%s; keeping the running local broker settings", exc)
+            local_password = self._local_password
+        if new.local != old_cfg.local or local_password != self._local_password:
+            self._local_password = local_password
             await self._restart_local()
         elif local is not None and self.router.subscriptions != old_filters:
             try:
@@ -955,7 +966,15 @@ def _read_token(path: str) -> str | None:
 
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EdgeAgentError(f"health.token_file {path}: cannot read it: {exc}") from exc
+    except UnicodeDecodeError:  # its message would quote bytes of the file
+        raise EdgeAgentError(f"health.token_file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise EdgeAgentError(
+            f"health.token_file {path}: cannot read it: {exc.strerror or type(exc).__name__}"
+        ) from None
+    if not token:
+        # An empty token must not turn authentication off (config validation refuses
+        # it too; this catches a file emptied after the check).
+        raise EdgeAgentError(f"health.token_file {path}: the file is empty")
     register_secret(token)
-    return token or None
+    return token

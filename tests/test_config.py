@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import textwrap
 from pathlib import Path
@@ -100,8 +101,17 @@ aggregates = ["count", "min", "max", "mean"]
 
 def test_only_pipeline_is_required_and_every_default_matches_the_spec() -> None:
     cfg = load(PIPE)
+    # SPEC 1: hostname + "-" + 8 hex digits of sha256(b"edge-agent:" + machine id), or
+    # the hostname alone where /etc/machine-id is missing (tests/security has both cases).
+    try:
+        mid = Path("/etc/machine-id").read_bytes().strip()
+    except OSError:
+        mid = b""
+    expected_id = socket.gethostname()
+    if mid:
+        expected_id += "-" + hashlib.sha256(b"edge-agent:" + mid).hexdigest()[:8]
     assert cfg.agent == AgentSection(
-        id=socket.gethostname(), state_dir=Path("/var/lib/edge-agent"), log_level="info"
+        id=expected_id, state_dir=Path("/var/lib/edge-agent"), log_level="info"
     )
     assert cfg.local == LocalSection(host="127.0.0.1", port=1883, qos=1, max_future_skew=300.0)
     assert cfg.upstream == UpstreamSection(
@@ -141,7 +151,7 @@ def test_only_pipeline_is_required_and_every_default_matches_the_spec() -> None:
     assert (cfg.local.client_id, cfg.local.session_expiry) == ("", 7 * 86400.0)
     assert cfg.buffer.checkpoint_interval == 0.25
     assert cfg.source == Path("agent.toml")
-    assert cfg.batch_topic == f"edge/{socket.gethostname()}/batches"
+    assert cfg.batch_topic == f"edge/{expected_id}/batches"
 
 
 def test_the_spec_block_is_exactly_the_defaults() -> None:

@@ -181,7 +181,8 @@ class Store:
 
     async def open(self) -> Restored:
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            # 0700/0600: readings and batches are nobody else's business (issue 13)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"state_dir {self.state_dir}: cannot create it: {exc.strerror}") from exc
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
@@ -212,6 +213,10 @@ class Store:
                 raise StateError(f"state_dir {self.state_dir}: cannot start a fresh database: {again}") from again
 
     async def _open_once(self) -> Restored:
+        # SQLite creates a new file 0644 (less the umask) and gives its -wal and -shm
+        # files the same mode: create it 0600 first.
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         db = self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
         await db.execute("PRAGMA journal_mode = WAL")

@@ -72,11 +72,15 @@ def _alive(pid: int) -> bool:
 # -- run ----------------------------------------------------------------------
 
 
-def run(config_path: str) -> int:
+def run(config_path: str, log_file: str | None = None) -> int:
+    """`log_file`: log there, rotated by size (what `start` asks for), instead of stderr."""
     cfg = load_config(config_path)
     from edge_agent.logs import setup_logging
 
-    setup_logging(cfg.agent.log_level, cfg.agent.log_format)
+    # Everything the agent creates (state dir, databases, pid and log files) is
+    # private to its user: 0700 directories, 0600 files.
+    os.umask(0o077)
+    setup_logging(cfg.agent.log_level, cfg.agent.log_format, log_file=log_file)
     running = read_pid(cfg)
     if running is not None and running != os.getpid():
         raise EdgeAgentError(f"already running as pid {running} (state_dir {cfg.agent.state_dir})")
@@ -126,8 +130,10 @@ def start(config_path: str, timeout: float = START_TIMEOUT) -> int:
         return 0
     state_dir = Path(cfg.agent.state_dir)
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        log_out = open(state_dir / LOG_NAME, "ab")  # noqa: SIM115 (handed to the child)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_path = state_dir / LOG_NAME
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_out = open(fd, "ab")  # noqa: SIM115 (handed to the child)
     except OSError as exc:
         raise EdgeAgentError(f"state_dir {state_dir}: {exc.strerror}") from exc
     with tempfile.TemporaryDirectory(prefix="edge-agent-start-") as tmp:
@@ -138,8 +144,14 @@ def start(config_path: str, timeout: float = START_TIMEOUT) -> int:
         env = {**os.environ, "NOTIFY_SOCKET": sock_path}
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
+        # -I (isolated mode): neither the working directory nor PYTHON* variables nor
+        # the user's site-packages go on sys.path, so a file edge_agent.py planted where
+        # an admin runs `sudo edge-agent start` is not imported as root. The child logs
+        # to the same file through a size-bounded rotating handler; its stdout and
+        # stderr (a crash before logging is set up) go there too.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "-c", config_path],
+            [sys.executable, "-I", "-m", "edge_agent", "run", "-c", config_path,
+             "--log-file", str(log_path)],
             stdin=subprocess.DEVNULL,
             stdout=log_out,
             stderr=subprocess.STDOUT,

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("-c", "--config", required=True, metavar="FILE")
+        if name == "run":  # what `start` passes its child: log there, rotated by size
+            c.add_argument("--log-file", default=None, metavar="FILE", help=argparse.SUPPRESS)
         if name == "start":
             c.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
                            help="how long to wait for the agent to be ready (default 30)")
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from edge_agent.cli.control import run
 
-            return run(args.config)
+            return run(args.config, args.log_file)
         if args.command == "start":
             from edge_agent.cli.control import start
 

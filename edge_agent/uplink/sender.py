@@ -344,16 +344,20 @@ class Uplink:
             await self._client.disconnect()
 
 
-def read_password(path: str) -> str:
-    """The upstream password, from `password_file` (never from the config itself)."""
+def read_password(path: str, section: str = "upstream") -> str:
+    """A broker password, from `<section>.password_file` (never from the config itself)."""
     if not path:
         return ""
     from edge_agent.logs import register_secret
 
     try:
-        password = Path(path).read_text().strip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EdgeAgentError(f"upstream.password_file {path}: cannot read it: {exc}") from exc
+        password = Path(path).read_text(encoding="utf-8").strip("\r\n")
+    except UnicodeDecodeError:  # its message would quote bytes of the file
+        raise EdgeAgentError(f"{section}.password_file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise EdgeAgentError(
+            f"{section}.password_file {path}: cannot read it: {exc.strerror or type(exc).__name__}"
+        ) from None
     register_secret(password)
     return password
 
