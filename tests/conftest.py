@@ -4,10 +4,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.brokers import Broker, find_mosquitto
 
 needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
+
+# Hypothesis: no deadline anywhere (a loaded 2-core CI machine is not a bug); the "ci"
+# profile (.ci/run) is also derandomized, so a failure there fails again on the next
+# run, and prints the blob that reproduces it.
+settings.register_profile("default", deadline=None, print_blob=True)
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("default")  # pytest --hypothesis-profile=ci picks the other
+
+SLOW_TIMEOUT = 300.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests marked slow start processes and brokers: they get a longer timeout than the
+    # default in pyproject.toml, unless they name their own with @pytest.mark.timeout.
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
 @pytest.fixture
