@@ -26,6 +26,16 @@ settings.load_profile("default")  # pytest --hypothesis-profile=ci picks the oth
 SLOW_TIMEOUT = 300.0
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.has_plugin("timeout"):  # a venv made before pytest-timeout joined [test]
+        parser.addini("timeout", "per-test timeout (needs pytest-timeout: pip install -e '.[test]')")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("timeout"):
+        config.addinivalue_line("markers", "timeout(seconds): needs pytest-timeout")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests marked slow start processes and brokers: they get a longer timeout than the
     # default in pyproject.toml, unless they name their own with @pytest.mark.timeout.
