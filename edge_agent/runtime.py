@@ -783,12 +783,39 @@ class Agent:
             return
         token = _read_token(self.cfg.health.token_file)
         server = HealthServer(addr[0], addr[1], health=self.health, ready=self.ready, token=token)
+        self._health_listen = (self.cfg.health.listen, token)
         try:
             await server.start()
         except OSError as exc:
-            raise EdgeAgentError(f"health.listen {self.cfg.health.listen}: cannot listen: {exc.strerror}") from exc
+            # SPEC 5: the data path runs on; say why and keep trying.
+            log.warning("health.listen %s: cannot listen (%s); running without the health "
+                        "endpoint and retrying", self.cfg.health.listen, exc.strerror or exc)
+            self._spawn("health", self._retry_health(server))
+            return
         self.health_server = server
-        self._health_listen = (self.cfg.health.listen, token)
+
+    async def _retry_health(self, server: HealthServer) -> None:
+        backoff = Backoff(initial=1.0, cap=30.0)
+        last = ""
+        try:
+            while True:
+                await asyncio.sleep(backoff.next())
+                try:
+                    await server.start()
+                except OSError as exc:
+                    why = exc.strerror or str(exc)
+                    if why != last:  # once per distinct cause
+                        log.warning("health.listen %s: still cannot listen (%s)",
+                                    self.cfg.health.listen, why)
+                        last = why
+                    continue
+                self.health_server = server
+                log.info("health endpoint listening on %s", self.cfg.health.listen)
+                return
+        finally:
+            # A finished retry is no crashed task: leave the supervisor's set.
+            if self._tasks.get("health") is asyncio.current_task():
+                del self._tasks["health"]
 
     async def _restart_health_if_needed(self) -> None:
         """A new listen address or a rotated token_file restarts the health server."""
@@ -799,6 +826,11 @@ class Agent:
             return
         if getattr(self, "_health_listen", None) == (self.cfg.health.listen, token):
             return
+        retry = self._tasks.pop("health", None)
+        if retry is not None:
+            retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await retry
         if self.health_server is not None:
             await self.health_server.close()
             self.health_server = None
@@ -903,7 +935,7 @@ class Agent:
                 await asyncio.wait_for(commit_task, 10.0)
             except (TimeoutError, asyncio.CancelledError, Exception):
                 log.warning("checkpoint task did not finish in time")
-        for name in ("idle", "local", "reclaim", "watchdog", "lag", "status"):
+        for name in ("idle", "local", "reclaim", "watchdog", "lag", "status", "health"):
             task = self._tasks.pop(name, None)
             if task is not None:
                 task.cancel()

@@ -72,13 +72,17 @@ class _Request:
 
 
 class _Conn:
-    """Book-keeping for one open connection, for the cap and for close()."""
+    """Book-keeping for one open connection, for the caps and for close()."""
 
-    __slots__ = ("evictable_at", "opened_at", "task", "writer")
+    __slots__ = ("answering", "evictable_at", "opened_at", "peer", "task", "writer")
 
-    def __init__(self, writer: asyncio.StreamWriter, opened_at: float, evictable_at: float) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, opened_at: float, evictable_at: float, peer: str = ""
+    ) -> None:
         self.writer = writer
         self.opened_at = opened_at
+        self.peer = peer  # the client's address: the per-client cap counts by it
+        self.answering = False  # its head arrived: it is being answered, not idle
         # When the cap is reached, a connection past this time may be dropped for a new
         # one: a head still dribbling in after a while, or an answered one still draining.
         self.evictable_at = evictable_at
@@ -153,6 +157,15 @@ def _path_of(target: str) -> str:
     return target
 
 
+def _peer_of(writer: asyncio.StreamWriter) -> str:
+    """The client's address (no port), the unit of the per-client cap."""
+    try:
+        peer = writer.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+    except Exception:  # an odd transport: count it under one name
+        return ""
+
+
 def _json_safe(value: Any) -> Any:
     """Replace non-finite floats with None: JSON has no NaN or Infinity."""
     if isinstance(value, float):
@@ -208,7 +221,8 @@ class HealthServer:
         token: str | None = None,
         request_timeout: float = 5.0,
         max_request_bytes: int = 8192,
-        max_connections: int = 32,
+        max_connections: int = 64,
+        max_per_client: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._host = host
@@ -219,6 +233,10 @@ class HealthServer:
         self._timeout = request_timeout
         self._max_bytes = max_request_bytes
         self._max_conns = max_connections
+        # One address may hold this many at once: a flood from one host cannot take
+        # every slot.
+        self._max_per_client = min(max_per_client, max_connections)
+        self._per_peer: dict[str, int] = {}
         self._clock = clock
         # A connection still sending its head after this long may be evicted to make
         # room: a legitimate client sends its few hundred bytes in one segment.
@@ -264,13 +282,15 @@ class HealthServer:
     # -- connection handling ------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._conns) >= self._max_conns and not self._evict_one():
+        peer = _peer_of(writer)
+        if not self._make_room(peer):
             await self._refuse(reader, writer)
             return
         now = self._clock()
-        conn = _Conn(writer, now, now + self._evict_after)
+        conn = _Conn(writer, now, now + self._evict_after, peer)
         conn.task = asyncio.current_task()
         self._conns[writer] = conn
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         try:
             await self._serve(reader, writer, conn)
         except asyncio.CancelledError:
@@ -281,8 +301,42 @@ class HealthServer:
             log.exception("health endpoint: unexpected error")
             writer.transport.abort()
         finally:
-            self._conns.pop(writer, None)
+            self._forget(writer)
 
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        conn = self._conns.pop(writer, None)
+        if conn is not None:
+            left = self._per_peer.get(conn.peer, 1) - 1
+            if left > 0:
+                self._per_peer[conn.peer] = left
+            else:
+                self._per_peer.pop(conn.peer, None)
+
+    def _make_room(self, peer: str) -> bool:
+        """Whether a connection from `peer` may be served now, evicting one if needed.
+
+        Per client: past its share, a client's newcomer takes the place of its own
+        oldest connection that may be evicted, or is refused. In total: at the cap,
+        the oldest evictable connection goes; failing that, an idle connection (head
+        not yet complete) of the client holding the most, provided the newcomer's
+        client holds fewer. So a flood of idle connections from a few hosts costs its
+        senders their own slots, and a fleet manager polling from elsewhere is answered.
+        """
+        if self._per_peer.get(peer, 0) >= self._max_per_client:
+            own = [c for c in self._conns.values() if c.peer == peer]
+            return self._evict(own)
+        if len(self._conns) < self._max_conns:
+            return True
+        if self._evict(list(self._conns.values())):
+            return True
+        heaviest = max(self._per_peer, key=self._per_peer.__getitem__, default=None)
+        if heaviest is None or self._per_peer[heaviest] <= self._per_peer.get(peer, 0):
+            return False
+        idle = [c for c in self._conns.values() if c.peer == heaviest and not c.answering]
+        if not idle:
+            return False
+        self._drop(min(idle, key=lambda c: c.opened_at))
+        return True
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """At the cap with nobody to evict: 503 at once rather than queue. Refusals get
         their own bounded set of slots and a short drain; past that, a plain reset."""
@@ -302,16 +356,19 @@ class HealthServer:
         finally:
             self._refusing.pop(writer, None)
 
-    def _evict_one(self) -> bool:
-        """Abort the oldest connection still dribbling its head; True if one went."""
+    def _evict(self, among: list[_Conn]) -> bool:
+        """Abort the oldest of `among` still dribbling its head or lingering after its
+        answer; True if one went."""
         now = self._clock()
-        stale = [c for c in self._conns.values() if c.evictable_at <= now]
+        stale = [c for c in among if c.evictable_at <= now]
         if not stale:
             return False
-        victim = min(stale, key=lambda c: c.evictable_at)
-        self._conns.pop(victim.writer, None)
-        victim.writer.transport.abort()  # its pending read ends; the handler returns
+        self._drop(min(stale, key=lambda c: c.evictable_at))
         return True
+
+    def _drop(self, victim: _Conn) -> None:
+        self._forget(victim.writer)
+        victim.writer.transport.abort()  # its pending read ends; the handler returns
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
@@ -339,6 +396,7 @@ class HealthServer:
                 head_only = request.method == "HEAD"
                 response = self._route(request, head_only)
         conn.evictable_at = math.inf  # being answered
+        conn.answering = True
         if writer.transport.is_closing():  # evicted or shut down meanwhile
             return
         await self._finish(reader, writer, response, conn=conn)
