@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,16 +226,17 @@ def test_start_timeout_option_fails_fast_with_an_unreachable_local_broker(
 def test_start_reports_an_agent_that_exits_before_it_is_ready(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port)
-    with socket.socket() as busy:  # the health port is taken: the agent cannot start
-        busy.bind(("127.0.0.1", cfg.health_port))
-        busy.listen()
-        try:
-            r = cli("start", "-c", str(cfg.path), "--timeout", "5", timeout=40)
-        finally:
-            kill_from_pid_file(cfg.state_dir)
+    # A token file that is not text: the config is valid, the agent fails reading it.
+    # (A taken health port no longer stops the agent: SPEC 5, tests/security.)
+    (tmp_path / "token").write_bytes(b"\xff\xfe not UTF-8\n")
+    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
+                       health_keys={"token_file": str(tmp_path / "token")})
+    try:
+        r = cli("start", "-c", str(cfg.path), "--timeout", "5", timeout=40)
+    finally:
+        kill_from_pid_file(cfg.state_dir)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "health.listen" in r.stderr
+    assert "health.token_file" in r.stderr
     assert "exited with code 1 before it was ready" in r.stderr, r.stderr
 
 

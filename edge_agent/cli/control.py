@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -81,6 +82,10 @@ def run(config_path: str, log_file: str | None = None) -> int:
     # private to its user: 0700 directories, 0600 files.
     os.umask(0o077)
     setup_logging(cfg.agent.log_level, cfg.agent.log_format, log_file=log_file)
+    from edge_agent.safety import config_warnings
+
+    for warning in config_warnings(cfg):
+        logging.getLogger("edge_agent").warning("%s", warning)
     running = read_pid(cfg)
     if running is not None and running != os.getpid():
         raise EdgeAgentError(f"already running as pid {running} (state_dir {cfg.agent.state_dir})")
@@ -124,6 +129,10 @@ def _write_pid(pf: Path) -> None:
 
 def start(config_path: str, timeout: float = START_TIMEOUT) -> int:
     cfg = load_config(config_path)
+    from edge_agent.safety import config_warnings
+
+    for warning in config_warnings(cfg):
+        print(f"edge-agent: warning: {warning}", file=sys.stderr)
     pid = read_pid(cfg)
     if pid is not None:
         print(f"edge-agent already running (pid {pid})")

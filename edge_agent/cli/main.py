@@ -117,6 +117,10 @@ def _check(path: str) -> int:
     from edge_agent.config import load_config
 
     cfg = load_config(path)
+    from edge_agent.safety import config_warnings
+
+    for warning in config_warnings(cfg):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     names = ", ".join(p.name for p in cfg.pipelines)
     print(f"{path}: ok (agent {cfg.agent.id}, config {cfg.hash}, pipelines: {names})")
     return EXIT_OK
