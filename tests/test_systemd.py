@@ -23,10 +23,11 @@ needs_analyze = pytest.mark.skipif(
     ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)"
 )
 
-# The units name the venv install; `verify` needs an ExecStart that exists here.
+# The units name the README's install (pipx links the commands into /usr/local/bin);
+# `verify` needs an ExecStart that exists here.
 SHIPPED_BINARIES = {
-    "/opt/edge-agent/bin/edge-agent": f"{sys.executable} -m edge_agent",
-    "/opt/edge-agent/bin/firmware-bridge": f"{sys.executable} -m firmware_bridge",
+    "/usr/local/bin/edge-agent": f"{sys.executable} -m edge_agent",
+    "/usr/local/bin/firmware-bridge": f"{sys.executable} -m firmware_bridge",
 }
 
 # (shipped file, name to verify it under: a template unit loads as an instance)
@@ -127,7 +128,7 @@ def test_scaffold_template_renders_verifies_and_is_hardened(tmp_path: Path) -> N
 def test_template_matches_shipped_unit() -> None:
     # Two files, one unit: rendered with the shipped paths they must not drift.
     rendered = render_template(
-        "/opt/edge-agent/bin/edge-agent", "/etc/edge-agent/agent.toml", "/var/lib/edge-agent"
+        "/usr/local/bin/edge-agent", "/etc/edge-agent/agent.toml", "/var/lib/edge-agent"
     )
     assert parse_unit(rendered) == parse_unit((SYSTEMD / "edge-agent.service").read_text())
 
