@@ -6,10 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
+import pytest
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.uplink.throttle import AdaptiveWindow, TokenBucket
+from edge_agent.uplink.throttle import AdaptiveWindow, RateLimiter, TokenBucket
+from edge_agent.units import RateLimit, parse_rate_limit
 from tests.agent_harness import AgentProcess, Consumer, Publisher, pipeline, write_config
 from tests.brokers import Broker
 
@@ -59,6 +63,73 @@ def test_bucket_never_admits_more_than_rate_times_t_plus_burst(
             admitted += cost
             # an oversized cost may overdraw once per full bucket
             assert admitted <= rate * (clock.t - start) + burst + max(0, cost - burst) + 1e-6
+
+
+def _within_spec_bound(sends: list[tuple[float, int]], rate: float, slack: float = 1e-6) -> None:
+    """SPEC 1: over any T seconds at most rate x (T + 1), except that a single batch
+    larger than one second's worth may go alone (the bound grows by its excess)."""
+    for i in range(len(sends)):
+        total, biggest = 0, 0
+        for t, size in sends[i:]:
+            total += size
+            biggest = max(biggest, size)
+            span = t - sends[i][0]
+            assert total - max(0, biggest - rate) <= rate * (span + 1) + slack, (span, total, biggest)
+
+
+@given(
+    st.lists(st.tuples(st.floats(0, 1.5), st.integers(1, 30_000)), min_size=1, max_size=120),
+    st.sampled_from(["8KiB/s", "1000B/s", "64KiB/s", "3/s", "0.5/s", "20/s, 8KiB/s"]),
+)
+def test_rate_limiter_keeps_the_spec_bound(steps: list[tuple[float, int]], spec: str) -> None:
+    """A sender that publishes each batch as soon as the limiter lets it (batches
+    arriving at random gaps, random sizes up to ~4x a second's worth) never passes
+    the SPEC 1 bound, in bytes and in batches."""
+    limit = parse_rate_limit(spec)
+    assert limit is not None
+    clock = FakeClock()
+    limiter = RateLimiter(limit, clock)
+    sends: list[tuple[float, int]] = []
+    queue: list[int] = []
+    for gap, size in steps:
+        arrive = clock.t + gap
+        # Send what the limiter lets through before the next batch arrives.
+        while queue:
+            wait = limiter.wait_time(queue[0])
+            if clock.t + wait > arrive:
+                break
+            clock.t += wait + (1e-9 if wait else 0.0)  # past float rounding
+            assert limiter.wait_time(queue[0]) == 0
+            limiter.take(queue[0])
+            sends.append((clock.t, queue.pop(0)))
+        clock.t = max(clock.t, arrive)
+        queue.append(size)
+    while queue:  # and drain the rest
+        wait = limiter.wait_time(queue[0])
+        clock.t += wait + (1e-9 if wait else 0.0)
+        assert limiter.wait_time(queue[0]) == 0
+        limiter.take(queue[0])
+        sends.append((clock.t, queue.pop(0)))
+    if limit.bytes_per_s:
+        _within_spec_bound(sends, limit.bytes_per_s)
+    if limit.batches_per_s:
+        _within_spec_bound([(t, 1) for t, _ in sends], limit.batches_per_s)
+
+
+def test_rate_limiter_burst_is_one_seconds_worth_not_max_batch_bytes() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(bytes_per_s=8192.0), clock)
+    sent = 0
+    while limiter.wait_time(1000) == 0:  # all at one instant: only the full bucket goes
+        limiter.take(1000)
+        sent += 1000
+    assert sent == 8000
+    clock.t += 0.5
+    assert limiter.wait_time(20_000) > 0  # an oversized batch waits for a full bucket...
+    clock.t += limiter.wait_time(20_000)
+    assert limiter.wait_time(20_000) == 0  # ...then goes alone
+    limiter.take(20_000)
+    assert limiter.wait_time(1) == pytest.approx((20_000 - 8192 + 1) / 8192)
 
 
 def test_window_halves_on_a_slow_ack_and_grows_back() -> None:
@@ -204,3 +275,44 @@ async def test_client_reads_the_brokers_receive_maximum(tmp_path: Path) -> None:
         await c.connect()
         assert c.server_receive_maximum == 7
         await c.disconnect()
+
+
+class _TimedConsumer(Consumer):
+    """A Consumer that also notes when each message arrived and its payload size."""
+
+    def __init__(self, port: int, topic: str = "#") -> None:
+        self.arrivals: list[tuple[float, int]] = []
+        super().__init__(port, topic)
+
+    def _on_message(self, c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
+        self.arrivals.append((time.monotonic(), len(msg.payload)))
+        super()._on_message(c, u, msg)
+
+
+def test_byte_rate_limit_holds_at_the_upstream_broker(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker
+) -> None:
+    """#11.3: with "4KiB/s" and batches of about 1 KiB, what reaches the upstream
+    broker over any interval stays within rate x (T + 1) (it used to let a whole
+    max_batch_bytes, here 32 KiB, through at once)."""
+    rate = 4 * 1024
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port,
+        pipelines=[pipeline(window="none")],
+        upstream={"rate_limit": "4KiB/s", "max_batch_bytes": "32KiB", "max_batch_windows": 16,
+                  "max_batch_delay": "0s"},
+    )
+    with _TimedConsumer(upstream_broker.port, cfg.batch_topic) as consumer, AgentProcess(cfg) as agent:
+        agent.wait_ready()
+        now = time.time()
+        with Publisher(broker.port) as pub:
+            for i in range(300):
+                pub.publish(f"s/key-{i:04d}", json.dumps({"ts": now, "value": i}))
+        consumer.wait_for(lambda c: sum(len(b.doc.get("readings", [])) for b in c.unique()) >= 300,
+                          timeout=30, what="all 300 readings upstream")
+    arrivals = sorted(consumer.arrivals)
+    total = sum(n for _, n in arrivals)
+    assert total > 2.5 * rate  # long enough to see the limit at work
+    assert max(n for _, n in arrivals) < rate / 2
+    # Arrival times carry a few ms of jitter from the sockets: allow 5% on top.
+    _within_spec_bound(arrivals, rate, slack=0.05 * rate)

@@ -30,7 +30,7 @@ from edge_agent.config import UpstreamSection
 from edge_agent.errors import EdgeAgentError
 from edge_agent.mqtt import MqttClient, MqttError, TlsSettings
 from edge_agent.uplink.backoff import Backoff
-from edge_agent.uplink.throttle import AdaptiveWindow, TokenBucket
+from edge_agent.uplink.throttle import AdaptiveWindow, RateLimiter
 
 __all__ = ["Uplink"]
 
@@ -85,14 +85,7 @@ class Uplink:
     def _setup_limits(self) -> None:
         cfg = self.cfg
         self.window = AdaptiveWindow(self.max_inflight)
-        self._buckets: list[tuple[TokenBucket, bool]] = []  # (bucket, counts bytes)
-        rl = cfg.rate_limit
-        if rl is not None and rl.batches_per_s:
-            self._buckets.append((TokenBucket(rl.batches_per_s, rl.burst_batches or 1.0), False))
-        if rl is not None and rl.bytes_per_s:
-            # At least one full-size batch fits in the burst, so no batch waits forever.
-            burst = max(rl.burst_bytes or 0.0, float(cfg.max_batch_bytes))
-            self._buckets.append((TokenBucket(rl.bytes_per_s, burst), True))
+        self.rate = RateLimiter(cfg.rate_limit)
 
     def reconfigure(self, cfg: UpstreamSection, password: str) -> None:
         """New upstream settings (a reload): reconnect with them, resending what is unacknowledged."""
@@ -253,7 +246,7 @@ class Uplink:
         done: deque[tuple[OutboxRow, BaseException | None]] = deque()
         lost = asyncio.ensure_future(client.wait_disconnected())
         lost.add_done_callback(lambda _f: self._wake_up())
-        publish, qos = client.publish, self.cfg.qos
+        publish, qos, rate = client.publish, self.cfg.qos, self.rate
         monotonic = time.monotonic
 
         def on_done(row: OutboxRow, fut: asyncio.Future[None]) -> None:
@@ -272,11 +265,11 @@ class Uplink:
                     row = self._next_row()
                     if row is None:
                         break
-                    if self._buckets:
-                        throttled = self._rate_wait(len(row.payload))
+                    if rate.active:
+                        throttled = rate.wait_time(len(row.payload))
                         if throttled > 0:
                             break
-                        self._rate_take(len(row.payload))
+                        rate.take(len(row.payload))
                     self._pop(row)
                     fut = publish(row.topic, row.payload, qos, CONTENT_TYPE)
                     inflight[row.id] = (row, monotonic())
@@ -324,13 +317,6 @@ class Uplink:
             timer.cancel()
             self._waiter = None
             self._woken = False
-
-    def _rate_wait(self, size: int) -> float:
-        return max((b.wait_time(size if by_bytes else 1) for b, by_bytes in self._buckets), default=0.0)
-
-    def _rate_take(self, size: int) -> None:
-        for b, by_bytes in self._buckets:
-            b.take(size if by_bytes else 1)
 
     def _acked(self, row: OutboxRow) -> None:
         self.batches_sent += 1

@@ -4,10 +4,11 @@ Both are pure logic with an injected clock; the sender asks them before each
 publish and tells them about each PUBACK.
 
 Rate limit (`upstream.rate_limit`, SPEC 1): one bucket for batches/s and one for
-bytes/s. Each holds one second's worth (at least one batch, and at least one
-batch of `max_batch_bytes`), so over any interval T the broker sees at most
-rate x T + burst. A batch larger than the byte burst waits for a full bucket and
-then drives it negative, so it is sent and paid for, never stuck.
+bytes/s (`RateLimiter`). Each holds exactly one second's worth (at least one
+batch), so over any interval of T seconds the broker sees at most rate x (T + 1).
+A batch larger than one second's worth waits for a full bucket and then drives
+it negative, so it goes alone, is paid for, and is never stuck: over an interval
+holding it, the bound grows by its excess over one second's worth only.
 
 Adaptive window (congestion control on PUBACK latency, AIMD as in TCP): the
 number of unacknowledged batches allowed in flight starts at `max_inflight`.
@@ -25,7 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["AdaptiveWindow", "TokenBucket"]
+from edge_agent.units import RateLimit
+
+__all__ = ["AdaptiveWindow", "RateLimiter", "TokenBucket"]
 
 
 @dataclass(slots=True)
@@ -56,6 +59,40 @@ class TokenBucket:
     def take(self, cost: float) -> None:
         self._refill()
         self.tokens -= cost
+
+
+class RateLimiter:
+    """`upstream.rate_limit` as two token buckets, each one second's worth (SPEC 1)."""
+
+    __slots__ = ("_batches", "_bytes")
+
+    def __init__(self, limit: RateLimit | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._batches: TokenBucket | None = None
+        self._bytes: TokenBucket | None = None
+        if limit is not None and limit.batches_per_s:
+            self._batches = TokenBucket(limit.batches_per_s, limit.burst_batches or 1.0, clock)
+        if limit is not None and limit.bytes_per_s:
+            # Not max_batch_bytes: a bigger bucket would let that much go at once.
+            self._bytes = TokenBucket(limit.bytes_per_s, limit.bytes_per_s, clock)
+
+    @property
+    def active(self) -> bool:
+        return self._batches is not None or self._bytes is not None
+
+    def wait_time(self, size: int) -> float:
+        """Seconds until a batch of `size` payload bytes may go (0 = now)."""
+        wait = 0.0
+        if self._batches is not None:
+            wait = self._batches.wait_time(1)
+        if self._bytes is not None:
+            wait = max(wait, self._bytes.wait_time(size))
+        return wait
+
+    def take(self, size: int) -> None:
+        if self._batches is not None:
+            self._batches.take(1)
+        if self._bytes is not None:
+            self._bytes.take(size)
 
 
 @dataclass(slots=True)
