@@ -17,10 +17,15 @@ MOSQUITTO_SNIPPET = """\
 # The agent keeps a persistent session (clean start off, session expiry 7 days)
 # and acknowledges a reading only once it is on disk. While it restarts, the broker
 # must hold what sensors publish; mosquitto's defaults would drop it.
+#
+# This file is loaded beside the main /etc/mosquitto/mosquitto.conf (its include_dir),
+# so it sets nothing that file already sets once: mosquitto refuses to start on a
+# second persistence_location or pid_file. Debian's and Raspberry Pi OS's main file
+# sets persistence_location /var/lib/mosquitto/; with another main file, set it there.
 
-# Keep sessions and queued messages across a broker restart or power cut.
+# Keep sessions and queued messages across a broker restart or power cut, saved
+# every 60 s (and on a clean stop).
 persistence true
-persistence_location /var/lib/mosquitto/
 autosave_interval 60
 
 # Messages held for the agent while it is away or busy. The stock value (1000)
