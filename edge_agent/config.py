@@ -33,6 +33,7 @@ from edge_agent.units import (
     parse_size,
     show_value,
 )
+from edge_agent.windows.spec import WindowSpec, window_spec
 
 __all__ = [
     "ENV_PREFIX",
@@ -148,6 +149,11 @@ class PipelineConfig:
     priority: str = "normal"
     max_keys: int = 100_000
     max_key_rate: float | None = None
+
+    @property
+    def spec(self) -> WindowSpec:
+        """The window as a validated type that builds its engine (windows/spec.py)."""
+        return window_spec(self.window, self.size, self.slide, self.gap)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import cbor2
 from firmware_bridge.boards import BoardState, SeqResult, learn_offset, track_seq
 from firmware_bridge.config import BridgeConfig
 from firmware_bridge.frames import DROP_REASONS, FrameDecoder, Splitter
+from firmware_bridge.health import serve_health
 from firmware_bridge.publish import CBOR, JSON, Publisher
 from firmware_bridge.transports import FdSource, UdpSource, make_source
 
@@ -185,9 +186,7 @@ class Bridge:
         await self.publisher.start()
         self._tasks.append(asyncio.create_task(self._run_source(), name="source"))
         if self.cfg.health.address is not None:
-            from firmware_bridge.health import serve_health
-
-            self._health_server = await serve_health(self, *self.cfg.health.address)
+            self._health_server = await serve_health(self.health, *self.cfg.health.address)
 
     async def _run_source(self) -> None:
         try:

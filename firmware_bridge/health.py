@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from firmware_bridge.bridge import Bridge
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["serve_health"]
 
@@ -28,7 +26,10 @@ def _response(status: str, body: bytes, ctype: str = "application/json") -> byte
     return head.encode() + body
 
 
-async def serve_health(bridge: Bridge, host: str, port: int) -> asyncio.Server:
+async def serve_health(
+    health: Callable[[], dict[str, Any]], host: str, port: int
+) -> asyncio.Server:
+    """Serve `health()` as JSON on GET / and /healthz."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_TIMEOUT):
@@ -39,7 +40,7 @@ async def serve_health(bridge: Bridge, host: str, port: int) -> asyncio.Server:
             elif path.split("?", 1)[0] not in ("/", "/healthz"):
                 out = _response("404 Not Found", b"", "text/plain")
             else:
-                out = _response("200 OK", json.dumps(bridge.health()).encode())
+                out = _response("200 OK", json.dumps(health()).encode())
             writer.write(out)
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):

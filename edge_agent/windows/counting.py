@@ -13,10 +13,8 @@ from __future__ import annotations
 from math import inf
 from typing import Any
 
-from edge_agent.config import PipelineConfig
-from edge_agent.errors import ConfigError
 from edge_agent.windows.aggregates import Partial
-from edge_agent.windows.engine import Emitted, Reading, WindowEngine
+from edge_agent.windows.base import Emitted, PipelineSettings, Reading, WindowEngine
 
 __all__ = ["CountEngine", "PassThrough"]
 
@@ -34,12 +32,9 @@ class _Key:
 
 
 class CountEngine(WindowEngine):
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineSettings) -> None:
         super().__init__(cfg)
-        size = cfg.size
-        if size != int(size) or size < 1:
-            raise ConfigError(f"pipeline {cfg.name}: count window size must be a positive integer")
-        self._size = int(size)
+        self._size = cfg.spec.size  # validated: an int >= 1
 
     def process(self, readings: list[Reading], wall: float, out: Emitted) -> None:
         keys = self._keys

@@ -38,9 +38,7 @@ from bisect import bisect_right
 from math import inf
 from typing import Any
 
-from edge_agent.config import PipelineConfig
-from edge_agent.errors import ConfigError
-from edge_agent.windows.engine import Emitted, Reading, WindowEngine
+from edge_agent.windows.base import Emitted, PipelineSettings, Reading, WindowEngine
 
 __all__ = ["SessionEngine"]
 
@@ -60,12 +58,9 @@ class _Key:
 
 
 class SessionEngine(WindowEngine):
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineSettings) -> None:
         super().__init__(cfg)
-        gap = float(cfg.gap or 0.0)
-        if gap <= 0:
-            raise ConfigError(f"pipeline {cfg.name}: session windows need a positive gap")
-        self._gap = gap
+        self._gap = cfg.spec.gap  # validated: > 0
         self._ooo = float(cfg.max_out_of_orderness)
         self._lateness = float(cfg.allowed_lateness)
 

@@ -28,10 +28,8 @@ from __future__ import annotations
 from math import floor, inf
 from typing import Any
 
-from edge_agent.config import PipelineConfig
-from edge_agent.errors import ConfigError
 from edge_agent.windows.aggregates import Partial
-from edge_agent.windows.engine import Emitted, Reading, WindowEngine, _num
+from edge_agent.windows.base import Emitted, PipelineSettings, Reading, WindowEngine, _num
 from edge_agent.windows.grid import Grid
 
 __all__ = ["TimedEngine"]
@@ -76,16 +74,13 @@ class _Key:
 class TimedEngine(WindowEngine):
     """Tumbling (slide = size) and sliding windows."""
 
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineSettings) -> None:
         super().__init__(cfg)
-        size = float(cfg.size)
-        slide = size if cfg.window == "tumbling" else float(cfg.slide or 0.0)
-        if size <= 0 or slide <= 0 or slide > size:
-            raise ConfigError(f"pipeline {cfg.name}: bad window size/slide {size}/{slide}")
-        self.grid = Grid(size, slide)
+        spec = cfg.spec  # validated: 0 < slide <= size
+        self.grid = Grid(spec.size, spec.slide)
         self._ooo = float(cfg.max_out_of_orderness)
         self._lateness = float(cfg.allowed_lateness)
-        self._window = self.aggs.window
+        self._merged = self.aggs.merged
         self._new = self.aggs.fresh
 
     # -- per reading ---------------------------------------------------------------
@@ -187,12 +182,7 @@ class TimedEngine(WindowEngine):
                 parts: Any = map(panes.get, range(first, first + np_))
             else:  # few live panes in a long window: look from the panes
                 parts = [panes[j] for j in sorted(panes) if first <= j < first + np_]
-            window = self._window
-            if window is not None:
-                rec = window(self.name, key, start, end, rev, parts)
-            else:
-                p = self.aggs.merged([x for x in parts if x is not None])
-                rec = self._record(self.name, key, start, end, rev, p)
+            rec = self._record(self.name, key, start, end, rev, self._merged(parts))
         out.windows.append(rec)
         self.windows_emitted += 1
 
@@ -235,13 +225,12 @@ class TimedEngine(WindowEngine):
                     for j in (first,) if first in panes else range(first + 1, stop):
                         if j in panes:
                             rev = fires.get(kb, 0) if fires else 0
-                            window = self._window
-                            if window is not None and np_ <= len(panes):  # as _fire
+                            if np_ <= len(panes):  # as _fire
                                 start, end = first * pw, stop * pw
                                 if d != 1:
                                     start, end = _num(start / d), _num(end / d)
-                                parts = map(panes.get, range(first, stop))
-                                rec = window(self.name, key, start, end, rev, parts)
+                                p = self._merged(map(panes.get, range(first, stop)))
+                                rec = self._record(self.name, key, start, end, rev, p)
                                 out.windows.append(rec)
                                 self.windows_emitted += 1
                             else:
