@@ -32,6 +32,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-agent", description="Store-and-forward MQTT edge agent.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -61,6 +68,26 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--token", default=None, help="bearer token for the endpoint")
     h.add_argument("--token-file", default=None, help="a file holding the bearer token")
     h.add_argument("--timeout", type=float, default=5.0)
+
+    k = sub.add_parser("consume", help="store upstream batches and device status in SQLite or PostgreSQL")
+    k.add_argument("--broker", required=True, metavar="HOST:PORT", type=_host_port)
+    k.add_argument("--db", required=True, metavar="URL",
+                   help="a file path, sqlite:///path or postgresql://user@host:port/db")
+    k.add_argument("--topic", action="append", metavar="FILTER",
+                   help="topic filter, repeatable (default edge/+/batches); add the late and "
+                        "status topics (e.g. edge/+/status) to store those too")
+    k.add_argument("--share", default="", metavar="GROUP",
+                   help="subscribe as $share/GROUP/<filter>: consumers in a group split the load")
+    k.add_argument("--username", default="")
+    k.add_argument("--password-file", default="", metavar="FILE")
+    k.add_argument("--tls", action="store_true")
+    k.add_argument("--ca-file", default="", metavar="FILE")
+    k.add_argument("--cert-file", default="", metavar="FILE")
+    k.add_argument("--key-file", default="", metavar="FILE")
+    k.add_argument("--client-id", default="",
+                   help="MQTT client id (default: derived from host, broker, topics and db, "
+                        "one per running consumer); its session survives restarts")
+    k.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     d = sub.add_parser("demo", help="simulated sensors -> agent -> upstream, printing batches")
     d.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until Ctrl-C)")
@@ -98,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_agent.cli.control import health
 
             return health(args.url, args.config, args.token, args.timeout, args.token_file)
+        if args.command == "consume":
+            return _consume(args)
         if args.command == "demo":
             from edge_agent.cli.demo import demo
 
@@ -111,6 +140,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
+
+
+def _consume(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from edge_agent.consume.consumer import DEFAULT_TOPIC, ConsumeOptions, consume
+    from edge_agent.logs import setup_logging
+    from edge_agent.mqtt import TlsSettings
+
+    for flag in ("ca_file", "cert_file", "key_file"):
+        if getattr(args, flag) and not args.tls:
+            print(f"edge-agent consume: --{flag.replace('_', '-')} needs --tls", file=sys.stderr)
+            return EXIT_USAGE
+    from edge_agent.config import _topic_filter_problem
+
+    for f in args.topic or ():
+        why = _topic_filter_problem(f)
+        if why:
+            print(f"edge-agent consume: --topic {f!r}: {why}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.share and any(c in args.share for c in "/+#"):
+        print(f"edge-agent consume: --share {args.share!r}: a group name cannot hold / + or #",
+              file=sys.stderr)
+        return EXIT_USAGE
+    password = ""
+    if args.password_file:
+        from edge_agent.logs import register_secret
+
+        try:
+            password = open(args.password_file, encoding="utf-8").read().strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"edge-agent consume: --password-file {args.password_file}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        register_secret(password)
+    setup_logging(args.log_level)
+    host, port = args.broker
+    opts = ConsumeOptions(
+        host=host, port=port, db=args.db, topics=tuple(args.topic or (DEFAULT_TOPIC,)),
+        share=args.share, username=args.username, password=password,
+        tls=TlsSettings(args.ca_file, args.cert_file, args.key_file) if args.tls else None,
+        client_id=args.client_id,
+    )
+    asyncio.run(consume(opts))
+    return EXIT_OK
 
 
 def _check(path: str) -> int:

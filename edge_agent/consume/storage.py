@@ -1,0 +1,235 @@
+"""Where the consumer writes: one small interface, SQLite and PostgreSQL behind it.
+
+A backend takes a group of decoded messages and stores them in ONE transaction,
+or raises `StorageError` having stored none of them. The rules (SPEC 7), the
+same in both:
+
+- a batch is new only if `(schema, agent, seq)` is not in `batches` yet; a
+  duplicate (a redelivery, another consumer got there first) changes nothing;
+- `windows` keeps per `(agent, pipeline, key, window_start, window_end)` the row
+  with the highest `rev` (an upsert guarded by `rev`), so redeliveries and any
+  arrival order give the same table;
+- a record's `replaces` bounds go into `replaced` and their windows are deleted;
+  a window named there is never stored again, so a record of an absorbed session
+  that arrives after the merged one (two consumers, a redelivery) stays out;
+- `devices` holds each agent's newest status (an `offline` from the MQTT will
+  is taken even though its `time` is from when the agent connected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from edge_agent.consume.decode import Decoded
+from edge_agent.errors import EdgeAgentError
+
+__all__ = ["Storage", "StorageError", "WriteResult", "open_storage", "sqlite_path"]
+
+
+class StorageError(EdgeAgentError):
+    """A write or the connection failed; nothing of the group was stored."""
+
+
+class WriteResult:
+    __slots__ = ("batches", "duplicates", "readings", "statuses", "windows")
+
+    def __init__(self) -> None:
+        self.batches = self.duplicates = self.windows = self.readings = self.statuses = 0
+
+
+class Storage(Protocol):
+    async def open(self) -> None: ...
+
+    async def write(self, items: Sequence[Decoded]) -> WriteResult: ...
+
+    async def close(self) -> None: ...
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file behind a SQLite URL or plain path; None when `url` names another database."""
+    if "://" not in url:
+        return None if url.startswith(("postgresql:", "postgres:")) else url
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        return None
+    # sqlite:///var/lib/x.db and sqlite:////var/lib/x.db both name /var/lib/x.db;
+    # sqlite://x.db (a "host") is read as the relative path x.db.
+    path = unquote(parts.netloc + parts.path)
+    if path.startswith("//"):
+        path = path[1:]
+    return path
+
+
+def open_storage(url: str) -> Storage:
+    """A backend for `--db URL` (not yet connected); raises StorageError for an unknown scheme."""
+    path = sqlite_path(url)
+    if path is not None:
+        if not path:
+            raise StorageError(f"--db {url}: no file path")
+        return SqliteStorage(path)
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        from edge_agent.consume.postgres import PostgresStorage
+
+        return PostgresStorage(url)
+    raise StorageError(f"--db {url}: expected a file path, sqlite:///path or postgresql://...")
+
+
+# ----------------------------------------------------------------------------- SQLite
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    schema TEXT NOT NULL, agent TEXT NOT NULL, seq INTEGER NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (schema, agent, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS windows (
+    agent TEXT NOT NULL, pipeline TEXT NOT NULL, key TEXT NOT NULL,
+    window_start REAL NOT NULL, window_end REAL NOT NULL,
+    rev INTEGER NOT NULL, count INTEGER NOT NULL,
+    aggregates TEXT NOT NULL,  -- JSON: every other aggregate of the record
+    seq INTEGER NOT NULL,      -- the batch that brought this revision
+    PRIMARY KEY (agent, pipeline, key, window_start, window_end)
+);
+CREATE INDEX IF NOT EXISTS windows_by_end ON windows (window_end);
+CREATE TABLE IF NOT EXISTS replaced (
+    agent TEXT NOT NULL, pipeline TEXT NOT NULL, key TEXT NOT NULL,
+    window_start REAL NOT NULL, window_end REAL NOT NULL,
+    PRIMARY KEY (agent, pipeline, key, window_start, window_end)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings (
+    agent TEXT NOT NULL, pipeline TEXT NOT NULL, key TEXT NOT NULL,
+    ts REAL NOT NULL, value REAL NOT NULL,
+    late INTEGER NOT NULL,  -- 1: past allowed lateness (the late topic)
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_by_ts ON readings (ts);
+CREATE TABLE IF NOT EXISTS devices (
+    agent TEXT PRIMARY KEY, state TEXT NOT NULL, health TEXT NOT NULL,
+    version TEXT NOT NULL, config TEXT NOT NULL, time REAL NOT NULL,
+    reasons TEXT NOT NULL  -- JSON list of strings
+);
+CREATE VIEW IF NOT EXISTS latest_windows AS
+SELECT agent, pipeline, key, window_start, window_end,
+       strftime('%Y-%m-%dT%H:%M:%fZ', window_start, 'unixepoch') AS start_time,
+       strftime('%Y-%m-%dT%H:%M:%fZ', window_end, 'unixepoch') AS end_time,
+       rev, count,
+       json_extract(aggregates, '$.min') AS min, json_extract(aggregates, '$.max') AS max,
+       json_extract(aggregates, '$.mean') AS mean, json_extract(aggregates, '$.sum') AS sum,
+       aggregates, seq
+FROM windows;
+"""
+
+_SQLITE_BATCH = (
+    "INSERT INTO batches (schema, agent, seq, received) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_SQLITE_REPLACED = "INSERT OR IGNORE INTO replaced VALUES (?, ?, ?, ?, ?)"
+_SQLITE_DELETE = (
+    "DELETE FROM windows WHERE agent = ? AND pipeline = ? AND key = ? AND window_start = ? AND window_end = ?"
+)
+# The WHERE makes SQLite parse ON CONFLICT as the upsert clause (sqlite.org/lang_upsert.html).
+_SQLITE_WINDOW = """
+INSERT INTO windows (agent, pipeline, key, window_start, window_end, rev, count, aggregates, seq)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.agent = ?1 AND r.pipeline = ?2 AND r.key = ?3
+                  AND r.window_start = ?4 AND r.window_end = ?5)
+ON CONFLICT (agent, pipeline, key, window_start, window_end) DO UPDATE SET
+    rev = excluded.rev, count = excluded.count, aggregates = excluded.aggregates, seq = excluded.seq
+WHERE excluded.rev > windows.rev
+"""
+_SQLITE_READING = "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SQLITE_DEVICE = """
+INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (agent) DO UPDATE SET
+    state = excluded.state, health = excluded.health, version = excluded.version,
+    config = excluded.config, time = excluded.time, reasons = excluded.reasons
+WHERE excluded.time >= devices.time OR (excluded.state = 'offline' AND devices.state <> 'offline')
+"""
+
+
+class SqliteStorage:
+    """An embedded SQLite file (WAL, synchronous=FULL): several consumers may share it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        # sqlite3 blocks: every call runs on one worker thread, one hop per group.
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="consume-sqlite")
+
+    async def _call(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        try:
+            parent = Path(self.path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the broker gets its PUBACK (a power cut
+            # after the ack loses nothing). Group commits keep the fsyncs few.
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SQLITE_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        if os.name == "posix":
+            os.chmod(self.path, 0o640)
+        self._db = db
+
+    async def write(self, items: Sequence[Decoded]) -> WriteResult:
+        return await self._call(self._write, items)  # type: ignore[no-any-return]
+
+    def _write(self, items: Sequence[Decoded]) -> WriteResult:
+        db = self._db
+        assert db is not None, "open() first"
+        res = WriteResult()
+        now = time.time()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                windows, replaced, readings, devices = [], [], [], []
+                for it in items:
+                    if it.device is not None:
+                        devices.append(it.device)
+                        continue
+                    if db.execute(_SQLITE_BATCH, (it.schema, it.agent, it.seq, now)).rowcount != 1:
+                        res.duplicates += 1
+                        continue
+                    res.batches += 1
+                    windows += it.windows
+                    replaced += it.replaced
+                    readings += it.readings
+                if replaced:
+                    db.executemany(_SQLITE_REPLACED, replaced)
+                    db.executemany(_SQLITE_DELETE, replaced)
+                if windows:
+                    db.executemany(_SQLITE_WINDOW, windows)
+                if readings:
+                    db.executemany(_SQLITE_READING, readings)
+                if devices:
+                    db.executemany(_SQLITE_DEVICE, devices)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        res.windows, res.readings, res.statuses = len(windows), len(readings), len(devices)
+        return res
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
