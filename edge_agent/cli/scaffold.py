@@ -37,6 +37,40 @@ max_queued_bytes 0
 # Let the client's Receive Maximum (edge-agent asks for 8192) set the in-flight
 # window: acknowledgements come in groups, after each checkpoint.
 max_inflight_messages 0
+""" + """
+# No anonymous clients. Without this, anyone who reaches the broker can read every
+# reading, inject fake ones, and take over edge-agent's persistent session by
+# connecting with its client id. Create the users BEFORE restarting mosquitto (it
+# does not start without its password file):
+#   sudo mosquitto_passwd -c /etc/mosquitto/edge-agent.passwd edge-agent
+#   sudo mosquitto_passwd /etc/mosquitto/edge-agent.passwd <sensor>   # one per sensor
+#   sudo cp mosquitto-edge-agent.acl /etc/mosquitto/edge-agent.acl
+#   sudo chown root:mosquitto /etc/mosquitto/edge-agent.passwd /etc/mosquitto/edge-agent.acl
+#   sudo chmod 640 /etc/mosquitto/edge-agent.passwd /etc/mosquitto/edge-agent.acl
+# then put edge-agent's password in a file only the agent reads, and in agent.toml:
+#   [local]
+#   username = "edge-agent"
+#   password_file = "/etc/edge-agent/local.password"
+# (with the systemd unit: LoadCredential=, see the comments in edge-agent.service).
+# A sensor with valid credentials could still reuse edge-agent's client id; if every
+# sensor has its own user, `use_username_as_clientid true` closes that too.
+allow_anonymous false
+password_file /etc/mosquitto/edge-agent.passwd
+# Who may do what: sensors publish to their own topics, only edge-agent reads them.
+acl_file /etc/mosquitto/edge-agent.acl
+"""
+
+MOSQUITTO_ACL = """\
+# mosquitto ACL for edge-agent (written by edge-agent scaffold), for acl_file in
+# mosquitto-edge-agent.conf. Anything not granted here is denied.
+
+# edge-agent reads what sensors publish: one line per topic filter of its pipelines.
+user edge-agent
+topic read sensors/#
+
+# Every other user (a sensor) may publish below sensors/<its username>/ only, and
+# read nothing.
+pattern write sensors/%u/#
 """
 
 
@@ -53,6 +87,7 @@ def scaffold(dir_arg: str) -> int:
         "agent.toml": "agent.toml",
         "edge-agent.service": "edge-agent.service",
         "mosquitto-edge-agent.conf": None,
+        "mosquitto-edge-agent.acl": None,
     }
     existing = [name for name in files if (target / name).exists()]
     if existing:
@@ -73,10 +108,11 @@ def scaffold(dir_arg: str) -> int:
         (target / "agent.toml").write_text(config_text, encoding="utf-8")
         (target / "edge-agent.service").write_text(unit, encoding="utf-8")
         (target / "mosquitto-edge-agent.conf").write_text(MOSQUITTO_SNIPPET, encoding="utf-8")
+        (target / "mosquitto-edge-agent.acl").write_text(MOSQUITTO_ACL, encoding="utf-8")
     except OSError as exc:
         print(f"edge-agent: cannot write into {target}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"wrote {target / 'agent.toml'}, {target / 'edge-agent.service'} and "
-          f"{target / 'mosquitto-edge-agent.conf'}")
+    print(f"wrote {target / 'agent.toml'}, {target / 'edge-agent.service'}, "
+          f"{target / 'mosquitto-edge-agent.conf'} and {target / 'mosquitto-edge-agent.acl'}")
     print(f"next: edge-agent check -c {target / 'agent.toml'}")
     return 0
