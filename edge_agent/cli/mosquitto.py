@@ -77,6 +77,9 @@ class Broker:
             [self.binary, "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # A session of its own: a Ctrl-C in the terminal reaches the demo (or the
+            # test run), which stops its brokers last, after draining through them.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
