@@ -14,145 +14,29 @@ import asyncio
 import os
 import random
 import signal
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import cbor2
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.buffer.store import Checkpoint, NewBatch, Store
 from tests.agent_harness import (
     AgentProcess,
     Consumer,
+    Publisher,
     http,
     pipeline,
     poll,
     write_config,
 )
 from tests.brokers import Broker
+from tests.load import LoadPublisher, first_arrival_seqs, settle
 
 pytestmark = pytest.mark.slow
 
-IDLE = 3.0  # idle_timeout: longer than a kill-and-restart, so restored keys do not go idle first
-
-
-class LoadPublisher:
-    """Sensors on one paho client: QoS 1, `{"ts": now, "value": i}` with i = 0, 1, 2, ...
-
-    Runs in a thread at about `rate` messages/s over `sensors` topics until stopped;
-    `acked` counts messages the local broker acknowledged, `value_sum` their values.
-    """
-
-    def __init__(self, port: int, *, rate: float = 800.0, sensors: int = 4, prefix: str = "s") -> None:
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"load-{uuid.uuid4().hex[:8]}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.client.max_inflight_messages_set(200)
-        self.client.on_publish = self._on_publish
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.rate = rate
-        self.topics = [f"{prefix}/{k}" for k in range(sensors)]
-        self.sent = 0
-        self.acked = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _on_publish(self, *_args: Any) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def start(self) -> LoadPublisher:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        t0 = time.monotonic()
-        while not self._stop.is_set():
-            due = int((time.monotonic() - t0) * self.rate)
-            while self.sent < due:
-                i = self.sent
-                payload = b'{"ts": %.6f, "value": %d}' % (time.time(), i)
-                self.client.publish(self.topics[i % len(self.topics)], payload, qos=1)
-                self.sent += 1
-            time.sleep(0.005)
-
-    def stop(self) -> tuple[int, int]:
-        """Stop publishing, wait for every PUBACK; (messages, sum of their values)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        poll(lambda: self.acked >= self.sent, 15, what="every sensor message acknowledged")
-        self.client.disconnect()
-        self.client.loop_stop()
-        n = self.sent
-        return n, n * (n - 1) // 2
-
-
-def window_totals(consumer: Consumer) -> tuple[int, float, int]:
-    """(sum of counts, sum of sums, windows) over the newest rev of each window.
-
-    Also checks what SPEC 4 promises about the stream itself: `Consumer.unique`
-    fails on a seq resent with other bytes, and with tumbling windows and no
-    allowed lateness every window is emitted once (rev 0) - a second emission in
-    another batch would be a reading counted twice that the rev rule hides.
-    """
-    seen: dict[tuple[Any, ...], int] = {}
-    count = 0
-    total = 0.0
-    for b in consumer.unique():
-        for w in b.doc.get("windows", ()):
-            k = (w["pipeline"], w["key"], w["start"], w["end"])
-            assert w["rev"] == 0, f"window {k} revised: {w}"
-            assert k not in seen, f"window {k} emitted in seq {seen[k]} and again in seq {b.seq}"
-            seen[k] = b.seq
-            count += int(w["count"])
-            total += float(w["sum"])
-    return count, total, len(seen)
-
-
-def first_arrival_seqs(consumer: Consumer) -> list[int]:
-    out: list[int] = []
-    seen: set[int] = set()
-    for b in consumer.batches:
-        if b.seq not in seen:
-            seen.add(b.seq)
-            out.append(b.seq)
-    return out
-
-
-def settle(consumer: Consumer, agent: AgentProcess, published: int, timeout: float = 25.0) -> tuple[int, float]:
-    """Wait until the consumer holds `published` readings and the agent is quiet.
-
-    Quiet = its outbox is empty and no batch arrived for longer than idle_timeout,
-    so a reading counted twice would have shown up by then.
-    """
-    poll(lambda: window_totals(consumer)[0] >= published, timeout,
-         what=f"{published} readings upstream (have {window_totals(consumer)[0]})")
-
-    def quiet() -> bool:
-        n = len(consumer.batches)
-        h = agent.health()
-        if h["buffer"]["batches"]:
-            return False
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < IDLE + 0.5:
-            time.sleep(0.1)
-            if len(consumer.batches) != n:
-                return False
-        return True
-
-    poll(quiet, 20, what="agent quiet")
-    count, total, _ = window_totals(consumer)
-    return count, total
+IDLE = 3.0  # idle_timeout (settle()'s default quiet time): : longer than a kill-and-restart, so restored keys do not go idle first
 
 
 def agent_cfg(tmp_path: Path, broker: Broker, upstream: Broker, **kw: Any) -> Any:
@@ -168,6 +52,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     seed = int(os.environ.get("DURABILITY_SEED", random.randrange(1 << 30)))
+    print(f"DURABILITY_SEED={seed}  (set it to replay these kill moments)")  # shown on any failure
     rng = random.Random(seed)
     cfg = agent_cfg(tmp_path, broker, upstream_broker)
     with Consumer(upstream_broker.port) as consumer, AgentProcess(cfg) as agent:
@@ -251,26 +136,39 @@ async def _fill_outbox(state_dir: Path, agent_id: str, topic: str, n: int) -> No
     await store.close()
 
 
-def test_start_with_a_100k_batch_backlog_is_ready_at_once_and_drains_behind(
+def test_start_with_a_100k_batch_backlog_is_ready_before_it_drains_and_drains_behind(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
+    # Machine-independent: ready (subscribed, taking readings) while the backlog is still
+    # almost all there, i.e. startup does not read or send the backlog first. How many
+    # seconds that takes is a figure for bench/ (test_ready_time_with_a_100k_backlog).
     n = 100_000
     cfg = agent_cfg(tmp_path, broker, upstream_broker, pipe={"idle_timeout": "500ms"})
     asyncio.run(_fill_outbox(cfg.state_dir, cfg.agent_id, cfg.batch_topic, n))
-    with Consumer(upstream_broker.port) as consumer:
-        t0 = time.monotonic()
-        with AgentProcess(cfg) as agent:
-            agent.wait_ready(timeout=10)
-            ready_s = time.monotonic() - t0
-            assert ready_s < 5.0, f"ready after {ready_s:.1f} s"
-            pub = LoadPublisher(broker.port, rate=1)
-            pub.client.publish("s/live", b'{"value": 1}', qos=1)
-            poll(lambda: agent.health()["counters"]["readings_in"] == 1, 5, what="live reading taken")
-            pub.stop()
-            # The backlog drains oldest first; the live window's batch (seq n) comes behind it.
-            poll(lambda: len(consumer.batches) >= 1000, 15, what="backlog draining")
-            assert first_arrival_seqs(consumer)[:1000] == list(range(1000))
-            h = agent.health()
-            assert 0 < h["buffer"]["batches"] <= n + 1 and h["buffer"]["oldest_age_s"] > 0
-            assert all(b.seq < n for b in consumer.batches)
-            assert http(cfg.base_url + "/readyz")[0] == 200
+    with Consumer(upstream_broker.port) as consumer, AgentProcess(cfg) as agent:
+        agent.wait_ready(timeout=60)
+        at_ready = agent.health()
+        assert at_ready["buffer"]["batches"] > n // 2, at_ready["buffer"]
+        with Publisher(broker.port) as pub:  # acknowledged by the broker before it returns
+            pub.publish("s/live", b'{"value": 1}')
+        poll(lambda: agent.health()["counters"]["readings_in"] == 1, 15, what="live reading taken")
+        # The backlog drains oldest first; the live window's batch (seq n) comes behind it.
+        poll(lambda: len(consumer.batches) >= 1000, 60, what="backlog draining")
+        assert first_arrival_seqs(consumer)[:1000] == list(range(1000))
+        h = agent.health()
+        assert 0 < h["buffer"]["batches"] <= n + 1 and h["buffer"]["oldest_age_s"] > 0
+        assert all(b.seq < n for b in consumer.batches)
+        assert http(cfg.base_url + "/readyz")[0] == 200
+
+
+@pytest.mark.perf
+def test_ready_time_with_a_100k_backlog(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+    n = 100_000
+    cfg = agent_cfg(tmp_path, broker, upstream_broker)
+    asyncio.run(_fill_outbox(cfg.state_dir, cfg.agent_id, cfg.batch_topic, n))
+    t0 = time.monotonic()
+    with AgentProcess(cfg) as agent:
+        agent.wait_ready(timeout=10)
+        ready_s = time.monotonic() - t0
+        print(f"ready after {ready_s:.2f} s with a {n}-batch backlog")
+        assert ready_s < 5.0, f"ready after {ready_s:.1f} s"

@@ -24,7 +24,7 @@ from edge_agent.buffer.store import Checkpoint, NewBatch, Store, wal_limit
 from edge_agent.errors import StateError
 from tests.agent_harness import AgentProcess, Consumer, cli, pipeline, poll, write_config
 from tests.brokers import Broker
-from tests.test_durability import LoadPublisher, settle
+from tests.load import LoadPublisher, settle
 
 # -- store level: bounds ---------------------------------------------------------------
 

@@ -381,7 +381,10 @@ def test_system_probe_sample_shape(tmp_path: Path) -> None:
     assert set(s) == {"cpu_percent", "mem_percent", "disk_free_bytes", "temperature_c", "throttled"}
     assert 0.0 <= s["cpu_percent"] <= 100.0
     assert 0.0 < s["mem_percent"] <= 100.0
-    assert s["disk_free_bytes"] == psutil.disk_usage(str(tmp_path)).free or s["disk_free_bytes"] > 0
+    # The free space of the nearest existing ancestor (the dir is not made yet), from
+    # statvfs directly; other processes write meanwhile, so within 1% of the disk.
+    st = os.statvfs(tmp_path)
+    assert abs(s["disk_free_bytes"] - st.f_bavail * st.f_frsize) <= max(st.f_blocks * st.f_frsize // 100, 1 << 20)
     assert s["temperature_c"] is None or isinstance(s["temperature_c"], float)
     assert s["throttled"] is None or isinstance(s["throttled"], str)
     json.dumps(s, allow_nan=False)
@@ -645,11 +648,12 @@ async def test_query_strings_and_absolute_form_are_ignored(server: HealthServer)
         b"GET /healthz HTTP/1.1\r\nX: a\x00b\r\n\r\n",
     ],
 )
-async def test_garbage_gets_400_at_once(server: HealthServer, garbage: bytes) -> None:
-    t = time.monotonic()
-    r = await send(server.port, garbage)
+async def test_garbage_gets_400_at_once(make_server: ServerFactory, garbage: bytes) -> None:
+    # Decided on the bytes, not by the timeout: a server that waited for more would
+    # answer 408 after request_timeout (30 s), long after send() gives up (10 s).
+    srv = await make_server(request_timeout=30.0)
+    r = await send(srv.port, garbage, timeout=10.0)
     assert r.status == 400
-    assert time.monotonic() - t < 0.5  # decided on the bytes, not by the timeout
 
 
 async def test_http2_preface_is_refused(server: HealthServer) -> None:
@@ -683,7 +687,8 @@ async def test_head_just_under_the_limit_is_served(make_server: ServerFactory) -
     assert (await send(srv.port, raw[:-4] + b"p\r\n\r\n")).status == 431
 
 
-async def test_slow_client_times_out_while_others_are_served(server: HealthServer) -> None:
+async def test_slow_client_times_out_while_others_are_served(make_server: ServerFactory) -> None:
+    server = await make_server(request_timeout=3.0)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 50 + b"\r\n"
     received = bytearray()
@@ -703,26 +708,26 @@ async def test_slow_client_times_out_while_others_are_served(server: HealthServe
     t0 = time.monotonic()
     dribbler = asyncio.create_task(dribble())
     reading = asyncio.create_task(read_all())
-    # Meanwhile another client is served promptly, several times.
+    # Meanwhile another client is served, several times, while the slow one still waits.
     for _ in range(3):
-        t = time.monotonic()
         assert (await get(server.port, "/readyz")).status == 200
-        assert time.monotonic() - t < 0.5
         await asyncio.sleep(0.1)
-    async with asyncio.timeout(3.0):
+    served_while_waiting = not reading.done()
+    async with asyncio.timeout(30.0):
         await reading
     elapsed = time.monotonic() - t0
     dribbler.cancel()
     writer.close()
-    assert 0.9 <= elapsed < 2.0  # request_timeout is 1.0 s
+    assert served_while_waiting
+    assert elapsed >= 2.9  # request_timeout is 3.0 s: not cut short
     assert Response(bytes(received)).status == 408
 
 
 async def test_silent_client_gets_408(server: HealthServer) -> None:
     t = time.monotonic()
-    r = await send(server.port, b"")
+    r = await send(server.port, b"", timeout=30.0)
     assert r.status == 408
-    assert time.monotonic() - t < 2.0
+    assert time.monotonic() - t >= 0.9  # after request_timeout (1.0 s), not before
 
 
 async def test_connect_and_close_and_half_requests_are_harmless(server: HealthServer) -> None:
@@ -756,11 +761,11 @@ async def test_connection_cap_refuses_excess_at_once(make_server: ServerFactory)
         async with asyncio.timeout(2):
             while len(srv._conns) < 4:
                 await asyncio.sleep(0.01)
-        t = time.monotonic()
-        r = await get(srv.port, "/healthz")
+        # Refused at once, not after waiting for a slot: one frees only when an idle
+        # connection times out (request_timeout, 5 s), and send() gives up before that.
+        r = await send(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", timeout=4.0)
         assert r.status == 503
         assert r.headers["retry-after"] == "1"
-        assert time.monotonic() - t < 0.5
         # Once the idle ones have dribbled for a while, a newcomer evicts the oldest.
         now[0] = 10.0
         assert (await get(srv.port, "/healthz")).status == 200
@@ -837,9 +842,9 @@ async def test_close_drops_open_connections_promptly(make_server: ServerFactory)
     async with asyncio.timeout(2):
         while len(srv._conns) < 3:
             await asyncio.sleep(0.01)
-    t = time.monotonic()
-    await srv.close()
-    assert time.monotonic() - t < 1.0
+    # Promptly: without waiting for the clients' request_timeout (30 s).
+    async with asyncio.timeout(10.0):
+        await srv.close()
     for r, w in conns:
         async with asyncio.timeout(1):
             assert await r.read() == b""

@@ -3,12 +3,11 @@ whose readings are still waiting at the broker (they would all be dropped as lat
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from tests.agent_harness import AgentProcess, Consumer, pipeline, poll, write_config
 from tests.brokers import Broker
-from tests.test_overload import FIELDS, _flood_publisher
+from tests.load import FIELDS, FloodPublisher
 
 PIPELINES = 4
 
@@ -27,17 +26,11 @@ def test_windows_of_a_flood_lose_nothing_to_idle_firing(
     )
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer, AgentProcess(cfg) as agent:
         agent.wait_ready()
-        stop = threading.Event()
-        client, count = _flood_publisher(broker.port, 1, 8.0, stop)
+        flood = FloodPublisher(broker.port, 1, 8.0)
         try:
-            poll(lambda: count[0] > 0 and not client._flood_thread.is_alive(), 30,  # type: ignore[attr-defined]
-                 what="the flood")
+            poll(lambda: flood.count > 0 and not flood.running(), 30, what="the flood")
         finally:
-            stop.set()
-        published = count[0]
-        poll(lambda: client._flood_acked[0] >= published, 30, what="the flood acknowledged")  # type: ignore[attr-defined]
-        client.disconnect()
-        client.loop_stop()
+            published = flood.close()
         want = published * FIELDS * PIPELINES
 
         def total(c: Consumer) -> int:

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.agent_harness import (
     AgentProcess,
@@ -35,9 +33,9 @@ from tests.agent_harness import (
     write_config,
 )
 from tests.brokers import Broker, find_mosquitto
+from tests.load import FIELDS, FloodPublisher, join
 from tests.tcp_proxy import TcpProxy
 
-FIELDS = 10
 PIPELINES = 16
 PER_MESSAGE = FIELDS * PIPELINES  # readings_in per message
 FLOOD_S = 10.0
@@ -70,38 +68,6 @@ def _healthz(cfg: Any, timeout: float = 3.0) -> dict[str, Any] | None:
         return None
 
 
-def _flood_publisher(port: int, qos: int, seconds: float, stop: threading.Event) -> tuple[paho.Client, list[int]]:
-    """Publish multi-field readings flat out for `seconds` from a thread; returns the
-    client and a one-element list that holds the count published so far."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{time.monotonic_ns()}",
-                         protocol=MQTTProtocolVersion.MQTTv5)
-    client.max_inflight_messages_set(1000)
-    acked = [0]
-    client.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    body = ", ".join(f'"f{i}": {i}.5' for i in range(FIELDS))
-    count = [0]
-    client._flood_acked = acked  # type: ignore[attr-defined]
-
-    def run() -> None:
-        deadline = time.monotonic() + seconds
-        n = 0
-        while time.monotonic() < deadline and not stop.is_set():
-            now = time.time()
-            for _ in range(50):
-                client.publish(f"f/{n % 50}", f'{{"ts": {now:.3f}, {body}}}', qos=qos)
-                n += 1
-            count[0] = n
-            # paho queues what it cannot send yet without bound: keep its queue short.
-            while (n - acked[0] > 2000 if qos else client._out_packet) and not stop.is_set():
-                time.sleep(0.001)
-    t = threading.Thread(target=run, name="flood", daemon=True)
-    t.start()
-    client._flood_thread = t  # type: ignore[attr-defined]
-    return client, count
-
-
 @dataclass
 class FloodRun:
     qos: int
@@ -129,27 +95,18 @@ def _flood(tmp: Path, qos: int, pipelines: list[dict[str, object]] = WINDOWED,
         )
         with AgentProcess(cfg) as agent:
             agent.wait_ready()
-            stop = threading.Event()
-            client, count = _flood_publisher(local.port, qos, seconds, stop)
+            flood = FloodPublisher(local.port, qos, seconds)
             t0 = time.monotonic()
             try:
-                while client._flood_thread.is_alive():  # type: ignore[attr-defined]
+                while flood.running():
                     h = _healthz(cfg)
                     run.samples.append((time.monotonic() - t0, h, _vm(agent.pid, "VmRSS")))
                     time.sleep(0.25)
             finally:
-                stop.set()
-                client._flood_thread.join()  # type: ignore[attr-defined]
+                flood.stop()
             run.flood_s = time.monotonic() - t0
-            run.published = count[0]
             # Every QoS 1 publish acknowledged by the local broker: it holds what the agent has not taken.
-            if qos:
-                acked = client._flood_acked  # type: ignore[attr-defined]
-                poll(lambda: acked[0] >= run.published, 30, what="local broker acknowledged every publish")
-            else:
-                poll(lambda: not client._out_packet, 30, what="every publish written")
-            client.disconnect()
-            client.loop_stop()
+            run.published = flood.close()
             t_end = time.monotonic()
 
             def recovered() -> dict[str, Any] | None:
@@ -183,14 +140,9 @@ def qos1_flood(tmp_path_factory: pytest.TempPathFactory) -> FloodRun:
 def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: FloodRun) -> None:
     run = qos1_flood
     assert run.alive, run.log[-3000:]
-    # It really was a flood: the agent took in a small part of what was offered.
     answered = [(t, h) for t, h, _ in run.samples if h is not None]
     assert answered, "no /healthz answer during the flood"
-    t_last, h_last = answered[-1]
-    taken = h_last["counters"]["readings_in"] / PER_MESSAGE
-    offered = run.published * t_last / run.flood_s
-    assert taken * 2 < offered, (taken, offered)  # beyond capacity: ~2.5x with this publisher (bench_flood: ~10x)
-    # The health endpoint said so while it happened.
+    # The health endpoint said it was overloaded while it happened.
     assert any(h["ingest"]["overloaded"] and h["status"] == "degraded"
                and any("overloaded" in r for r in h["reasons"]) for _, h in answered), answered[-1]
     # Recovery by itself: every reading taken exactly once, nothing shed (QoS 1), health ok.
@@ -202,22 +154,55 @@ def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: F
     assert run.final["status"] == "ok" and run.final["reasons"] == []
 
 
+@pytest.mark.perf
+def test_qos1_flood_intake_ratio(qos1_flood: FloodRun) -> None:
+    # It really was a flood: the agent took in a small part of what was offered
+    # (~2.5x with this publisher; bench_flood: ~10x).
+    t_last, h_last = [(t, h) for t, h, _ in qos1_flood.samples if h is not None][-1]
+    taken = h_last["counters"]["readings_in"] / PER_MESSAGE
+    offered = qos1_flood.published * t_last / qos1_flood.flood_s
+    print(f"offered/taken during the flood: {offered / max(taken, 1):.1f}")
+    assert taken * 2 < offered, (taken, offered)
+
+
+@pytest.mark.perf
 def test_qos1_flood_memory_stays_bounded(qos1_flood: FloodRun) -> None:
     assert qos1_flood.alive
+    print(f"peak RSS {qos1_flood.peak_rss / 2**20:.0f} MiB")
     assert qos1_flood.peak_rss < RSS_BOUND, f"peak RSS {qos1_flood.peak_rss / 2**20:.0f} MiB"
 
 
-def test_qos1_raw_flood_memory_stays_bounded(tmp_path: Path) -> None:
-    # Before the ingest budget: RSS +40 MB/s during such a flood, VmHWM 300-700 MB.
-    run = _flood(tmp_path, qos=1, pipelines=RAW, seconds=6.0)
+@pytest.fixture(scope="module")
+def raw_flood(tmp_path_factory: pytest.TempPathFactory) -> FloodRun:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed")
+    return _flood(tmp_path_factory.mktemp("raw"), qos=1, pipelines=RAW, seconds=6.0)
+
+
+def test_qos1_raw_flood_loses_nothing(raw_flood: FloodRun) -> None:
+    run = raw_flood
     assert run.alive, run.log[-3000:]
     assert run.final is not None, run.log[-2000:]
     assert run.final["counters"]["readings_in"] == run.published * FIELDS * len(RAW)
-    assert run.peak_rss < RSS_BOUND, f"peak RSS {run.peak_rss / 2**20:.0f} MiB"
 
 
-def test_qos0_flood_sheds_counted_and_recovers(tmp_path: Path) -> None:
-    run = _flood(tmp_path, qos=0)
+@pytest.mark.perf
+def test_qos1_raw_flood_memory_stays_bounded(raw_flood: FloodRun) -> None:
+    # Before the ingest budget: RSS +40 MB/s during such a flood, VmHWM 300-700 MB.
+    assert raw_flood.alive
+    print(f"peak RSS {raw_flood.peak_rss / 2**20:.0f} MiB")
+    assert raw_flood.peak_rss < RSS_BOUND, f"peak RSS {raw_flood.peak_rss / 2**20:.0f} MiB"
+
+
+@pytest.fixture(scope="module")
+def qos0_flood(tmp_path_factory: pytest.TempPathFactory) -> FloodRun:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed")
+    return _flood(tmp_path_factory.mktemp("flood0"), qos=0)
+
+
+def test_qos0_flood_sheds_counted_and_recovers(qos0_flood: FloodRun) -> None:
+    run = qos0_flood
     assert run.alive, run.log[-3000:]
     assert run.final is not None and run.recovery_s is not None, (run.final, run.log[-2000:])
     m, c = run.final["messages"], run.final["counters"]
@@ -226,7 +211,12 @@ def test_qos0_flood_sheds_counted_and_recovers(tmp_path: Path) -> None:
     assert c["readings_in"] == m["qos0"] * PER_MESSAGE
     assert m["qos0"] + m["shed_qos0"] <= run.published
     assert run.final["status"] == "ok"
-    assert run.peak_rss < 2 * RSS_BOUND, f"peak RSS {run.peak_rss / 2**20:.0f} MiB"  # QoS 0: shedding bounds it
+
+
+@pytest.mark.perf
+def test_qos0_flood_memory_stays_bounded(qos0_flood: FloodRun) -> None:
+    print(f"peak RSS {qos0_flood.peak_rss / 2**20:.0f} MiB")
+    assert qos0_flood.peak_rss < 2 * RSS_BOUND, f"peak RSS {qos0_flood.peak_rss / 2**20:.0f} MiB"  # shedding bounds it
 
 
 # -- per-key input throttle -------------------------------------------------------------
@@ -306,16 +296,18 @@ def _echo_server() -> tuple[socket.socket, list[int]]:
     return srv, got
 
 
-def test_proxy_limits_bandwidth_and_adds_latency() -> None:
+def _proxy_figures() -> tuple[float, float, float]:
+    """(round trip with 0.1 s one-way latency, throttled rate at 40 kB/s, unthrottled rate)."""
     srv, got = _echo_server()
     with srv, TcpProxy(srv.getsockname()[1]) as proxy, socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.settimeout(10)
         s.sendall(b"?")
         assert s.recv(1) == b"!"
         proxy.set_latency(0.1)  # one way: the round trip gains 0.2 s
         t = time.monotonic()
         s.sendall(b"?")
         assert s.recv(1) == b"!"
-        assert 0.19 <= time.monotonic() - t < 0.6
+        rtt = time.monotonic() - t
         proxy.set_latency(0)
         proxy.set_rate(40_000)
         s.setblocking(False)
@@ -326,8 +318,7 @@ def test_proxy_limits_bandwidth_and_adds_latency() -> None:
                 s.send(chunk)
             except BlockingIOError:
                 time.sleep(0.005)
-        rate = (got[0] - g0) / (time.monotonic() - t0)
-        assert 30_000 <= rate <= 46_000, rate
+        throttled = (got[0] - g0) / (time.monotonic() - t0)
         proxy.set_rate(None)
         t0, g0 = time.monotonic(), got[0]
         while time.monotonic() - t0 < 0.3:
@@ -335,7 +326,24 @@ def test_proxy_limits_bandwidth_and_adds_latency() -> None:
                 s.send(chunk)
             except BlockingIOError:
                 time.sleep(0.001)
-        assert (got[0] - g0) / (time.monotonic() - t0) > 10 * 46_000
+        free = (got[0] - g0) / (time.monotonic() - t0)
+    return rtt, throttled, free
+
+
+def test_proxy_limits_bandwidth_and_adds_latency() -> None:
+    # What holds on any machine: the latency is added, the cap is never exceeded
+    # (40 kB/s plus one bucket's burst), and without the cap data moves faster.
+    rtt, throttled, free = _proxy_figures()
+    assert rtt >= 0.19, rtt
+    assert 0 < throttled <= 46_000, throttled
+    assert free > throttled, (free, throttled)
+
+
+@pytest.mark.perf
+def test_proxy_figures() -> None:
+    rtt, throttled, free = _proxy_figures()
+    print(f"rtt {rtt:.3f} s, throttled {throttled:.0f} B/s, free {free:.0f} B/s")
+    assert rtt < 0.6 and throttled >= 30_000 and free > 10 * 46_000
 
 
 @pytest.fixture
@@ -396,7 +404,7 @@ def test_adaptive_window_shrinks_on_a_congested_link_and_recovers(
                 raise AssertionError((low, agent.health()["uplink"], agent.health()["buffer"], proxy.connections)) from None
         finally:
             stop.set()
-            loader.join()
+            join(loader)
         h = poll(lambda: (lambda h: h if h["counters"]["readings_in"] == sent[0] * 20
                           and h["buffer"]["batches"] == 0 else None)(agent.health()), 20,
                  what="every reading in and sent")
