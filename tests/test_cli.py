@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from tests.agent_harness import (
     AgentConfig,
     AgentProcess,
     cli,
+    healthz,
     http,
     kill_from_pid_file,
     pid_alive,
@@ -152,7 +154,10 @@ def test_start_status_stop_lifecycle(broker: Broker, upstream_broker: Broker, tm
         r = cli("status", "-c", str(cfg.path))
         assert r.returncode == 0, r.stdout + r.stderr
         assert str(pid) in r.stdout
-        assert "ok" in r.stdout  # the health summary
+        # The health summary: the status word /healthz gives (read here independently).
+        m = re.search(r"^health: (\w+)", r.stdout, re.M)
+        assert m is not None, r.stdout
+        assert m.group(1) == healthz(cfg.base_url)["status"] == "ok", r.stdout
 
         # A second start does not start a second agent.
         r = cli("start", "-c", str(cfg.path), timeout=40)

@@ -152,10 +152,34 @@ def test_outbox_matches_a_plain_list_model(tmp_path_factory: pytest.TempPathFact
     asyncio.run(run())
 
 
-def test_wal_limit_scales_with_max_bytes() -> None:
-    assert wal_limit(256 * 1024) == 64 * 1024
-    assert wal_limit(8 * 1024 * 1024) == 1024 * 1024
-    assert wal_limit(256 * 1024 * 1024) == 4 * 1024 * 1024
+KiB, MiB = 1024, 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "wal"),
+    [
+        # The documented rule (store.py, README "buffer"): an eighth of max_bytes, at
+        # least 64 KiB, at most 4 MiB. Worked by hand, away from and at both edges:
+        (256 * KiB, 64 * KiB),  # an eighth is 32 KiB: raised to the floor
+        (512 * KiB, 64 * KiB),  # an eighth is exactly the floor
+        (1 * MiB, 128 * KiB),
+        (3 * MiB, 384 * KiB),
+        (8 * MiB, 1 * MiB),
+        (32 * MiB, 4 * MiB),  # exactly the ceiling
+        (33 * MiB, 4 * MiB),
+        (256 * MiB, 4 * MiB),
+    ],
+)
+def test_wal_limit_scales_with_max_bytes(max_bytes: int, wal: int) -> None:
+    assert wal_limit(max_bytes) == wal
+
+
+@given(st.integers(0, 1 << 40), st.integers(0, 1 << 40))
+def test_wal_limit_is_bounded_and_monotone(a: int, b: int) -> None:
+    lo, hi = sorted((a, b))
+    assert 64 * KiB <= wal_limit(lo) <= wal_limit(hi) <= 4 * MiB
+    if 512 * KiB <= lo <= 32 * MiB:
+        assert wal_limit(lo) * 8 in range(lo - 7, lo + 1)  # an eighth, rounded down
 
 
 # -- store level: damaged files, unwritable dirs ----------------------------------------------

@@ -99,7 +99,7 @@ def _flood(tmp: Path, qos: int, pipelines: list[dict[str, object]] = WINDOWED,
             t0 = time.monotonic()
             try:
                 while flood.running():
-                    h = _healthz(cfg)
+                    h = _healthz(cfg, timeout=10.0)
                     run.samples.append((time.monotonic() - t0, h, _vm(agent.pid, "VmRSS")))
                     time.sleep(0.25)
             finally:
@@ -111,6 +111,9 @@ def _flood(tmp: Path, qos: int, pipelines: list[dict[str, object]] = WINDOWED,
 
             def recovered() -> dict[str, Any] | None:
                 h = _healthz(cfg)
+                # Still behind: the broker holds what it has not read yet, so these
+                # answers may show the overload too.
+                run.samples.append((time.monotonic() - t0, h, _vm(agent.pid, "VmRSS")))
                 if h is None:
                     return None
                 n_in = h["counters"]["readings_in"]
@@ -142,7 +145,8 @@ def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: F
     assert run.alive, run.log[-3000:]
     answered = [(t, h) for t, h, _ in run.samples if h is not None]
     assert answered, "no /healthz answer during the flood"
-    # The health endpoint said it was overloaded while it happened.
+    # The health endpoint said it was overloaded while it happened (or while it worked
+    # through what the broker held for it afterwards).
     assert any(h["ingest"]["overloaded"] and h["status"] == "degraded"
                and any("overloaded" in r for r in h["reasons"]) for _, h in answered), answered[-1]
     # Recovery by itself: every reading taken exactly once, nothing shed (QoS 1), health ok.
@@ -158,7 +162,8 @@ def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: F
 def test_qos1_flood_intake_ratio(qos1_flood: FloodRun) -> None:
     # It really was a flood: the agent took in a small part of what was offered
     # (~2.5x with this publisher; bench_flood: ~10x).
-    t_last, h_last = [(t, h) for t, h, _ in qos1_flood.samples if h is not None][-1]
+    t_last, h_last = [(t, h) for t, h, _ in qos1_flood.samples
+                      if h is not None and t <= qos1_flood.flood_s][-1]
     taken = h_last["counters"]["readings_in"] / PER_MESSAGE
     offered = qos1_flood.published * t_last / qos1_flood.flood_s
     print(f"offered/taken during the flood: {offered / max(taken, 1):.1f}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 from typing import Any
 
@@ -406,7 +408,19 @@ def test_checkpoint_restores_percentile_sketch_and_revisions() -> None:
     feed(a, first)
     b.restore((k, v) for k, v in a.take_dirty().items() if v is not None)
     later = [("k", 5.0, 0.5), ("k", 20.0, 0.0)]
-    assert feed(a, later).windows == feed(b, later).windows
+    got_a, got_b = feed(a, later), feed(b, later)
+    assert got_a.windows == got_b.windows
+    # And both did something: the late reading revises [0, 10) (rev 1, all 12,001
+    # readings, so the restored sketch and sums held the first 12,000), the reading at 20
+    # closes [10, 20). Expected figures from the readings themselves, not the engine.
+    assert spans(got_b) == [("k", 0.0, 10.0, 1, 12_001), ("k", 10.0, 20.0, 0, 1)]
+    vals = sorted([v for _, ts, v in first if ts < 10.0] + [0.5])
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in vals) / (len(vals) - 1))
+    w = got_b.windows[0]
+    assert w["stddev"] == pytest.approx(sd, rel=1e-9)
+    rank = bisect.bisect_left(vals, w["p50"])
+    assert abs(rank - len(vals) / 2) <= 0.01 * len(vals)  # SPEC 3: rank error <= 1 %
 
 
 def test_checkpoint_of_another_window_shape_is_skipped() -> None:
