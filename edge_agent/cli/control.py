@@ -1,14 +1,20 @@
 """run / start / stop / status / health: the agent's life cycle from the shell.
 
-The pid file `<state_dir>/edge-agent.pid` names the running agent. `start` spawns
-`run` in a new session and waits for the sd_notify READY=1 datagram it sends once
-subscribed on the local broker: the same signal systemd's Type=notify waits for.
+Who runs is decided by a lock, not by a pid file: `run` holds an exclusive
+`flock` on `<state_dir>/edge-agent.lock` for the life of its process (the kernel
+releases it on any death, kill -9 included), so two agents never share a state
+dir, and `start`, `stop` and `status` ask the lock whether an agent runs. The
+holder writes its pid into the lock file; the pid file `<state_dir>/edge-agent.pid`
+is information only. `start` spawns `run` in a new session and waits for the
+sd_notify READY=1 datagram it sends once subscribed on the local broker: the
+same signal systemd's Type=notify waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -28,6 +34,7 @@ from edge_agent.errors import EdgeAgentError
 __all__ = ["health", "run", "start", "status", "stop"]
 
 PID_NAME = "edge-agent.pid"
+LOCK_NAME = "edge-agent.lock"
 LOG_NAME = "edge-agent.log"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
@@ -37,22 +44,83 @@ def pid_file(cfg: Config) -> Path:
     return Path(cfg.agent.state_dir) / PID_NAME
 
 
+def lock_file(cfg: Config) -> Path:
+    return Path(cfg.agent.state_dir) / LOCK_NAME
+
+
 def read_pid(cfg: Config) -> int | None:
-    """The pid of the running agent for this config, or None."""
+    """The pid of the agent holding this config's state_dir lock, or None."""
+    return lock_holder(lock_file(cfg))
+
+
+def lock_holder(path: Path, wait: float = 1.0) -> int | None:
+    """The pid that holds the lock at `path`, None when nobody does.
+
+    A pid file can name a dead process or, after pid reuse, an unrelated one; the
+    lock cannot: it is held exactly while its agent lives.
+    """
     try:
-        pid = int(pid_file(cfg).read_text().split()[0])
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: no agent ever ran on this state dir (or we cannot see it)
+    try:
+        try:
+            # A probe: taken and given back at once. A shared lock, so two probes
+            # never collide; an agent starting in between retries (acquire_lock).
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        deadline = time.monotonic() + wait
+        while True:  # held: its holder wrote its pid right after taking it
+            pid = _pid_in(fd)
+            if pid is not None:
+                return pid
+            if time.monotonic() >= deadline:
+                raise EdgeAgentError(f"{path} is locked by a process that did not write its pid")
+            time.sleep(0.02)
+    finally:
+        os.close(fd)
+
+
+def _pid_in(fd: int) -> int | None:
+    try:
+        pid = int(os.pread(fd, 64, 0).split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    if not _alive(pid):
-        return None
-    # Guard against a recycled pid: the process must be an edge-agent.
+    return pid if pid > 0 else None
+
+
+def acquire_lock(state_dir: Path, wait: float = 0.5) -> int:
+    """Take the state dir's exclusive lock for the life of this process; return its fd.
+
+    Raises EdgeAgentError naming the holder when another agent has it.
+    """
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid
-    if b"edge_agent" not in cmdline and b"edge-agent" not in cmdline:
-        return None
-    return pid
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise EdgeAgentError(f"state_dir {state_dir}: cannot create its lock file: {exc.strerror}") from exc
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            # Held: by another agent, or for an instant by a status/stop probe.
+            if time.monotonic() >= deadline:
+                holder = _pid_in(fd)
+                os.close(fd)
+                who = f"pid {holder}" if holder is not None else "another process"
+                raise EdgeAgentError(
+                    f"already running as {who}: it holds the lock on state_dir {state_dir}"
+                ) from None
+            time.sleep(0.02)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _alive(pid: int) -> bool:
@@ -62,7 +130,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child of ours is not running.
+    # A zombie is not running.
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
@@ -86,9 +154,8 @@ def run(config_path: str, log_file: str | None = None) -> int:
 
     for warning in config_warnings(cfg):
         logging.getLogger("edge_agent").warning("%s", warning)
-    running = read_pid(cfg)
-    if running is not None and running != os.getpid():
-        raise EdgeAgentError(f"already running as pid {running} (state_dir {cfg.agent.state_dir})")
+    # Held until this process ends (never closed: the kernel releases it at exit).
+    acquire_lock(Path(cfg.agent.state_dir))
     return asyncio.run(_run(cfg))
 
 
@@ -209,7 +276,12 @@ def stop(config_path: str) -> int:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if read_pid(cfg) != pid:  # the lock is released as the agent's process ends
+            # ... a moment before the process is gone: wait for that too (briefly,
+            # as the pid may be reused once the lock no longer vouches for it).
+            gone = time.monotonic() + 2.0
+            while _alive(pid) and time.monotonic() < gone:
+                time.sleep(0.01)
             print(f"edge-agent stopped (pid {pid})")
             return 0
         time.sleep(0.05)
