@@ -104,7 +104,12 @@ class FramePath:
             if type(obj) is str:
                 dropped[obj] += 1
                 continue
-            reason = self._publish(obj, default_id, arrival)
+            try:
+                reason = self._publish(obj, default_id, arrival)
+            except (ValueError, TypeError, OverflowError, RecursionError, cbor2.CBOREncodeError):
+                # a field that cannot be carried on: an id over 4300 digits, an uptime
+                # too large for a float, a CBOR value with no encoding (naive datetime)
+                reason = "malformed"
             if reason is not None:
                 dropped[reason] += 1
 

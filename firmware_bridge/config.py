@@ -54,7 +54,9 @@ class SourceSection:
     data_bits: int = 8
     parity: str = "none"
     stop_bits: int = 1
-    listen: str = "0.0.0.0:5005"  # udp only
+    # udp only. Loopback by default: datagrams are unauthenticated, so anyone who can
+    # reach the port can inject readings (issue 13).
+    listen: str = "127.0.0.1:5005"
     reopen_min: float = 0.1  # backoff between attempts to reopen a lost device...
     reopen_max: float = 5.0  # ...doubling up to this
 

@@ -12,7 +12,6 @@ appended big-endian (high byte first), the whole COBS-encoded and ended by one 0
 
 from __future__ import annotations
 
-from json import JSONDecodeError
 from json import loads as json_loads
 from typing import Any
 
@@ -86,7 +85,10 @@ class Splitter:
 
 
 def _kv_value(v: str) -> Any:
-    if v.isdigit() or (v[:1] == "-" and v[1:].isdigit()):
+    # ASCII digits only: "²".isdigit() is true, and int("²") raises ValueError
+    if v.isascii() and (v.isdigit() or (v[:1] == "-" and v[1:].isdigit())):
+        if len(v) > 4000:  # int() refuses over 4300 digits (CVE-2020-10735 limit)
+            return v
         return int(v)
     try:
         return float(v)
@@ -128,7 +130,7 @@ class FrameDecoder:
                 obj = json_loads(line)
             except UnicodeDecodeError:
                 return "noise"
-            except (JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # JSONDecodeError; an int over 4300 digits
                 return "malformed"
             return obj if type(obj) is dict else "malformed"
         try:
@@ -159,7 +161,7 @@ class FrameDecoder:
             return "crc"
         try:
             obj = cbor2.loads(raw[:-2])
-        except (cbor2.CBORDecodeError, ValueError, RecursionError):
+        except Exception:  # CBORDecodeError, and whatever a tag's decoder raises: a drop
             return "malformed"
         return obj if type(obj) is dict else "malformed"
 

@@ -191,7 +191,7 @@ class UdpSource:
         loop = asyncio.get_running_loop()
         host, _, port = self.cfg.listen.rpartition(":")
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self), local_addr=(host.strip("[]") or "0.0.0.0", int(port))
+            lambda: _Datagrams(self), local_addr=(host.strip("[]") or "127.0.0.1", int(port))
         )
         self.address = transport.get_extra_info("sockname")[:2]
         self.opens += 1
