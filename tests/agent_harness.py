@@ -56,6 +56,20 @@ def poll(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, w
         time.sleep(interval)
 
 
+async def apoll(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> T:
+    """`poll` for coroutines: the same rule, sleeping with asyncio so the loop keeps running."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
+        await asyncio.sleep(interval)
+
+
 # -- config ------------------------------------------------------------------------
 
 

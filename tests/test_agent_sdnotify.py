@@ -48,11 +48,16 @@ def test_ready_status_watchdog_reloading_stopping(
         # READY only once subscribed: /readyz agrees at that moment.
         assert http(cfg.base_url + "/readyz")[0] == 200
         assert any(m.startswith("STATUS=") for m in notify.drain())
-        # Watchdog pings from the event loop at half the interval (0.2 s): several a second.
-        before = sum(m == "WATCHDOG=1" for m in notify.drain())
-        time.sleep(1.0)
-        pings = sum(m == "WATCHDOG=1" for m in notify.drain()) - before
-        assert 3 <= pings <= 8, pings
+        # Watchdog pings from the event loop at half the interval (0.2 s): they keep coming,
+        # and never faster than that (a loaded machine may send fewer, never more).
+        def pings() -> int:
+            return sum(m == "WATCHDOG=1" for m in notify.drain())
+
+        t0, before = time.monotonic(), pings()
+        poll(lambda: pings() >= before + 3, 30, what="three more WATCHDOG=1")
+        n, elapsed = pings() - before, time.monotonic() - t0
+        assert n <= elapsed / 0.2 + 2, (n, elapsed)
+
         def readies() -> int:
             return sum("READY=1" in m.split("\n") for m in notify.drain())
 

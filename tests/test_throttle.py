@@ -8,13 +8,12 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.uplink.throttle import AdaptiveWindow, RateLimiter, TokenBucket
 from edge_agent.units import RateLimit, parse_rate_limit
-from tests.agent_harness import AgentProcess, Consumer, Publisher, pipeline, write_config
+from edge_agent.uplink.throttle import AdaptiveWindow, RateLimiter, TokenBucket
+from tests.agent_harness import AgentProcess, Consumer, Publisher, pipeline, poll, write_config
 from tests.brokers import Broker
 
 
@@ -155,38 +154,53 @@ def test_window_halves_on_a_slow_ack_and_grows_back() -> None:
     assert w.limit == 1
 
 
-def test_rate_limit_holds_at_the_upstream_broker(
-    tmp_path: Path, broker: Broker, upstream_broker: Broker
-) -> None:
-    # One record per batch and 40 keys: 40 batches wait at once; "10/s" lets the
-    # burst (10) through, then 10 per second.
-    rate, burst, total = 10.0, 10, 40
+def _rate_limited_arrivals(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker, rate: float, total: int
+) -> list[tuple[float, int]]:
+    """One record per batch and `total` keys: that many batches wait at once behind
+    rate_limit = `rate`/s; (time, batches at the consumer) sampled until all arrived."""
     cfg = write_config(
         tmp_path, broker.port, upstream_broker.port,
         pipelines=[pipeline(window="none")],
-        upstream={"rate_limit": "10/s", "max_batch_windows": 1, "max_batch_delay": "0s"},
+        upstream={"rate_limit": f"{rate:g}/s", "max_batch_windows": 1, "max_batch_delay": "0s"},
     )
     samples: list[tuple[float, int]] = []
+
+    def all_arrived() -> bool:
+        samples.append((time.monotonic(), len(consumer.unique())))
+        return samples[-1][1] >= total
+
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer, AgentProcess(cfg) as agent:
         agent.wait_ready()
         now = time.time()
         with Publisher(broker.port) as pub:
             for i in range(total):
                 pub.publish(f"s/k{i}", json.dumps({"ts": now, "value": i}))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            samples.append((time.monotonic(), len(consumer.unique())))
-            if samples[-1][1] >= total:
-                break
-            time.sleep(0.05)
+        poll(all_arrived, 60, what=f"{total} batches upstream")
     assert samples[-1][1] == total, samples[-1]
+    return samples
+
+
+def test_rate_limit_holds_at_the_upstream_broker(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker
+) -> None:
+    # "10/s" lets the burst (10) through, then 10 per second. On any machine: never more.
+    rate, burst, total = 10.0, 10, 40
+    samples = _rate_limited_arrivals(tmp_path, broker, upstream_broker, rate, total)
     # Over every interval, what arrived is within rate x interval + burst (+1 for sampling).
     for i, (t1, n1) in enumerate(samples):
         for t2, n2 in samples[i + 1 :]:
             assert n2 - n1 <= rate * (t2 - t1) + burst + 1, (t2 - t1, n2 - n1)
-    # And the limit is not a stall: all of it within (total - burst) / rate plus slack.
+
+
+@pytest.mark.perf
+def test_rate_limit_is_not_a_stall(tmp_path: Path, broker: Broker, upstream_broker: Broker) -> None:
+    rate, burst, total = 10.0, 10, 40
+    samples = _rate_limited_arrivals(tmp_path, broker, upstream_broker, rate, total)
     first_t = next(t for t, n in samples if n > 0)
-    assert samples[-1][0] - first_t <= (total - burst) / rate + 2.0
+    took = samples[-1][0] - first_t
+    print(f"{total} batches at {rate:g}/s took {took:.2f} s (ideal {(total - burst) / rate:.2f} s)")
+    assert took <= (total - burst) / rate + 2.0
 
 
 def _drain_with_fresh_data(tmp_path: Path, broker: Broker, upstream_broker: Broker,
@@ -209,9 +223,7 @@ def _drain_with_fresh_data(tmp_path: Path, broker: Broker, upstream_broker: Brok
         with Publisher(broker.port) as pub:
             for i in range(30):
                 pub.publish(f"s/old{i}", json.dumps({"ts": now, "value": i}))
-            poll_until = time.monotonic() + 15
-            while agent.health()["buffer"]["batches"] < 30 and time.monotonic() < poll_until:
-                time.sleep(0.05)
+            poll(lambda: agent.health()["buffer"]["batches"] >= 30, 30, what="30 batches buffered")
             assert agent.health()["buffer"]["batches"] == 30
             upstream_broker.start()
             with Consumer(upstream_broker.port, cfg.batch_topic) as consumer:
@@ -219,11 +231,13 @@ def _drain_with_fresh_data(tmp_path: Path, broker: Broker, upstream_broker: Brok
                 time.sleep(1.0)
                 pub.publish("s/fresh", json.dumps({"ts": time.time(), "value": 99}))
                 arrivals: dict[int, float] = {}
-                deadline = time.monotonic() + 30
-                while len(arrivals) < 31 and time.monotonic() < deadline:
+
+                def all_arrived() -> bool:
                     for b in consumer.unique():
                         arrivals.setdefault(b.seq, time.monotonic() - back)
-                    time.sleep(0.02)
+                    return len(arrivals) >= 31
+
+                poll(all_arrived, 60, interval=0.02, what="31 batches upstream")
                 order = [b.seq for b in consumer.unique()]
                 fresh = next(b.seq for b in consumer.unique()
                              if b.doc["readings"][0]["key"] == "s/fresh")
@@ -243,11 +257,13 @@ def test_live_share_lets_fresh_data_through_while_the_backlog_drains(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
     order, fresh_at, backlog_done = _drain_with_fresh_data(tmp_path, broker, upstream_broker, 0.5)
-    # 30 batches at 5/s (burst 5) take ~5 s; the fresh one, built at ~1 s, goes
-    # within a couple of sends instead of waiting for all of them.
-    assert fresh_at < 2.5, fresh_at
-    assert backlog_done > fresh_at + 1.5
-    backlog = [s for s in order if s != max(order)]
+    # 30 batches at 5/s (burst 5) take ~5 s; the fresh one, built at ~1 s (about 10 sent
+    # by then), goes within a couple of sends instead of waiting for all of them: many
+    # backlog batches still arrive after it. Counted in batches, not seconds.
+    fresh = max(order)
+    after = len(order) - 1 - order.index(fresh)
+    assert after >= 10, (order, fresh_at, backlog_done)
+    backlog = [s for s in order if s != fresh]
     assert backlog == sorted(backlog)  # the backlog itself stays in seq order
 
 
