@@ -15,6 +15,7 @@ import pytest
 from tests.agent_harness import (
     AgentConfig,
     AgentProcess,
+    Publisher,
     cli,
     healthz,
     http,
@@ -158,6 +159,8 @@ def test_start_status_stop_lifecycle(broker: Broker, upstream_broker: Broker, tm
         m = re.search(r"^health: (\w+)", r.stdout, re.M)
         assert m is not None, r.stdout
         assert m.group(1) == healthz(cfg.base_url)["status"] == "ok", r.stdout
+        # The empty database's size on disk is not data waiting to go upstream.
+        assert "buffer: empty, nothing waiting to go upstream (database " in r.stdout, r.stdout
 
         # A second start does not start a second agent.
         r = cli("start", "-c", str(cfg.path), timeout=40)
@@ -174,6 +177,18 @@ def test_start_status_stop_lifecycle(broker: Broker, upstream_broker: Broker, tm
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
         kill_from_pid_file(cfg.state_dir)
+
+
+def test_status_counts_the_batches_waiting_for_an_unreachable_upstream(
+    broker: Broker, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path, broker.port, free_port())  # nothing listens upstream
+    with running_agent(cfg) as agent, Publisher(broker.port) as sensor:
+        sensor.publish("s/a", "21.5")  # one window, fired 1 s after the key goes quiet
+        poll(lambda: agent.health()["buffer"]["batches"] > 0, 15, what="a buffered batch")
+        r = cli("status", "-c", str(cfg.path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "buffer: 1 batch(es) waiting to go upstream, the oldest " in r.stdout, r.stdout
 
 
 def test_status_and_stop_of_an_agent_never_started(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from edge_agent.config import Config, load_config
 from edge_agent.errors import EdgeAgentError
@@ -303,8 +304,7 @@ def status(config_path: str) -> int:
             print(f"health: {body.get('status')} ({reasons})")
             c = body.get("counters", {})
             print("counters: " + ", ".join(f"{k}={v}" for k, v in c.items()))
-            buf = body.get("buffer", {})
-            print(f"buffer: {buf.get('batches')} batch(es), {buf.get('bytes')} bytes")
+            print(_buffer_line(body.get("buffer", {})))
         else:
             print(f"health: unreachable ({body})")
     return 0
@@ -385,3 +385,24 @@ def health(
         return 2
     print(json.dumps(body, indent=2))
     return {"ok": 0, "degraded": 1}.get(str(body["status"]), 2)
+
+
+def _buffer_line(buf: dict[str, Any]) -> str:
+    """What waits to go upstream. `bytes` is the database's size on disk, which an empty
+    buffer has too (tables, free pages): shown as that, never as data waiting."""
+    size = buf.get("bytes")
+    on_disk = f" (database {_human_size(size)} on disk)" if isinstance(size, int) else ""
+    batches = buf.get("batches")
+    if not batches:
+        return f"buffer: empty, nothing waiting to go upstream{on_disk}"
+    age = buf.get("oldest_age_s")
+    oldest = f", the oldest {age:.0f} s old" if isinstance(age, (int, float)) else ""
+    return f"buffer: {batches} batch(es) waiting to go upstream{oldest}{on_disk}"
+
+
+def _human_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024**2:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024**2:.1f} MiB"
