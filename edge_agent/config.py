@@ -967,12 +967,25 @@ class _Validator:
 
     def error(self, path: tuple[Any, ...], problem: str, at: tuple[Any, ...] | None = None) -> None:
         """Report `problem` for key `path`; `at` is a more precise place (an array element)."""
+        problem += self.pipeline_name(path)
         var = self.env_origin.get(path[:2]) if len(path) == 2 else None
         if var is not None:
             self.errors.append((_ENV_LINE, f"{self.name}: {var}: {_dotted(path)}: {problem}"))
             return
         line = self.line(at or path)
         self.errors.append((line, f"{self.name}:{line}: {_dotted(path)}: {problem}"))
+
+    def pipeline_name(self, path: tuple[Any, ...]) -> str:
+        """` (in pipeline "climate")` for a key of a named pipeline: `pipeline[3]` alone
+        makes the reader count tables."""
+        if len(path) < 3 or path[0] != "pipeline" or path[2] == "name":
+            return ""
+        tables = self.doc.get("pipeline")
+        n = path[1]
+        if not isinstance(tables, list) or not isinstance(n, int) or not 0 <= n < len(tables):
+            return ""
+        name = tables[n].get("name") if isinstance(tables[n], dict) else None
+        return f" (in pipeline {json.dumps(name)})" if isinstance(name, str) and name else ""
 
     def conflict(self, a: tuple[Any, ...], b: tuple[Any, ...], problem: str) -> None:
         """Two keys disagree: name whichever was set later (SPEC 1)."""

@@ -120,6 +120,8 @@ def test_check_names_a_pipeline_key_with_its_index(tmp_path: Path) -> None:
     r = cli("check", "-c", str(p))
     assert r.returncode == 2
     assert f"{p}:7: pipeline[1].window:" in r.stderr, r.stderr
+    # ... and by its name, so nobody has to count [[pipeline]] tables.
+    assert r.stderr.rstrip().endswith('(in pipeline "q")'), r.stderr
 
 
 def test_check_unknown_key_and_unknown_section(tmp_path: Path) -> None:

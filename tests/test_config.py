@@ -439,7 +439,7 @@ ERRORS = [
     ),
     (
         '[[pipeline]]\nname = "a"\n[[pipeline]]\nname = "b"\n[[pipeline]]\nname = "c"\nwindow = "hopping"\n',
-        'agent.toml:7: pipeline[2].window: unknown window "hopping" (expected "tumbling", "sliding", "session", "count" or "none")',
+        'agent.toml:7: pipeline[2].window: unknown window "hopping" (expected "tumbling", "sliding", "session", "count" or "none") (in pipeline "c")',
     ),
     (
         '[[pipeline]]\n[[pipeline]]\nformat = "xml"\n',
@@ -510,7 +510,7 @@ ERRORS = [
     # missing needed keys: LINE is the table's header
     (
         '[[pipeline]]\nname = "a"\n\n[[pipeline]]\nname = "b"\nwindow = "sliding"\n',
-        "agent.toml:4: pipeline[1].slide: missing; a sliding window needs slide, the hop between window starts",
+        'agent.toml:4: pipeline[1].slide: missing; a sliding window needs slide, the hop between window starts (in pipeline "b")',
     ),
     (
         '\n[[pipeline]]\nwindow = "session"\n',
