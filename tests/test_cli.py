@@ -88,6 +88,22 @@ def test_scaffold_into_a_dir_that_has_either_file_writes_nothing(tmp_path: Path)
     assert (only_unit / "edge-agent.service").read_text() == "mine\n"
 
 
+def test_scaffold_refusal_names_exactly_the_files_that_exist(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text("# mine\n")
+    r = cli("scaffold", str(tmp_path))
+    assert r.returncode == 1
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"edge-agent: {tmp_path / 'agent.toml'} exists; wrote none of "), first
+    assert "edge-agent.service" not in first.split(";")[0]
+
+    (tmp_path / "edge-agent.service").write_text("mine\n")
+    r = cli("scaffold", str(tmp_path))
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"edge-agent: {tmp_path / 'agent.toml'} and "
+                            f"{tmp_path / 'edge-agent.service'} exist; wrote none of "), first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml", "edge-agent.service"]
+
+
 # -- check ----------------------------------------------------------------------------
 
 

@@ -89,9 +89,12 @@ def scaffold(dir_arg: str) -> int:
         "mosquitto-edge-agent.conf": None,
         "mosquitto-edge-agent.acl": None,
     }
-    existing = [name for name in files if (target / name).exists()]
+    existing = [str(target / name) for name in files if (target / name).exists()]
     if existing:
-        print(f"edge-agent: {', '.join(str(target / n) for n in existing)} exists; wrote nothing",
+        found = (f"{existing[0]} exists" if len(existing) == 1
+                 else f"{', '.join(existing[:-1])} and {existing[-1]} exist")
+        print(f"edge-agent: {found}; wrote none of {', '.join(files)} (move "
+              f"{'it' if len(existing) == 1 else 'them'} away, or scaffold into another directory)",
               file=sys.stderr)
         return 1
     templates = resources.files("edge_agent.cli") / "templates"
