@@ -103,7 +103,9 @@ def acquire_lock(state_dir: Path, wait: float = 0.5) -> int:
         state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise EdgeAgentError(f"state_dir {state_dir}: cannot create its lock file: {exc.strerror}") from exc
+        raise EdgeAgentError(
+            f"state_dir {state_dir}: not writable by this user (cannot create its lock file: {exc.strerror})"
+        ) from exc
     deadline = time.monotonic() + wait
     while True:
         try:
