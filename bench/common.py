@@ -316,7 +316,7 @@ class _suppress:
 def _subscriber_main(conn: Connection, port: int, topic: str, mode: str, client_id: str) -> None:
     """Counts messages and nothing else. mode "auto": QoS 1 with paho's automatic acks
     (MQTT 3.1.1); "manual": QoS 1, MQTT 5 with Receive Maximum 65535 and acks sent in
-    batches of 256 (FIELD-NOTES: the broker's default window of 20 would stall it).
+    batches of 256 (docs/field-notes.md: the broker's default window of 20 would stall it).
     With a client_id the session is persistent, so the broker queues for it while it
     is away (used to time draining a backlog); without one it is a clean session."""
     from paho.mqtt.packettypes import PacketTypes
