@@ -112,7 +112,19 @@ def register_secret(value: str) -> None:
         _secrets.update(forms)
         # Longest first, so a secret that contains another is masked whole.
         ordered = sorted(_secrets, key=len, reverse=True)
-        _secret_pattern = re.compile("|".join(map(re.escape, ordered)))
+        _secret_pattern = re.compile("|".join(map(_secret_regex, ordered)))
+
+
+# A secret this short is masked only as a whole word: "pi" must not turn "pipeline"
+# into "***peline" (which also tells a reader the password). Longer ones are masked
+# wherever they appear, inside other text too.
+SHORT_SECRET = 8
+
+
+def _secret_regex(secret: str) -> str:
+    if len(secret) >= SHORT_SECRET:
+        return re.escape(secret)
+    return rf"(?<![A-Za-z0-9_]){re.escape(secret)}(?![A-Za-z0-9_])"
 
 
 def forget_secrets() -> None:

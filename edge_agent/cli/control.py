@@ -34,6 +34,7 @@ from edge_agent.errors import EdgeAgentError
 
 __all__ = ["health", "run", "start", "status", "stop"]
 
+TOKEN_ENV = "EDGE_HEALTH_TOKEN"  # `health`'s bearer token (not EDGE_AGENT_: those are config keys)
 PID_NAME = "edge-agent.pid"
 LOCK_NAME = "edge-agent.lock"
 LOG_NAME = "edge-agent.log"
@@ -345,7 +346,7 @@ def _config_token(cfg: Config) -> str | None:
         return None
     try:
         return Path(path).read_text(encoding="utf-8").strip() or None
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None  # not ours to read (e.g. root-only): the endpoint answers 401
 
 
@@ -377,8 +378,13 @@ def health(
     if token is None and token_file:
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:  # its message would quote a byte of the file
+            raise EdgeAgentError(f"--token-file {token_file}: not UTF-8 text") from None
         except OSError as exc:
-            raise EdgeAgentError(f"--token-file {token_file}: {exc.strerror}") from exc
+            raise EdgeAgentError(f"--token-file {token_file}: {exc.strerror}") from None
+    if token is None:
+        # Not on the command line, where every user's `ps` shows it.
+        token = os.environ.get(TOKEN_ENV, "").strip() or None
     if token is None and config_path:
         token = _config_token(load_config(config_path))
     _, body = _fetch(target, token, timeout)

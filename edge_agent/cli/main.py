@@ -65,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="fetch /healthz and print it")
     h.add_argument("url", nargs="?", default=None)
     h.add_argument("-c", "--config", metavar="FILE", default=None)
-    h.add_argument("--token", default=None, help="bearer token for the endpoint")
-    h.add_argument("--token-file", default=None, help="a file holding the bearer token")
+    h.add_argument("--token-file", default=None, metavar="FILE",
+                   help="a file holding the bearer token (or set EDGE_HEALTH_TOKEN; with -c, "
+                        "the config's health.token_file is used)")
+    h.add_argument("--token", default=None,
+                   help="the bearer token itself; avoid: every user sees it in the process "
+                        "list (use --token-file or EDGE_HEALTH_TOKEN)")
     h.add_argument("--timeout", type=float, default=5.0)
 
     k = sub.add_parser("consume", help="store upstream batches and device status in SQLite or PostgreSQL")
