@@ -115,10 +115,11 @@ def register_secret(value: str) -> None:
         _secret_pattern = re.compile("|".join(map(_secret_regex, ordered)))
 
 
-# A secret this short is masked only as a whole word: "pi" must not turn "pipeline"
-# into "***peline" (which also tells a reader the password). Longer ones are masked
-# wherever they appear, inside other text too.
-SHORT_SECRET = 8
+# A secret shorter than this is masked only as a whole word: "pi" must not turn
+# "pipeline" into "***peline" (which also tells a reader the password). Longer ones
+# are masked wherever they appear, inside other text too (tests/test_logs.py holds
+# that for every secret of 4 characters or more).
+SHORT_SECRET = 4
 
 
 def _secret_regex(secret: str) -> str:
