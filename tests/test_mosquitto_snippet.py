@@ -1,11 +1,13 @@
 """The broker snippet `edge-agent scaffold` writes, loaded as the README installs it:
 into the include_dir of Debian's stock /etc/mosquitto/mosquitto.conf (a copy of the
-bookworm package's file is in tests/data, so the test does not depend on the host's)."""
+bookworm package's file is in tests/data, so the test does not depend on the host's),
+with the password file and ACL the README makes beside it."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import threading
@@ -24,12 +26,14 @@ from tests.brokers import find_mosquitto, free_port
 
 DEBIAN_CONF = Path(__file__).parent / "data" / "debian-mosquitto.conf"
 QUEUED = 1500  # more than a stock mosquitto queues for one client (max_queued_messages 1000)
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+USERS = {"edge-agent": "agent-secret", "a": "sensor-secret"}  # the agent and sensor "a"
 
 
 class StockBroker:
     """mosquitto -c <Debian's mosquitto.conf>, its paths moved into a temp dir."""
 
-    def __init__(self, root: Path, snippet: str) -> None:
+    def __init__(self, root: Path, scaffolded: Path) -> None:
         self.root, self.port = root, free_port()
         self.conf_d, self.lib = root / "etc/mosquitto/conf.d", root / "var/lib/mosquitto"
         for d in (self.conf_d, self.lib, root / "run/mosquitto", root / "var/log/mosquitto"):
@@ -42,12 +46,22 @@ class StockBroker:
         self.main.write_text(text)
         self.log = root / "var/log/mosquitto/mosquitto.log"
         self.stderr = root / "stderr.txt"
-        (self.conf_d / "edge-agent.conf").write_text(snippet)
+        # The README's steps: the snippet into conf.d, users, the ACL (all below /etc/mosquitto).
+        etc = root / "etc/mosquitto"
+        snippet = (scaffolded / "mosquitto-edge-agent.conf").read_text()
+        (self.conf_d / "edge-agent.conf").write_text(snippet.replace("/etc/mosquitto/", f"{etc}/"))
+        if "password_file /etc/mosquitto/edge-agent.passwd" in snippet:
+            assert MOSQUITTO_PASSWD is not None, "mosquitto_passwd is not installed"
+            for i, (user, password) in enumerate(USERS.items()):
+                create = ["-c"] if i == 0 else []
+                subprocess.run([MOSQUITTO_PASSWD, "-b", *create, str(etc / "edge-agent.passwd"),
+                                user, password], check=True, capture_output=True)
+        if "acl_file /etc/mosquitto/edge-agent.acl" in snippet:
+            shutil.copy(scaffolded / "mosquitto-edge-agent.acl", etc / "edge-agent.acl")
         # What this test needs beside them: a free port instead of 1883 (where the host's
         # own broker may listen) and, as root, no switch to a user "mosquitto".
         (self.conf_d / "zz-test.conf").write_text(
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\nlistener {self.port} 127.0.0.1\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,23 +91,25 @@ class StockBroker:
 
 
 @pytest.fixture
-def snippet(tmp_path: Path) -> str:
+def scaffolded(tmp_path: Path) -> Path:
     assert scaffold(str(tmp_path / "scaffold")) == 0
-    return (tmp_path / "scaffold" / "mosquitto-edge-agent.conf").read_text()
+    return tmp_path / "scaffold"
 
 
 @pytest.fixture
-def stock_broker(tmp_path: Path, snippet: str) -> Iterator[StockBroker]:
-    b = StockBroker(tmp_path / "root", snippet)
+def stock_broker(tmp_path: Path, scaffolded: Path) -> Iterator[StockBroker]:
+    b = StockBroker(tmp_path / "root", scaffolded)
     try:
         yield b
     finally:
         b.stop()
 
 
-def _client(client_id: str) -> paho.Client:
-    return paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                       protocol=MQTTProtocolVersion.MQTTv5)
+def _client(client_id: str, user: str) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.username_pw_set(user, USERS[user])
+    return client
 
 
 def _connect(client: paho.Client, port: int, persistent: bool) -> None:
@@ -118,7 +134,7 @@ def test_snippet_loads_beside_debians_stock_config_and_its_settings_hold(
         if len(received) >= QUEUED:
             got_all.set()
 
-    agent = _client("edge-agent-test")
+    agent = _client("edge-agent-test", "edge-agent")
     agent.on_subscribe = lambda *_a: subscribed.set()
     agent.on_message = on_message
     _connect(agent, stock_broker.port, persistent=True)
@@ -129,10 +145,10 @@ def test_snippet_loads_beside_debians_stock_config_and_its_settings_hold(
     agent.loop_stop()
 
     # A sensor publishes more than a stock broker would queue for it.
-    sensor = _client("sensor")
+    sensor = _client("sensor", "a")
     _connect(sensor, stock_broker.port, persistent=False)
     sensor.loop_start()
-    infos = [sensor.publish("sensors/a", str(i).encode(), qos=1) for i in range(QUEUED)]
+    infos = [sensor.publish("sensors/a/temp", str(i).encode(), qos=1) for i in range(QUEUED)]
     for info in infos:
         info.wait_for_publish(10)
     sensor.disconnect()
@@ -144,7 +160,7 @@ def test_snippet_loads_beside_debians_stock_config_and_its_settings_hold(
     assert (stock_broker.lib / "mosquitto.db").stat().st_size > 0
     stock_broker.start()
 
-    agent = _client("edge-agent-test")
+    agent = _client("edge-agent-test", "edge-agent")
     agent.on_message = on_message
     _connect(agent, stock_broker.port, persistent=True)
     agent.loop_start()
