@@ -104,6 +104,10 @@ class UpstreamSection:
     rate_limit: RateLimit | None = None
     max_inflight: int = 64  # extension: unacknowledged batches at most (the adaptive window's ceiling)
     live_share: float = 0.0  # extension: share of sends for new batches while a backlog drains
+    compression: str = "none"  # or "deflate": payload is the zlib stream of the CBOR map (SPEC 4)
+    status_topic: str = "edge/{agent}/status"  # retained device status (SPEC 4); "" = none
+    status_interval: float = 60.0
+    keepalive: float = 30.0  # extension: MQTT keep-alive; a dead agent shows offline within 1.5x
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,10 @@ class Config:
     @property
     def late_topic(self) -> str:
         return self.upstream.late_topic.replace("{agent}", self.agent.id)
+
+    @property
+    def status_topic(self) -> str:
+        return self.upstream.status_topic.replace("{agent}", self.agent.id)
 
 
 MACHINE_ID_PATH = "/etc/machine-id"
@@ -869,6 +877,11 @@ _SCHEMA: dict[str, dict[str, _Conv]] = {
         "rate_limit": _rate_limit,
         "max_inflight": _integer(1, 65535),
         "live_share": _fraction,
+        "compression": _choice("none", "deflate"),
+        "status_topic": _topic_name,
+        "status_interval": _duration(positive=True),
+        # MQTT 5 3.1.2.10: Keep Alive is a two-byte integer of seconds
+        "keepalive": _duration(positive=True, hi=65535.0),
     },
     "buffer": {
         "max_bytes": _size(1),
@@ -908,7 +921,7 @@ _STRINGISH = {
     for s, keys in _SCHEMA.items()
     for k, c in keys.items()
     if c in (_PATH, _FILE, _string, _nonempty, _host, _agent_id, _listen, _rate_limit)
-    or k in ("log_level", "log_format", "topic", "late_topic", "when_full")
+    or k in ("log_level", "log_format", "topic", "late_topic", "status_topic", "when_full", "compression")
 }
 # Read by the `health` command as a client, not config: the loader leaves them alone.
 NON_CONFIG_ENV: frozenset[str] = frozenset()  # every EDGE_AGENT_ variable is a config key (SPEC 1)
@@ -1137,7 +1150,7 @@ class _Validator:
         up = self.doc.get("upstream")
         if not isinstance(up, dict):
             return
-        for key in ("topic", "late_topic"):
+        for key in ("topic", "late_topic", "status_topic"):
             t = up.get(key)
             if isinstance(t, str) and "{agent}" in t:
                 try:

@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.errors import EdgeAgentError
 
-__all__ = ["Message", "MqttClient", "MqttError", "TlsSettings"]
+__all__ = ["Message", "MqttClient", "MqttError", "TlsSettings", "Will"]
 
 log = logging.getLogger("edge_agent.mqtt")
 
@@ -98,6 +98,17 @@ _install_shared_table_properties()
 
 class MqttError(EdgeAgentError):
     """A connection, subscription or publish failed; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The MQTT will (3.1.2.5): what the broker publishes when the connection dies uncleanly."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    content_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +231,7 @@ class MqttClient:
         keepalive: int = 30,
         on_message: Callable[[Message], None] | None = None,
         max_inflight: int = 100,
+        will: Will | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._client_id = client_id
@@ -232,6 +244,7 @@ class MqttClient:
         self._keepalive = keepalive
         self._on_message = on_message
         self._max_inflight = max_inflight
+        self._will = will
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: Any = None
@@ -242,7 +255,7 @@ class MqttClient:
         self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
         self._in_connect = False
         self._want_reader = False
-        self._publish_props: dict[str, Properties] = {}
+        self._publish_props: dict[tuple[str | None, tuple[str, str] | None], Properties] = {}
         self._paused = False
         self._recv: _BufferedRecv | None = None
         self._read_again: asyncio.Handle | None = None
@@ -273,6 +286,13 @@ class MqttClient:
             c.username_pw_set(self._username, self._password or None)
         if self._tls is not None:
             c.tls_set_context(self._tls.context())
+        if self._will is not None:
+            w = self._will
+            wprops = None
+            if w.content_type:
+                wprops = Properties(PacketTypes.WILLMESSAGE)
+                wprops.ContentType = w.content_type
+            c.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain, properties=wprops)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -422,21 +442,36 @@ class MqttClient:
             self._subacks.pop(mid, None)
 
     def publish(
-        self, topic: str, payload: bytes, qos: int = 1, content_type: str | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        content_type: str | None = None,
+        *,
+        retain: bool = False,
+        user_property: tuple[str, str] | None = None,
     ) -> asyncio.Future[None]:
-        """Queue a PUBLISH; the future completes on PUBACK (QoS 1) or once written (QoS 0)."""
+        """Queue a PUBLISH; the future completes on PUBACK (QoS 1) or once written (QoS 0).
+
+        `user_property` is one MQTT 5 User Property (3.3.2.3.7), e.g.
+        ("content-encoding", "deflate").
+        """
         c = self._require()
         props = None
-        if content_type:
+        if content_type or user_property:
             # Building a paho Properties costs ~30 us; it is packed at publish
-            # time, so one per content type serves every message.
-            props = self._publish_props.get(content_type)
+            # time, so one per (content type, user property) serves every message.
+            key = (content_type, user_property)
+            props = self._publish_props.get(key)
             if props is None:
-                props = self._publish_props[content_type] = _PackedProperties(PacketTypes.PUBLISH)
-                props.ContentType = content_type
+                props = self._publish_props[key] = _PackedProperties(PacketTypes.PUBLISH)
+                if content_type:
+                    props.ContentType = content_type
+                if user_property:
+                    props.UserProperty = user_property
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        info = c.publish(topic, payload, qos=qos, properties=props)
+        info = c.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             fut.set_exception(MqttError(f"publish failed: {paho.error_string(info.rc)}"))
             return fut

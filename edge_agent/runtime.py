@@ -31,7 +31,14 @@ from typing import Any
 import cbor2
 
 from edge_agent import __version__
-from edge_agent.batches.builder import BATCH_SCHEMA, LATE_SCHEMA, CutBatch, Stream, encode_batch
+from edge_agent.batches.builder import (
+    BATCH_SCHEMA,
+    LATE_SCHEMA,
+    CutBatch,
+    Stream,
+    deflate,
+    encode_batch,
+)
 from edge_agent.buffer.store import Checkpoint, NewBatch, OutboxRow, Store
 from edge_agent.config import Config, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
@@ -45,6 +52,7 @@ from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
 from edge_agent.uplink.backoff import Backoff
 from edge_agent.uplink.sender import Uplink, read_password
+from edge_agent.uplink.status import encode_status
 from edge_agent.windows.engine import Emitted, WindowEngine
 
 __all__ = ["Agent"]
@@ -204,6 +212,8 @@ class Agent:
                 store=self.store,
                 password=password,
                 max_inflight=self.cfg.upstream.max_inflight,
+                status=self._status_payload,
+                status_topic=self.cfg.status_topic,
             )
             await self._start_health()
         except BaseException:
@@ -216,6 +226,7 @@ class Agent:
         self._spawn("idle", self._idle_loop())
         self._spawn("reclaim", self._reclaim_loop())
         self._spawn("lag", self._lag_loop())
+        self._spawn("devstatus", self._device_status_loop())
         interval = watchdog_interval()
         if interval:
             self._spawn("watchdog", self._watchdog_loop(interval))
@@ -539,6 +550,7 @@ class Agent:
             STREAM_LATE: self.cfg.late_topic,
             STREAM_PRIORITY: self.cfg.batch_topic,
         }
+        deflating = self.cfg.upstream.compression == "deflate"
         # Priority batches are cut (and numbered) first.
         for sid in (STREAM_PRIORITY, STREAM_BATCHES, STREAM_LATE):
             stream = self.streams[sid]
@@ -550,6 +562,8 @@ class Agent:
                 payload = encode_batch(
                     stream.schema, self.cfg.agent.id, seq, now_w, self.cfg.hash, c.windows, c.readings
                 )
+                if deflating:
+                    payload = deflate(payload)
                 priority = 1 if sid == STREAM_PRIORITY else 0
                 cp.batches.append(NewBatch(sid, seq, topics[sid], payload, now_w, priority))
             if cuts:
@@ -672,6 +686,20 @@ class Agent:
             if self.ready():
                 self.notifier.status(self.status_line())
 
+    def _status_payload(self, state: str) -> tuple[bytes, str]:
+        """The device status map (SPEC 4) for `state` "online" or "offline", and its health."""
+        health, reasons = self.health_status()
+        payload = encode_status(self.cfg.agent.id, state, __version__, self.cfg.hash, health,
+                                reasons, time.time())
+        return payload, health
+
+    async def _device_status_loop(self) -> None:
+        """Status over MQTT: the uplink republishes on a health change or each status_interval."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.uplink is not None and self.uplink.connected:
+                self.uplink.status_tick(self.health_status()[0])
+
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
             self.notifier.watchdog()
@@ -773,6 +801,7 @@ class Agent:
         except EdgeAgentError as exc:
             log.error("%s; keeping the running upstream settings", exc)
             return
+        self.uplink.status_topic = self.cfg.status_topic
         self.uplink.reconfigure(self.cfg.upstream, password)
 
     # -- health ----------------------------------------------------------------
@@ -848,7 +877,8 @@ class Agent:
         totals["batches_dropped"] = self.batches_dropped
         return totals
 
-    def health(self) -> dict[str, Any]:
+    def health_status(self) -> tuple[str, list[str]]:
+        """The /healthz status ("ok", "degraded", "failing") and its reasons (SPEC 5)."""
         now = time.monotonic()
         up = self.uplink
         writable = state_dir_writable(self.cfg.agent.state_dir)
@@ -870,6 +900,12 @@ class Agent:
                            f"{self.messages_shed} QoS 0 messages shed")
             if status == "ok":
                 status = "degraded"
+        return status, reasons
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        up = self.uplink
+        status, reasons = self.health_status()
         oldest = self.store.outbox_oldest_sent
         rejects: Counter[str] = Counter()
         for p in self.pipelines:
@@ -935,7 +971,7 @@ class Agent:
                 await asyncio.wait_for(commit_task, 10.0)
             except (TimeoutError, asyncio.CancelledError, Exception):
                 log.warning("checkpoint task did not finish in time")
-        for name in ("idle", "local", "reclaim", "watchdog", "lag", "status", "health"):
+        for name in ("idle", "local", "reclaim", "watchdog", "lag", "status", "devstatus", "health"):
             task = self._tasks.pop(name, None)
             if task is not None:
                 task.cancel()
@@ -953,6 +989,8 @@ class Agent:
         local = self.local
         if local is not None:
             await local.disconnect()
+        if up is not None:
+            await up.say_offline()  # retained "offline" (SPEC 4), then a clean DISCONNECT
         task = self._tasks.pop("uplink", None)
         if task is not None:
             task.cancel()

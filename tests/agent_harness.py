@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,6 +417,7 @@ class Consumer:
         self.topic = topic
         self._lock = threading.Lock()
         self._batches: list[Batch] = []
+        self.statuses: list[tuple[str, dict[str, Any], bool]] = []  # (topic, map, retained)
         self.errors: list[str] = []
         self.client = _client()
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
@@ -441,13 +443,20 @@ class Consumer:
 
     def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         ct = getattr(msg.properties, "ContentType", None) if msg.properties else None
+        user = dict(getattr(msg.properties, "UserProperty", None) or ()) if msg.properties else {}
         try:
-            doc = cbor2.loads(msg.payload)
+            body = msg.payload
+            if user.get("content-encoding") == "deflate":
+                body = zlib.decompress(body)
+            doc = cbor2.loads(body)
         except Exception as exc:
             with self._lock:
                 self.errors.append(f"{msg.topic}: undecodable payload: {exc!r}")
             return
         with self._lock:
+            if isinstance(doc, dict) and doc.get("schema") == "edge-agent/status/1":
+                self.statuses.append((msg.topic, doc, bool(msg.retain)))  # not a batch
+                return
             self._batches.append(Batch(msg.topic, bytes(msg.payload), doc, ct))
 
     @property

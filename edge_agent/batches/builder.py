@@ -13,12 +13,13 @@ the runtime in the same transaction that makes the batch durable.
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
 
-__all__ = ["BATCH_SCHEMA", "LATE_SCHEMA", "CutBatch", "Stream", "encode_batch"]
+__all__ = ["BATCH_SCHEMA", "LATE_SCHEMA", "CutBatch", "Stream", "deflate", "encode_batch", "is_deflated"]
 
 BATCH_SCHEMA = "edge-agent/batch/1"
 LATE_SCHEMA = "edge-agent/late/1"
@@ -62,6 +63,26 @@ def encode_batch(
     if readings:
         parts += (_K_READINGS, _head(4, len(readings)), *readings)
     return b"".join(parts)
+
+
+def deflate(payload: bytes) -> bytes:
+    """`compression = "deflate"` (SPEC 4): the zlib stream (RFC 1950) of the CBOR map.
+
+    Done once, when the batch is made durable: the outbox stores these bytes, so a
+    resent batch is the same bytes whatever zlib version runs by then.
+    """
+    return zlib.compress(payload, 6)
+
+
+def is_deflated(payload: bytes) -> bool:
+    """Whether an outbox payload is a zlib stream rather than a CBOR map.
+
+    A zlib header's first byte (CMF) is 0x08-0x78 (method 8, window <= 7) and
+    CMF*256+FLG is a multiple of 31 (RFC 1950 2.2); a batch's CBOR map head is
+    0xa0-0xbf. Batches buffered before a reload changed `compression` keep theirs.
+    """
+    return (len(payload) >= 2 and payload[0] & 0x0F == 8 and payload[0] >> 4 <= 7
+            and (payload[0] << 8 | payload[1]) % 31 == 0)
 
 
 def envelope_size(schema: str, agent: str, config_hash: str) -> int:

@@ -23,12 +23,14 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
+from edge_agent.batches.builder import is_deflated
 from edge_agent.buffer.store import OutboxRow, Store
 from edge_agent.config import UpstreamSection
 from edge_agent.errors import EdgeAgentError
-from edge_agent.mqtt import MqttClient, MqttError, TlsSettings
+from edge_agent.mqtt import MqttClient, MqttError, TlsSettings, Will
 from edge_agent.uplink.backoff import Backoff
 from edge_agent.uplink.throttle import AdaptiveWindow, RateLimiter
 
@@ -37,6 +39,7 @@ __all__ = ["Uplink"]
 log = logging.getLogger("edge_agent.uplink")
 
 CONTENT_TYPE = "application/cbor"
+DEFLATE = ("content-encoding", "deflate")  # MQTT 5 user property of a compressed batch (SPEC 4)
 _MEMORY_ROWS = 2000  # rows mirrored in memory before the queue falls back to the database
 _MEMORY_BYTES = 4 * 1024 * 1024  # and payload bytes: a backlog stays on disk, not in RAM
 _PAGE = 500
@@ -54,6 +57,8 @@ class Uplink:
         max_inflight: int = 64,
         ack_timeout: float = 30.0,
         password: str = "",
+        status: Callable[[str], tuple[bytes, str]] | None = None,
+        status_topic: str = "",
     ) -> None:
         self.cfg = cfg
         self.client_id = client_id
@@ -81,6 +86,12 @@ class Uplink:
         self._setup_limits()
         self.latency: float | None = None  # last PUBACK latency, seconds
         self.inflight = 0
+        # Device status (SPEC 4): `status(state)` gives (payload, health status string).
+        self.status = status
+        self.status_topic = status_topic
+        self._status_health = ""  # health in the last status published
+        self._status_at = 0.0  # monotonic time of it
+        self._stopping = False
 
     def _setup_limits(self) -> None:
         cfg = self.cfg
@@ -170,10 +181,14 @@ class Uplink:
 
     async def run(self) -> None:
         backoff = Backoff()
-        while True:
+        while not self._stopping:
             self._kick.clear()
             cfg = self.cfg
             tls = TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None
+            will = None
+            if self.status is not None and self.status_topic:
+                will = Will(self.status_topic, self.status("offline")[0], qos=1, retain=True,
+                            content_type=CONTENT_TYPE)
             client = MqttClient(
                 host=cfg.host,
                 port=cfg.port,
@@ -183,6 +198,8 @@ class Uplink:
                 username=cfg.username,
                 password=self.password,
                 max_inflight=self.max_inflight + 8,
+                keepalive=max(1, round(cfg.keepalive)),
+                will=will,
             )
             try:
                 await client.connect(timeout=10.0)
@@ -200,6 +217,7 @@ class Uplink:
             self.last_error = ""
             backoff.reset()
             log.info("upstream connected: %s:%d", cfg.host, cfg.port)
+            self.publish_status()
             try:
                 await self._send_until_lost(client)
             except MqttError as exc:
@@ -211,6 +229,44 @@ class Uplink:
                 client.close()
                 self._rewind()
             await self._pause(backoff.next())
+
+    # -- device status ----------------------------------------------------
+
+    def publish_status(self) -> None:
+        """Publish "online" now (retained, QoS 1), if connected and a status topic is set."""
+        client = self._client
+        if self.status is None or not self.status_topic or client is None or not client.connected:
+            return
+        payload, health = self.status("online")
+        self._status_health, self._status_at = health, time.monotonic()
+        try:
+            fut = client.publish(self.status_topic, payload, 1, CONTENT_TYPE, retain=True)
+        except MqttError as exc:
+            log.debug("status not published: %s", exc)
+            return
+        fut.add_done_callback(_log_status_failure)
+
+    def status_tick(self, health: str) -> None:
+        """Called about once a second: republish on a health change or when the interval is up."""
+        if health != self._status_health or time.monotonic() - self._status_at >= self.cfg.status_interval:
+            self.publish_status()
+
+    async def say_offline(self, timeout: float = 2.0) -> None:
+        """Graceful stop: publish "offline" and wait (bounded) for its PUBACK, then DISCONNECT,
+        which discards the will (MQTT 5 3.1.2.5). The run loop does not reconnect after this."""
+        self._stopping = True
+        self._kick.set()
+        client = self._client
+        if client is None or not client.connected:
+            return
+        if self.status is not None and self.status_topic:
+            try:
+                fut = client.publish(self.status_topic, self.status("offline")[0], 1, CONTENT_TYPE,
+                                     retain=True)
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except (MqttError, TimeoutError) as exc:
+                log.warning("offline status not acknowledged: %s", exc)
+        await client.disconnect(timeout=timeout)
 
     async def _pause(self, delay: float) -> None:
         """The reconnect wait; a reconfigure ends it at once."""
@@ -271,7 +327,11 @@ class Uplink:
                             break
                         rate.take(len(row.payload))
                     self._pop(row)
-                    fut = publish(row.topic, row.payload, qos, CONTENT_TYPE)
+                    payload = row.payload
+                    if is_deflated(payload):
+                        fut = publish(row.topic, payload, qos, CONTENT_TYPE, user_property=DEFLATE)
+                    else:
+                        fut = publish(row.topic, payload, qos, CONTENT_TYPE)
                     inflight[row.id] = (row, monotonic())
                     fut.add_done_callback(lambda f, r=row: on_done(r, f))
                 while done:
@@ -328,6 +388,11 @@ class Uplink:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.disconnect()
+
+
+def _log_status_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("status publish failed: %s", fut.exception())
 
 
 def read_password(path: str, section: str = "upstream") -> str:
