@@ -135,7 +135,7 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         print("Ctrl-C to stop.\n")
         await _connect_retry(consumer)
         stack.push_async_callback(consumer.disconnect)
-        await consumer.subscribe([("edge/#", 1)])
+        await consumer.subscribe([("edge/+/batches", 1)])  # not the retained status
         agent_task = asyncio.create_task(agent.run(), name="agent")
         stack.push_async_callback(_stop_agent, agent, agent_task)
         while not agent.ready():
