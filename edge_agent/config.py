@@ -38,8 +38,8 @@ from edge_agent.windows.spec import WindowSpec, window_spec
 __all__ = [
     "ENV_PREFIX",
     "MACHINE_ID_PATH",
-    "SECRET_FILE_KEYS",
     "NON_CONFIG_ENV",
+    "SECRET_FILE_KEYS",
     "AgentSection",
     "BufferSection",
     "Config",
@@ -628,7 +628,7 @@ def _choice(*options: str) -> Callable[[object], str]:
     def conv(v: object) -> str:
         if v not in options:
             raise _Problem(f"expected {listed}, got {show_value(v)}")
-        return v  # type: ignore[return-value]
+        return str(v)
 
     return conv
 
@@ -789,7 +789,7 @@ def _decoder_entry_point(name: str) -> bool:
 
 
 # slots=True leaves no class attribute holding the default; ask the field.
-_DEFAULT_SIZE: float = PipelineConfig.__dataclass_fields__["size"].default
+_DEFAULT_SIZE: float = PipelineConfig.__dataclass_fields__["size"].default  # type: ignore[assignment]
 _WINDOWS = ("tumbling", "sliding", "session", "count", "none")
 
 
@@ -1233,7 +1233,9 @@ class _Validator:
         if v is None or any(k not in v for k in given if k in _PIPELINE):
             return None  # a key failed; dependent checks would only add noise
         window = v.get("window", "tumbling")
-        kp = lambda k: (*path, k)  # noqa: E731
+        def kp(k: str) -> tuple[Any, ...]:
+            return (*path, k)
+
         ok = True
         for key, kind in (("slide", "sliding"), ("gap", "session")):
             if v.get(key) is not None and window != kind:

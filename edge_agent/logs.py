@@ -349,7 +349,7 @@ def setup_logging(
         )
     else:
         handler = logging.StreamHandler(out)
-    handler._edge_agent = True  # type: ignore[attr-defined]
+    setattr(handler, "_edge_agent", True)  # noqa: B010  (marks the handler as ours)
     handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(levelno)

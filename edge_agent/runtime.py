@@ -435,7 +435,7 @@ class Agent:
             ctype = getattr(props, "ContentType", None) if props is not None else None
             for i in idx:
                 p = pipelines[i]
-                p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)
+                p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)  # type: ignore[arg-type]  # a bytearray reads the same
                 touched.add(i)
         wall = time.time()
         clock = wall - self._stalled  # the ingest clock: see _idle_loop

@@ -101,7 +101,7 @@ class FramePath:
                 if type(obj) is str or not self._whole(raw):
                     dropped["partial"] += 1
                     continue
-            if type(obj) is str:
+            if isinstance(obj, str):
                 dropped[obj] += 1
                 continue
             try:

@@ -45,12 +45,14 @@ class _PackedProperties(Properties):
     """
 
     def __init__(self, content_type: str) -> None:
-        super().__init__(PacketTypes.PUBLISH)
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         self.ContentType = content_type
-        object.__setattr__(self, "_packed", super().pack())  # Properties refuses other names
+        packed: bytes = super().pack()  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "_packed", packed)  # Properties refuses other names
 
     def pack(self) -> bytes:
-        return self._packed
+        packed: bytes = object.__getattribute__(self, "_packed")
+        return packed
 
 
 def _content_type(value: str) -> Properties:

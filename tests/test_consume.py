@@ -4,6 +4,7 @@ restart, two consumers on a shared subscription)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,8 +16,6 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import asyncio
 
 import cbor2
 import paho.mqtt.client as paho

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from edge_agent import __version__
 from edge_agent.errors import ConfigError, EdgeAgentError
@@ -20,7 +21,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 on usage errors, as the spec wants
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 on usage errors, as the spec wants
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -173,7 +174,8 @@ def _consume(args: argparse.Namespace) -> int:
         from edge_agent.logs import register_secret
 
         try:
-            password = open(args.password_file, encoding="utf-8").read().strip("\r\n")
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().strip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             print(f"edge-agent consume: --password-file {args.password_file}: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -74,7 +74,7 @@ class Broker:
     def start(self, timeout: float = 10.0) -> Broker:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)],
+            [str(self.binary), "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             # A session of its own: a Ctrl-C in the terminal reaches the demo (or the

@@ -176,7 +176,7 @@ class Consumer:
         items: list[Decoded] = []
         for m in group:
             try:
-                items.append(decode_message(m.payload, _encoding(m)))
+                items.append(decode_message(bytes(m.payload), _encoding(m)))
             except BadMessage as exc:
                 self.rejected += 1
                 log.warning("rejected a message on %s: %s", m.topic, exc)

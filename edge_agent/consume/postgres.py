@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge_agent.consume.decode import Decoded
-from edge_agent.consume.storage import StorageError, WriteResult
+from edge_agent.consume.results import StorageError, WriteResult
 
 __all__ = ["PostgresStorage"]
 

@@ -23,34 +23,15 @@ import concurrent.futures
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from edge_agent.consume.decode import Decoded
-from edge_agent.errors import EdgeAgentError
+from edge_agent.consume.results import Storage, StorageError, WriteResult
 
 __all__ = ["Storage", "StorageError", "WriteResult", "open_storage", "sqlite_path"]
-
-
-class StorageError(EdgeAgentError):
-    """A write or the connection failed; nothing of the group was stored."""
-
-
-class WriteResult:
-    __slots__ = ("batches", "duplicates", "readings", "statuses", "windows")
-
-    def __init__(self) -> None:
-        self.batches = self.duplicates = self.windows = self.readings = self.statuses = 0
-
-
-class Storage(Protocol):
-    async def open(self) -> None: ...
-
-    async def write(self, items: Sequence[Decoded]) -> WriteResult: ...
-
-    async def close(self) -> None: ...
 
 
 def sqlite_path(url: str) -> str | None:
@@ -164,7 +145,7 @@ class SqliteStorage:
         # sqlite3 blocks: every call runs on one worker thread, one hop per group.
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="consume-sqlite")
 
-    async def _call(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def open(self) -> None:

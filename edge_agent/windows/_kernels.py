@@ -89,7 +89,7 @@ def combine_00001(dst: Partial, src: Partial) -> None:
 
 
 def merged_00001(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -100,14 +100,14 @@ def merged_00001(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
         n += n2
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -202,7 +202,7 @@ def combine_00011(dst: Partial, src: Partial) -> None:
 
 
 def merged_00011(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -213,7 +213,7 @@ def merged_00011(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -226,7 +226,7 @@ def merged_00011(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -311,7 +311,7 @@ def combine_00101(dst: Partial, src: Partial) -> None:
 
 
 def merged_00101(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -322,7 +322,7 @@ def merged_00101(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -333,7 +333,7 @@ def merged_00101(parts: Iterable[Partial | None]) -> Partial:
             hi = src[5]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -448,7 +448,7 @@ def combine_00111(dst: Partial, src: Partial) -> None:
 
 
 def merged_00111(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -459,7 +459,7 @@ def merged_00111(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -476,7 +476,7 @@ def merged_00111(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -573,7 +573,7 @@ def combine_01001(dst: Partial, src: Partial) -> None:
 
 
 def merged_01001(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -584,7 +584,7 @@ def merged_01001(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -599,7 +599,7 @@ def merged_01001(parts: Iterable[Partial | None]) -> Partial:
         n += n2
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -726,7 +726,7 @@ def combine_01011(dst: Partial, src: Partial) -> None:
 
 
 def merged_01011(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -737,7 +737,7 @@ def merged_01011(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -758,7 +758,7 @@ def merged_01011(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -875,7 +875,7 @@ def combine_01101(dst: Partial, src: Partial) -> None:
 
 
 def merged_01101(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -886,7 +886,7 @@ def merged_01101(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -905,7 +905,7 @@ def merged_01101(parts: Iterable[Partial | None]) -> Partial:
             hi = src[5]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1052,7 +1052,7 @@ def combine_01111(dst: Partial, src: Partial) -> None:
 
 
 def merged_01111(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1063,7 +1063,7 @@ def merged_01111(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -1088,7 +1088,7 @@ def merged_01111(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1158,7 +1158,7 @@ def combine_10001(dst: Partial, src: Partial) -> None:
 
 
 def merged_10001(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1169,7 +1169,7 @@ def merged_10001(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -1177,7 +1177,7 @@ def merged_10001(parts: Iterable[Partial | None]) -> Partial:
         n += n2
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1277,7 +1277,7 @@ def combine_10011(dst: Partial, src: Partial) -> None:
 
 
 def merged_10011(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1288,7 +1288,7 @@ def merged_10011(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -1302,7 +1302,7 @@ def merged_10011(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1392,7 +1392,7 @@ def combine_10101(dst: Partial, src: Partial) -> None:
 
 
 def merged_10101(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1403,7 +1403,7 @@ def merged_10101(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -1415,7 +1415,7 @@ def merged_10101(parts: Iterable[Partial | None]) -> Partial:
             hi = src[5]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1535,7 +1535,7 @@ def combine_10111(dst: Partial, src: Partial) -> None:
 
 
 def merged_10111(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1546,7 +1546,7 @@ def merged_10111(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -1564,7 +1564,7 @@ def merged_10111(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1666,7 +1666,7 @@ def combine_11001(dst: Partial, src: Partial) -> None:
 
 
 def merged_11001(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1677,7 +1677,7 @@ def merged_11001(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -1693,7 +1693,7 @@ def merged_11001(parts: Iterable[Partial | None]) -> Partial:
         n += n2
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1825,7 +1825,7 @@ def combine_11011(dst: Partial, src: Partial) -> None:
 
 
 def merged_11011(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1836,7 +1836,7 @@ def merged_11011(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -1858,7 +1858,7 @@ def merged_11011(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -1980,7 +1980,7 @@ def combine_11101(dst: Partial, src: Partial) -> None:
 
 
 def merged_11101(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -1991,7 +1991,7 @@ def merged_11101(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -2011,7 +2011,7 @@ def merged_11101(parts: Iterable[Partial | None]) -> Partial:
             hi = src[5]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()
@@ -2163,7 +2163,7 @@ def combine_11111(dst: Partial, src: Partial) -> None:
 
 
 def merged_11111(parts: Iterable[Partial | None]) -> Partial:
-    parts = [src for src in parts if src is not None]
+    present = [src for src in parts if src is not None]
     n = 0
     s = 0.0
     mean = 0.0
@@ -2174,7 +2174,7 @@ def merged_11111(parts: Iterable[Partial | None]) -> Partial:
     fv = 0.0
     lt = -inf
     lv = 0.0
-    for src in parts:
+    for src in present:
         n2 = src[0]
         if not n2:
             continue
@@ -2200,7 +2200,7 @@ def merged_11111(parts: Iterable[Partial | None]) -> Partial:
             lv = src[9]
     p: Partial = [n, s, mean, m2, lo, hi, ft, fv, lt, lv, None]
     first = True
-    for src in parts:
+    for src in present:
         if first:
             x = src[10]
             p[10] = array('d', x) if x.__class__ is array else x.copy()

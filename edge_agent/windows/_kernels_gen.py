@@ -115,7 +115,7 @@ def _merged(use_sum: bool, welford: bool, minmax: bool, firstlast: bool, pct: bo
     # Missing panes are None.
     body = []
     if pct:  # the values are merged in a second pass
-        body.append("    parts = [src for src in parts if src is not None]")
+        body.append("    present = [src for src in parts if src is not None]")
     body += [
         "    n = 0",
         "    s = 0.0",
@@ -127,7 +127,7 @@ def _merged(use_sum: bool, welford: bool, minmax: bool, firstlast: bool, pct: bo
         "    fv = 0.0",
         "    lt = -inf",
         "    lv = 0.0",
-        "    for src in parts:",
+        "    for src in present:" if pct else "    for src in parts:",
     ]
     if not pct:
         body += ["        if src is None:", "            continue"]
@@ -166,7 +166,7 @@ def _merged(use_sum: bool, welford: bool, minmax: bool, firstlast: bool, pct: bo
     if pct:
         body += [
             "    first = True",
-            "    for src in parts:",
+            "    for src in present:",
             "        if first:",
             "            x = src[10]",
             "            p[10] = array('d', x) if x.__class__ is array else x.copy()",

@@ -23,6 +23,7 @@ import re
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from math import inf, sqrt
+from typing import Any
 
 from edge_agent.errors import ConfigError
 from edge_agent.windows._kernels import ADD, COMBINE, EXACT_LIMIT, MERGED
@@ -35,7 +36,7 @@ N, SUM, MEAN, M2, MIN, MAX, FT, FV, LT, LV, VALS = range(11)
 _SIMPLE = ("count", "sum", "min", "max", "mean", "first", "last", "stddev")
 _PCT = re.compile(r"p([1-9][0-9]?)\Z")
 
-Partial = list  # the layout above
+Partial = list[Any]  # the layout above
 
 
 class Aggregates:

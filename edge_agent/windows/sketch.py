@@ -31,7 +31,7 @@ class Sketch:
     __slots__ = ("flip", "levels")
 
     def __init__(self) -> None:
-        self.levels: list[array] = [array("d")]
+        self.levels: list[array[float]] = [array("d")]
         self.flip = 0  # alternates the kept offset so errors do not all point one way
 
     @classmethod

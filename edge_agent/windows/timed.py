@@ -55,7 +55,7 @@ class _Key:
     def __init__(self) -> None:
         self.maxts = -inf
         self.wm = -inf
-        self.kdone: int | float = -inf  # highest window index already scanned
+        self.kdone: Any = -inf  # highest window index already scanned (an int; -inf: none yet)
         self.chk = inf
         self.wall = 0.0
         self.queued = False
@@ -98,7 +98,7 @@ class TimedEngine(WindowEngine):
             if not k.queued:
                 self._queue(key, k, wall)
             if k.lo <= ts < k.hi and k.wm < k.efirst:
-                add(k.cur, ts, v)
+                add(k.cur, ts, v)  # type: ignore[arg-type]  # set while lo <= ts < hi
             else:
                 self._slow(key, k, ts, v, out)
             if ts > k.maxts:
@@ -124,7 +124,7 @@ class TimedEngine(WindowEngine):
             j = g.pane_of(ts)
         klo = -((np_ - 1 - j) // m)  # g.first_window(j), inlined: once per pane
         wm = k.wm
-        efirst = (klo * m + np_) * pw  # g.end(klo)
+        efirst: float = (klo * m + np_) * pw  # g.end(klo)
         if d != 1:
             efirst /= d
         panes = k.panes
@@ -146,7 +146,7 @@ class TimedEngine(WindowEngine):
         # (kdone, wm] (wm < chk), so marking them scanned keeps late firings from repeating.
         lateness = self._lateness
         khi = j // g.m
-        kc = g.last_closed(wm)
+        kc: Any = g.last_closed(wm)  # not -inf: wm is past a reading
         k.kdone = kc
         takers = [kk for kk in range(klo, min(khi, kc) + 1) if wm < g.end(kk) + lateness]
         open_end = g.end(kc + 1) if kc < khi else None  # first open window of this pane
@@ -171,7 +171,8 @@ class TimedEngine(WindowEngine):
         g = self.grid
         np_ = g.np
         first = kk * g.m
-        start, end = first * g.pw, (first + np_) * g.pw
+        start: float = first * g.pw
+        end: float = (first + np_) * g.pw
         if g.d != 1:
             start, end = _num(start / g.d), _num(end / g.d)
         panes = k.panes
@@ -265,12 +266,13 @@ class TimedEngine(WindowEngine):
         panes, fires = k.panes, k.fires
         lateness = self._lateness
         m, np_ = g.m, g.np
-        ka, kb = k.kdone, g.last_closed(wm)  # windows <= ka were handled by earlier scans
+        ka = k.kdone  # windows <= ka were handled by earlier scans
+        kb = g.last_closed(wm)
         k.kdone = kb
         if kb > ka:
             due: list[int] = []
             if kb - ka <= 4:  # the usual step: the watermark passed one or two window ends
-                for kk in range(ka + 1, kb + 1):  # type: ignore[arg-type]
+                for kk in range(ka + 1, kb + 1):  # type: ignore[arg-type]  # kb > ka: an int
                     for j in range(kk * m, kk * m + np_):
                         if j in panes:
                             due.append(kk)
@@ -281,7 +283,7 @@ class TimedEngine(WindowEngine):
                     lo = -((np_ - 1 - j) // m)
                     hi = j // m
                     if lo <= ka:
-                        lo = ka + 1  # type: ignore[assignment]
+                        lo = ka + 1
                     if hi > kb:
                         hi = kb  # type: ignore[assignment]
                     if lo <= hi:
@@ -307,7 +309,7 @@ class TimedEngine(WindowEngine):
             gc_at = inf
         if dropped and fires:
             self._forget_fires(k)
-        k.chk = self._next_check(k, kb, wm, gc_at)
+        k.chk = self._next_check(k, kb, wm, gc_at)  # type: ignore[arg-type]  # an int once a window closed
         if k.efirst <= wm:
             k._uncache()
 
