@@ -34,11 +34,11 @@ def test_status_is_retained_on_connect_refreshed_and_offline_on_graceful_stop(
 ) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port,
                        upstream={"status_interval": "1s"})
-    with running_agent(cfg) as agent:
+    with running_agent(cfg) as agent:  # noqa: SIM117  (the subscriber comes later, on purpose)
         # a subscriber that comes later still gets the status: it is retained
         with Consumer(upstream_broker.port, "edge/+/status") as c:
             poll(lambda: _statuses(c, cfg.agent_id), 10, what="status")
-            topic, doc, retained = c.statuses[0]
+            _topic, doc, retained = c.statuses[0]
             assert retained
             assert doc == {"schema": "edge-agent/status/1", "agent": cfg.agent_id, "state": "online",
                            "version": __version__, "config": doc["config"], "health": doc["health"],
