@@ -25,6 +25,7 @@ from edge_agent.health.metrics import render_metrics
 from edge_agent.health.server import HealthServer
 from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, existing_parent, state_dir_writable
+from tests.agent_harness import apoll
 
 # ---------------------------------------------------------------------------------
 # evaluate(): the rule table
@@ -758,9 +759,7 @@ async def test_connection_cap_refuses_excess_at_once(make_server: ServerFactory)
     idle = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(4)]
     try:
         # Let the server accept them all before the fifth arrives.
-        async with asyncio.timeout(2):
-            while len(srv._conns) < 4:
-                await asyncio.sleep(0.01)
+        await apoll(lambda: len(srv._conns) >= 4, 15, what="4 connections accepted")
         # Refused at once, not after waiting for a slot: one frees only when an idle
         # connection times out (request_timeout, 5 s), and send() gives up before that.
         r = await send(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", timeout=4.0)
@@ -786,9 +785,8 @@ async def test_a_burst_beyond_the_cap_never_hangs(make_server: ServerFactory) ->
     assert set(statuses) <= {200, 503}
     assert all(isinstance(r, Response | ConnectionError) for r in results)
     assert (await get(srv.port, "/healthz")).status == 200
-    async with asyncio.timeout(2):  # every slot comes back once the clients are gone
-        while srv._conns or srv._refusing:
-            await asyncio.sleep(0.01)
+    # every slot comes back once the clients are gone
+    await apoll(lambda: not (srv._conns or srv._refusing), 15, what="every slot free")
 
 
 async def test_token_auth(make_server: ServerFactory, agent: Agent) -> None:
@@ -839,9 +837,7 @@ async def test_failing_health_callback_is_500_and_server_survives(
 async def test_close_drops_open_connections_promptly(make_server: ServerFactory) -> None:
     srv: HealthServer = await make_server(request_timeout=30.0)
     conns = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(3)]
-    async with asyncio.timeout(2):
-        while len(srv._conns) < 3:
-            await asyncio.sleep(0.01)
+    await apoll(lambda: len(srv._conns) >= 3, 15, what="3 connections accepted")
     # Promptly: without waiting for the clients' request_timeout (30 s).
     async with asyncio.timeout(10.0):
         await srv.close()
@@ -881,15 +877,12 @@ async def test_answered_clients_that_linger_make_room(make_server: ServerFactory
 async def test_cancelled_handler_ends_quietly(make_server: ServerFactory) -> None:
     srv = await make_server()
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-    async with asyncio.timeout(2):
-        while not srv._conns:
-            await asyncio.sleep(0.01)
+    await apoll(lambda: srv._conns, 15, what="the connection accepted")
     (conn,) = srv._conns.values()
     assert conn.task is not None
     conn.task.cancel()  # what asyncio.run does to leftover tasks at exit
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(15):
         assert await reader.read() == b""
-        while srv._conns:
-            await asyncio.sleep(0.01)
+    await apoll(lambda: not srv._conns, 15, what="the connection gone")
     writer.close()
     assert (await get(srv.port, "/healthz")).status == 200  # and the fixture saw no loop error

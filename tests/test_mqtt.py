@@ -12,6 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.mqtt import MqttClient, _SharedTableProperties
+from tests.agent_harness import apoll
 from tests.brokers import Broker
 
 
@@ -86,10 +87,7 @@ async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
     pub = MqttClient(host="127.0.0.1", port=broker.port)
     await pub.connect()
     await asyncio.gather(*(pub.publish("rt/a", b"%d" % i, 1, "application/json") for i in range(50)))
-    for _ in range(200):
-        if len(got) == 50:
-            break
-        await asyncio.sleep(0.01)
+    await apoll(lambda: len(got) >= 50, 30, what="50 messages")
     assert [m.payload for m in got] == [b"%d" % i for i in range(50)]  # type: ignore[attr-defined]
     assert {m.properties.ContentType for m in got} == {"application/json"}  # type: ignore[attr-defined]
     # Unacknowledged (manual ack): the session resumes and redelivers them with DUP set.
@@ -98,10 +96,7 @@ async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
     sub2 = MqttClient(host="127.0.0.1", port=broker.port, client_id="rt-sub", clean_start=False,
                       session_expiry=60, manual_ack=True, on_message=again.append)
     assert await sub2.connect() is True
-    for _ in range(200):
-        if len(again) == 50:
-            break
-        await asyncio.sleep(0.01)
+    await apoll(lambda: len(again) >= 50, 30, what="50 messages")
     assert len(again) == 50 and all(m.dup for m in again)  # type: ignore[attr-defined]
     assert [m.mid for m in again] == [m.mid for m in got]  # type: ignore[attr-defined]
     await sub2.disconnect()
@@ -129,10 +124,7 @@ async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) 
     pub = MqttClient(host="127.0.0.1", port=broker.port)
     await pub.connect()
     await asyncio.gather(*(pub.publish(f"am/{i}", b"x" * i, 1) for i in range(300)))
-    for _ in range(300):
-        if len(got) == 300:
-            break
-        await asyncio.sleep(0.01)
+    await apoll(lambda: len(got) >= 300, 30, what="300 messages")
     assert len(got) == 300  # read through the buffered receive path, every size intact
     assert sorted(len(m.payload) for m in got) == list(range(300))  # type: ignore[attr-defined]
     sub.ack_many([m.mid for m in got])  # type: ignore[attr-defined]
@@ -159,10 +151,7 @@ async def test_a_burst_held_in_the_read_buffer_is_delivered_without_more_traffic
     pub = MqttClient(host="127.0.0.1", port=broker.port, max_inflight=5000)
     await pub.connect()
     await asyncio.gather(*(pub.publish("b", b"", 1) for _ in range(3000)))
-    for _ in range(300):
-        if len(got) == 3000:
-            break
-        await asyncio.sleep(0.01)
+    await apoll(lambda: len(got) >= 3000, 30, what="3000 messages")
     assert len(got) == 3000
     await sub.disconnect()
     await pub.disconnect()
