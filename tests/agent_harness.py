@@ -45,8 +45,18 @@ T = TypeVar("T")
 # -- polling ---------------------------------------------------------------------
 
 
+# Every wait in the tests is for an event (ready, a batch upstream, a counter reached),
+# never a speed claim (those are under the perf marker), so its timeout is only how long
+# to wait before calling it lost. A busy CI machine may need longer: the timeouts are
+# multiplied by EDGE_TEST_TIME_SCALE (default 2; a passing wait returns at once anyway).
+TIME_SCALE = float(os.environ.get("EDGE_TEST_TIME_SCALE", "2"))
+
+
 def poll(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
-    """Call `cond` until it returns something truthy; return that, or fail after `timeout`."""
+    """Call `cond` until it returns something truthy; return that, or fail after
+    `timeout` (times TIME_SCALE) seconds. The one polling helper of the tests
+    (`apoll` is the same for coroutines)."""
+    timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -61,6 +71,7 @@ async def apoll(cond: Callable[[], T], timeout: float = 10.0, interval: float = 
     """`poll` for coroutines: the same rule, sleeping with asyncio so the loop keeps running."""
     import asyncio
 
+    timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
