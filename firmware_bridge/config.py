@@ -92,6 +92,10 @@ class PublishSection:
     reconnect_min: float = 0.1
     reconnect_max: float = 10.0
     keepalive: int = 30
+    # The local broker's login, as edge-agent's [local] (scaffold's broker config takes
+    # no anonymous clients): the password from a file, never from this config.
+    username: str = ""
+    password_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +216,11 @@ def _validate(section: str, key: str, value: Any) -> None:
         raise ValueError("must be at least 1")
     if (section, key) == ("frames", "seq_modulus") and value < 0:
         raise ValueError("must not be negative")
+    if key == "password_file" and value and not Path(value).is_file():
+        if "/" in value:
+            raise ValueError(f"no such file: {_show(value)}")
+        # a password written where its file belongs must not reach a log
+        raise ValueError("no such file (the value is not shown: it may be the secret itself)")
     if (section, key) == ("frames", "default_id") and any(c in value for c in "/+#\0"):
         raise ValueError("must not contain '/', '+', '#'")
 
@@ -243,6 +252,8 @@ def parse_config(text: str, name: str = "<config>") -> BridgeConfig:
                 else:
                     want = {"int": int, "str": str, "bool": bool}[str(types[key])]
                     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                        if key == "password_file":  # the value may be the secret itself
+                            raise ValueError(f"expected {_type_name(want)} (a file's path)")
                         raise ValueError(f"expected {_type_name(want)}, got {_show(value)}")
                 _validate(section, key, value)
             except ValueError as e:

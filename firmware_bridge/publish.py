@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -120,6 +121,8 @@ class Publisher:
         # We bound what paho holds ourselves (max_inflight, capped by the broker's
         # Receive Maximum, which paho 2.2 does not honour itself).
         c.max_inflight_messages_set(0)
+        if self.cfg.username:
+            c.username_pw_set(self.cfg.username, _read_password(self.cfg.password_file) or None)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -264,3 +267,20 @@ class Publisher:
         assert self._client is not None
         while self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
             await asyncio.sleep(1.0)
+
+
+def _read_password(path: str) -> str:
+    """publish.password_file's content (its errors never quote it)."""
+    if not path:
+        return ""
+    from edge_agent.errors import ConfigError
+    from edge_agent.logs import register_secret
+
+    try:
+        password = Path(path).read_text(encoding="utf-8").strip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"publish.password_file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"publish.password_file {path}: cannot read it: {exc.strerror}") from None
+    register_secret(password)
+    return password

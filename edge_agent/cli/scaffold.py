@@ -68,6 +68,11 @@ MOSQUITTO_ACL = """\
 user edge-agent
 topic read sensors/#
 
+# A firmware-bridge publishes for many boards (sensors/<board id>): give it a user
+# of its own ([publish] username and password_file in its config) and uncomment:
+#user firmware-bridge
+#topic write sensors/#
+
 # Every other user (a sensor) may publish below sensors/<its username>/ only, and
 # read nothing.
 pattern write sensors/%u/#

@@ -1,4 +1,4 @@
-"""Issue 13, item 5: the firmware bridge's UDP input listens on loopback unless told."""
+"""Issue 13, item 5: the firmware bridge: UDP on loopback unless told, broker login."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import socket
 from dataclasses import replace
+from pathlib import Path
+
+import pytest
 
 from firmware_bridge.config import parse_config
 from firmware_bridge.transports import UdpSource
@@ -35,3 +38,17 @@ async def test_an_empty_host_binds_loopback_not_every_interface() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def test_bridge_password_file_value_is_never_quoted(tmp_path: Path) -> None:
+    from edge_agent.errors import ConfigError
+
+    for value in ('"hunter2-Xq9"', "271828182"):
+        with pytest.raises(ConfigError) as e:
+            parse_config(f'[publish]\nusername = "bridge"\npassword_file = {value}\n', "b.toml")
+        assert "publish.password_file" in str(e.value)
+        assert "hunter2" not in str(e.value) and "271828182" not in str(e.value)
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    cfg = parse_config(f'[publish]\nusername = "bridge"\npassword_file = "{pw}"\n')
+    assert (cfg.publish.username, cfg.publish.password_file) == ("bridge", str(pw))

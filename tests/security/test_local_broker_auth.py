@@ -161,3 +161,49 @@ def test_acl_lets_sensors_publish_only_and_only_the_agent_read(tmp_path: Path) -
             c.loop_stop()
     finally:
         broker.stop()
+
+
+async def test_firmware_bridge_logs_in_to_the_scaffolded_broker(tmp_path: Path) -> None:
+    import asyncio
+    from dataclasses import replace
+
+    from firmware_bridge.config import parse_config
+    from firmware_bridge.publish import JSON, Publisher
+
+    users = {"edge-agent": "agent-pw-1234", "firmware-bridge": "bridge-pw-5678"}
+    broker = _scaffolded_broker(tmp_path, users)
+    acl = Path(str(broker.conf.parent / "edge-agent.acl"))
+    acl.write_text(MOSQUITTO_ACL.replace("#user firmware-bridge", "user firmware-bridge")
+                   .replace("#topic write sensors/#", "topic write sensors/#"))
+    broker.restart()
+    received: list[str] = []
+    reader = paho.Client(CallbackAPIVersion.VERSION2, client_id="reader",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    reader.username_pw_set("edge-agent", users["edge-agent"])
+    reader.on_message = lambda _c, _u, m: received.append(m.topic)
+    reader.connect("127.0.0.1", broker.port)
+    reader.loop_start()
+    reader.subscribe("sensors/#", qos=1)
+    pw = tmp_path / "bridge.password"
+    pw.write_text(users["firmware-bridge"] + "\n")
+    os.chmod(pw, 0o600)
+    base = parse_config("").publish
+    try:
+        for login, expect in ((dict(username="firmware-bridge", password_file=str(pw)), True),
+                              (dict(), False)):
+            pub = Publisher(replace(base, port=broker.port, reconnect_max=0.5, **login))
+            await pub.start()
+            try:
+                pub.submit("sensors/board7", b'{"v": 1}', JSON)
+                deadline = time.monotonic() + (10 if expect else 2)
+                while pub.published == 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert (pub.published == 1) == expect, (login, pub.published)
+            finally:
+                await pub.close()
+        poll(lambda: received, 5, what="the bridge's message at the agent's user")
+        assert received == ["sensors/board7"]
+    finally:
+        reader.disconnect()
+        reader.loop_stop()
+        broker.stop()
