@@ -2,10 +2,11 @@
 
 Two mosquitto brokers (local and upstream) on free loopback ports, simulated
 sensors publishing JSON readings, a simulated microcontroller writing frames to a
-pseudo-terminal that firmware_bridge turns into readings, the agent itself, and a
-consumer that prints each CBOR batch it receives, decoded. A third of the way through,
-the upstream broker is stopped for a few seconds: the agent buffers, then drains the
-backlog in seq order.
+pseudo-terminal that firmware_bridge turns into readings, the agent itself, and the
+reference consumer (`edge-agent consume`) storing every batch and the device status in
+a SQLite file; the demo prints the windows as they are stored. A third of the way
+through, the upstream broker is stopped for a few seconds: the agent buffers, then
+drains the backlog in seq order.
 
 Ctrl-C (or --duration) drains in order: the sensors stop, the agent's last windows
 fire and their batches go upstream, the consumer catches up, then everything stops
@@ -29,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cbor2
-
 from edge_agent.cli.mosquitto import Broker, find_mosquitto
 from edge_agent.config import load_config
 from edge_agent.errors import EdgeAgentError
+from edge_agent.consume.consumer import ConsumeOptions, Consumer
+from edge_agent.consume.storage import SqliteStorage
 from edge_agent.mqtt import MqttClient
 
 __all__ = ["demo"]
@@ -129,13 +130,24 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         cfg_path.write_text(_CONFIG.format(state=tmp / "state", local=local.port,
                                            upstream=upstream.port, idle=max(2.0, 3.0 / rate)))
         agent = Agent(load_config(cfg_path))
-        consumer = _consumer(upstream.port, totals)
+        db_path = tmp / "fleet.db"
         print(f"edge-agent demo: local broker :{local.port}, upstream broker :{upstream.port}")
-        print(f"{sensors} sensors x {rate:g} readings/s -> 5 s tumbling windows -> CBOR batches upstream")
+        print(f"{sensors} sensors x {rate:g} readings/s -> 5 s tumbling windows -> CBOR batches upstream"
+              f" -> edge-agent consume -> SQLite {db_path.name}")
         print("Ctrl-C to stop.\n")
-        await _connect_retry(consumer)
-        stack.push_async_callback(consumer.disconnect)
-        await consumer.subscribe([("edge/+/batches", 1)])  # not the retained status
+        storage = SqliteStorage(str(db_path))
+        await storage.open()
+        stack.push_async_callback(storage.close)
+        consumer = Consumer(ConsumeOptions(host="127.0.0.1", port=upstream.port, db=str(db_path),
+                                           topics=("edge/+/batches", "edge/+/status")),
+                            storage, "demo-consumer")
+        consumer_stop = asyncio.Event()
+        consumer_task = asyncio.create_task(consumer.run(consumer_stop), name="consumer")
+        stack.push_async_callback(_stop_consumer, consumer_stop, consumer_task)
+        await asyncio.wait_for(consumer.subscribed.wait(), 10.0)
+        shown = _Shown(db_path)
+        show_task = asyncio.create_task(_show_stored(shown, totals, consumer))
+        stack.push_async_callback(_cancel, show_task)
         agent_task = asyncio.create_task(agent.run(), name="agent")
         stack.push_async_callback(_stop_agent, agent, agent_task)
         while not agent.ready():
@@ -147,7 +159,7 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         board, bridge = await _start_board(tmp, local.port, rate)
         stack.callback(board.close)
         stack.push_async_callback(_close_quietly, bridge)
-        outage_task = asyncio.create_task(_outage(upstream, consumer, duration, stop))
+        outage_task = asyncio.create_task(_outage(upstream, duration, stop))
 
         if duration > 0:
             await stop.sleep(duration)
@@ -166,7 +178,10 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         while (totals["counted"] < totals["published"] and time.monotonic() < deadline
                and not stop.now.is_set()):
             await asyncio.sleep(0.1)
+        await shown.refresh(totals, consumer)
     lost = totals["published"] - totals["counted"]
+    print(f"\nstored in {db_path.name}: try  SELECT key, window_start, rev, count, aggregates "
+          f"FROM windows  (the file is removed when the demo ends; `edge-agent consume --db` keeps yours)")
     print(
         f"\npublished {totals['published']} readings; upstream counted {totals['counted']} "
         f"in {totals['batches']} batches; lost {lost}"
@@ -183,14 +198,6 @@ async def _stop_agent(agent: Any, task: asyncio.Task[None]) -> None:
 async def _close_quietly(bridge: Any) -> None:
     with contextlib.suppress(Exception):
         await bridge.close()
-
-
-def _consumer(port: int, totals: dict[str, int]) -> MqttClient:
-    # A persistent session, so batches the agent sends before the consumer is
-    # back after the outage wait for it at the broker.
-    seen: set[tuple[str, int]] = set()
-    return MqttClient(host="127.0.0.1", port=port, client_id="demo-consumer", clean_start=False,
-                      session_expiry=3600, on_message=lambda m: _show(m, totals, seen))
 
 
 async def _start_board(tmp: Path, port: int, rate: float) -> tuple[Any, Any]:
@@ -217,36 +224,71 @@ async def _start_board(tmp: Path, port: int, rate: float) -> tuple[Any, Any]:
     return board, bridge
 
 
-async def _connect_retry(client: MqttClient) -> None:
-    for _ in range(50):
-        try:
-            await client.connect(timeout=2.0)
-            return
-        except EdgeAgentError:
-            await asyncio.sleep(0.1)
-    await client.connect(timeout=2.0)
+class _Shown:
+    """What the demo has printed of the consumer's SQLite file so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seq = -1  # windows brought by batches up to this seq are printed
+        self.device: tuple[Any, ...] | None = None
+        self.duplicates = 0
+
+    def _read(self) -> tuple[list[tuple[Any, ...]], int, int, tuple[Any, ...] | None]:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.path, timeout=5)) as db:
+            rows = db.execute(
+                "SELECT seq, key, window_start, window_end, rev, count, aggregates FROM windows"
+                " WHERE seq > ? ORDER BY seq, key", (self.seq,)).fetchall()
+            counted, batches = db.execute(
+                "SELECT (SELECT coalesce(sum(count), 0) FROM windows),"
+                " (SELECT count(*) FROM batches WHERE schema = 'edge-agent/batch/1')").fetchone()
+            device = db.execute("SELECT agent, state, health, reasons FROM devices").fetchone()
+        return rows, counted, batches, device
+
+    async def refresh(self, totals: dict[str, int], consumer: Consumer) -> None:
+        rows, totals["counted"], totals["batches"], device = await asyncio.to_thread(self._read)
+        if device is not None and device != self.device:
+            agent, state, health, reasons = device
+            why = json.loads(reasons)
+            print(f"device {agent}: {state}, health {health}" + (f" ({'; '.join(why)})" if why else ""))
+            self.device = device
+        if consumer.duplicates > self.duplicates:
+            print(f"{consumer.duplicates - self.duplicates} batch(es) delivered again after the "
+                  "outage: stored once (deduplicated on agent and seq)")
+            self.duplicates = consumer.duplicates
+        by_seq: dict[int, list[tuple[Any, ...]]] = {}
+        for r in rows:
+            by_seq.setdefault(r[0], []).append(r)
+        for seq, ws in by_seq.items():
+            print(f"batch seq={seq} stored: {len(ws)} window(s)")
+            for _, key, start, end, rev, count, aggs in ws[:6]:
+                a = json.loads(aggs)
+                t = time.strftime("%H:%M:%S", time.localtime(start))
+                print(f"   {key:<24} [{t} +{end - start:g}s) rev={rev} count={count:<3} "
+                      f"min={a['min']:.2f} max={a['max']:.2f} mean={a['mean']:.2f} p95={a['p95']:.2f}")
+            if len(ws) > 6:
+                print(f"   ... and {len(ws) - 6} more")
+            self.seq = max(self.seq, seq)
+        sys.stdout.flush()
 
 
-def _show(msg: object, totals: dict[str, int], seen: set[tuple[str, int]]) -> None:
-    batch = cbor2.loads(msg.payload)  # type: ignore[attr-defined]
-    windows = batch.get("windows", [])
-    # Delivery is at least once: a batch resent after the outage is counted once.
-    if (batch["agent"], batch["seq"]) in seen:
-        print(f"batch seq={batch['seq']} again (resent after the outage; counted once)")
-        return
-    seen.add((batch["agent"], batch["seq"]))
-    totals["batches"] += 1
-    totals["counted"] += sum(w["count"] for w in windows)
-    print(f"batch seq={batch['seq']} agent={batch['agent']} config={batch['config']} "
-          f"records={len(windows)}")
-    for w in windows[:6]:
-        start = time.strftime("%H:%M:%S", time.localtime(w["start"]))
-        print(f"   {w['key']:<24} [{start} +{w['end'] - w['start']:g}s) rev={w['rev']} "
-              f"count={w['count']:<3} min={w['min']:.2f} max={w['max']:.2f} "
-              f"mean={w['mean']:.2f} p95={w['p95']:.2f}")
-    if len(windows) > 6:
-        print(f"   ... and {len(windows) - 6} more")
-    sys.stdout.flush()
+async def _show_stored(shown: _Shown, totals: dict[str, int], consumer: Consumer) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        await shown.refresh(totals, consumer)
+
+
+async def _stop_consumer(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, 5.0)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 async def _sensors(port: int, n: int, rate: float, totals: dict[str, int], stop: _Stop) -> None:
@@ -268,16 +310,14 @@ async def _sensors(port: int, n: int, rate: float, totals: dict[str, int], stop:
         await pub.disconnect()
 
 
-async def _outage(upstream: Broker, consumer: MqttClient, duration: float, stop: _Stop) -> None:
+async def _outage(upstream: Broker, duration: float, stop: _Stop) -> None:
     """Stop the upstream broker for a while, as a cellular link would drop; a stop
-    request during the outage ends it early."""
+    request during the outage ends it early. The consumer reconnects by itself."""
     start_after = 12.0 if duration <= 0 else max(4.0, duration / 3)
     if await stop.sleep(start_after):
         return
     print("\n>>> upstream broker stopped: the agent keeps windowing and buffers batches on disk\n")
-    await consumer.disconnect()
     upstream.stop()
     await stop.sleep(6.0)
     upstream.start()
-    await _connect_retry(consumer)
     print("\n>>> upstream broker back: the backlog drains oldest first, in seq order\n")

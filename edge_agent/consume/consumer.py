@@ -92,6 +92,7 @@ class Consumer:
         self.client_id = client_id
         self.pending: list[Message] = []
         self._wake = asyncio.Event()
+        self.subscribed = asyncio.Event()  # set while the subscription is in place
         # counters (logged once a minute and at exit)
         self.batches = self.duplicates = self.windows = self.readings = self.statuses = 0
         self.rejected = 0
@@ -127,11 +128,13 @@ class Consumer:
                     continue
                 last_error = ""
                 backoff.reset()
+                self.subscribed.set()
                 log.info("subscribed to %s on %s:%d as %s", ", ".join(self.opts.filters),
                          self.opts.host, self.opts.port, self.client_id)
                 try:
                     await self._serve(client, stop)
                 finally:
+                    self.subscribed.clear()
                     if stop.is_set():
                         await client.disconnect()
                     else:
