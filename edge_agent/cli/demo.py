@@ -40,8 +40,9 @@ from edge_agent.mqtt import MqttClient
 __all__ = ["demo"]
 
 # idle_timeout: a key silent this long fires its open window. Short, so the last
-# windows fire within seconds of the sensors stopping; longer than the gap between
-# two readings of a sensor, so no window fires early (its next reading would be late).
+# windows fire within seconds of the sensors stopping; well above the gap between
+# two readings of a sensor (and a slow broker's hiccup), so no window fires early:
+# its next reading would be late and dropped.
 _CONFIG = """\
 [agent]
 id = "demo-pi"
@@ -128,7 +129,7 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
 
         cfg_path = tmp / "agent.toml"
         cfg_path.write_text(_CONFIG.format(state=tmp / "state", local=local.port,
-                                           upstream=upstream.port, idle=max(2.0, 3.0 / rate)))
+                                           upstream=upstream.port, idle=max(3.0, 3.0 / rate)))
         agent = Agent(load_config(cfg_path))
         db_path = tmp / "fleet.db"
         print(f"edge-agent demo: local broker :{local.port}, upstream broker :{upstream.port}")
