@@ -32,9 +32,9 @@ from typing import Any
 
 from edge_agent.cli.mosquitto import Broker, find_mosquitto
 from edge_agent.config import load_config
-from edge_agent.errors import EdgeAgentError
 from edge_agent.consume.consumer import ConsumeOptions, Consumer
 from edge_agent.consume.storage import SqliteStorage
+from edge_agent.errors import EdgeAgentError
 from edge_agent.mqtt import MqttClient
 
 __all__ = ["demo"]
