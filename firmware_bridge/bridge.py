@@ -13,10 +13,10 @@ from typing import Any
 
 import cbor2
 
+from edge_agent.health.server import HealthServer
 from firmware_bridge.boards import BoardState, SeqResult, learn_offset, track_seq
 from firmware_bridge.config import BridgeConfig
 from firmware_bridge.frames import DROP_REASONS, FrameDecoder, Splitter
-from firmware_bridge.health import serve_health
 from firmware_bridge.publish import CBOR, JSON, Publisher
 from firmware_bridge.transports import FdSource, UdpSource, make_source
 
@@ -183,7 +183,7 @@ class Bridge:
         self.source: FdSource | UdpSource = make_source(cfg.source, on_data, self.path.opened)
         self.started = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._health_server: asyncio.Server | None = None
+        self._health_server: HealthServer | None = None
         self.done = asyncio.Event()  # set when the source ends (stdin EOF) or fails
         self.error: OSError | None = None
 
@@ -191,7 +191,11 @@ class Bridge:
         await self.publisher.start()
         self._tasks.append(asyncio.create_task(self._run_source(), name="source"))
         if self.cfg.health.address is not None:
-            self._health_server = await serve_health(self.health, *self.cfg.health.address)
+            host, port = self.cfg.health.address
+            self._health_server = HealthServer(
+                host, port, health=self.health, ready=self.ready, metrics=None
+            )
+            await self._health_server.start()
 
     async def _run_source(self) -> None:
         try:
@@ -210,8 +214,7 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await t
         if self._health_server is not None:
-            self._health_server.close()
-            await self._health_server.wait_closed()
+            await self._health_server.close()
         await self.publisher.close(timeout)
 
     async def __aenter__(self) -> Bridge:
@@ -220,6 +223,10 @@ class Bridge:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def ready(self) -> bool:
+        """/readyz: the source is open and the broker connected."""
+        return bool(self.source.is_open and self.publisher.connected.is_set())
 
     def health(self) -> dict[str, Any]:
         """The bridge's own small figures (also served over HTTP and printed on SIGUSR1)."""

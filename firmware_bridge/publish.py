@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.uplink.backoff import Backoff
 from firmware_bridge.config import PublishSection
 
 __all__ = ["CBOR", "JSON", "Publisher"]
@@ -170,7 +171,7 @@ class Publisher:
     async def _supervise(self) -> None:
         """Connect, wait until the connection is lost, back off, repeat."""
         assert self._client is not None
-        delay = self.cfg.reconnect_min
+        backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max)
         first = True
         while True:
             self._lost.clear()
@@ -186,9 +187,8 @@ class Publisher:
             else:
                 await self._lost.wait()
                 if self.connects > before:
-                    delay = self.cfg.reconnect_min  # we were up: back off afresh
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.cfg.reconnect_max)
+                    backoff.reset()  # we were up: back off afresh
+            await asyncio.sleep(backoff.next())
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:

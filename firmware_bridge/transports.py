@@ -21,6 +21,7 @@ import termios
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.uplink.backoff import Backoff
 from firmware_bridge.config import SourceSection
 
 __all__ = ["FdSource", "UdpSource", "configure_tty", "make_source"]
@@ -86,18 +87,18 @@ class FdSource:
     async def run(self) -> None:
         """Read until cancelled (stdin: until EOF), reopening a lost device with backoff."""
         loop = asyncio.get_running_loop()
-        delay = self.cfg.reopen_min
+        backoff = Backoff(self.cfg.reopen_min, self.cfg.reopen_max)
         while True:
             try:
                 fd = self._open()
             except OSError as e:
                 if self.kind == "stdin":
                     raise
+                delay = backoff.next()
                 log.debug("cannot open %s: %s; retrying in %.2fs", self.path, e, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.cfg.reopen_max)
                 continue
-            delay = self.cfg.reopen_min
+            backoff.reset()
             self.opens += 1
             self.is_open = True
             if self.kind != "stdin":
@@ -120,7 +121,7 @@ class FdSource:
             if self.kind == "stdin":
                 return  # EOF: the producer is done
             log.warning("lost %s (%s); reopening", self.path, why)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff.next())
 
     def _open(self) -> int:
         if self.kind == "stdin":

@@ -294,6 +294,9 @@ async def test_cli_run_on_stdin_with_health_and_sigusr1(broker: Broker, sub: Sub
         h = json.loads(body)
         assert status == 200 and h["published"] == 2 and h["dropped"]["noise"] == 1
         assert (await asyncio.to_thread(_get, f"http://127.0.0.1:{hport}/nope"))[0] == 404
+        # the agent's HealthServer serves the bridge: /readyz too, no /metrics, HEAD works
+        assert (await asyncio.to_thread(_get, f"http://127.0.0.1:{hport}/readyz"))[0] == 200
+        assert (await asyncio.to_thread(_get, f"http://127.0.0.1:{hport}/metrics"))[0] == 404
         p.send_signal(signal.SIGUSR1)
         line = await asyncio.to_thread(p.stderr.readline)
         while not line.startswith(b"{"):  # skip log lines

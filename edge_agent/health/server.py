@@ -209,7 +209,10 @@ def _error(status: int, extra: tuple[tuple[str, str], ...] = (), head_only: bool
 
 
 class HealthServer:
-    """GET /healthz, /readyz and /metrics; see SPEC 5."""
+    """GET /healthz, /readyz and /metrics; see SPEC 5.
+
+    The firmware bridge serves its own figures through it too (`metrics=None`).
+    """
 
     def __init__(
         self,
@@ -218,6 +221,7 @@ class HealthServer:
         *,
         health: Callable[[], dict[str, Any]],
         ready: Callable[[], bool],
+        metrics: Callable[[dict[str, Any]], str] | None = render_metrics,
         token: str | None = None,
         request_timeout: float = 5.0,
         max_request_bytes: int = 8192,
@@ -229,6 +233,7 @@ class HealthServer:
         self._port = port
         self._health = health
         self._ready = ready
+        self._metrics = metrics  # None: no /metrics (the firmware bridge)
         self._token = token.encode("utf-8") if token else None
         self._timeout = request_timeout
         self._max_bytes = max_request_bytes
@@ -472,7 +477,7 @@ class HealthServer:
     def _route(self, request: _Request, head_only: bool) -> bytes:
         if not self._authorized(request):
             return _response(401, extra=(("WWW-Authenticate", 'Bearer realm="edge-agent"'),))
-        if request.path not in _ROUTES:
+        if request.path not in _ROUTES or (request.path == "/metrics" and self._metrics is None):
             return _error(404, head_only=head_only)
         if request.method not in ("GET", "HEAD"):
             return _error(405, (("Allow", _ALLOWED),))
@@ -483,8 +488,8 @@ class HealthServer:
                     200 if ready else 503, _json_body({"ready": ready}), _JSON, head_only=head_only
                 )
             health = self._health()
-            if request.path == "/metrics":
-                body = render_metrics(health).encode("utf-8")
+            if request.path == "/metrics" and self._metrics is not None:
+                body = self._metrics(health).encode("utf-8")
                 return _response(200, body, METRICS_CONTENT_TYPE, head_only=head_only)
             status = 503 if health.get("status") == "failing" else 200
             return _response(status, _json_body(health), _JSON, head_only=head_only)
