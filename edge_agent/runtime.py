@@ -716,6 +716,10 @@ class Agent:
             log.error("reload refused, keeping the running config: %s", exc)
             self.notifier.ready()
             return
+        from edge_agent.safety import config_warnings
+
+        for warning in config_warnings(new):  # as at start: auth or encryption turned off
+            log.warning("%s", warning)
         for key in ("id", "state_dir"):
             if getattr(new.agent, key) != getattr(self.cfg.agent, key):
                 log.warning("agent.%s changed: takes effect after a restart", key)

@@ -94,3 +94,19 @@ def test_the_agent_logs_the_warnings_when_it_starts(tmp_path: Path, broker: Brok
     with AgentProcess(cfg) as agent:
         poll(lambda: "not a loopback address and no health.token_file" in agent.log(), 15,
              what="the warning in the log")
+
+
+@pytest.mark.slow
+def test_a_reload_logs_the_warnings_too(tmp_path: Path, broker: Broker) -> None:
+    import signal
+
+    cfg = write_config(tmp_path, broker.port, broker.port)
+    with AgentProcess(cfg) as agent:
+        agent.wait_ready()
+        assert "upstream.host" not in agent.log()
+        text = cfg.path.read_text()
+        assert '[upstream]\nhost = "127.0.0.1"' in text
+        text = text.replace('[upstream]\nhost = "127.0.0.1"', '[upstream]\nhost = "10.255.255.1"')
+        cfg.path.write_text(text)
+        agent.send(signal.SIGHUP)
+        poll(lambda: "upstream.host 10.255.255.1" in agent.log(), 15, what="the reload warning")
