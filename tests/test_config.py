@@ -231,7 +231,7 @@ def test_window_kinds() -> None:
         name = "n"
         window = "none"
         topics = ["raw/+/x", "$share/g/raw/#", "+"]
-        format = "tests.test_decode:triple_decoder"
+        format = "tests.decoders:triple_decoder"
         """
     )
     t, s, g, c, n = cfg.pipelines
@@ -240,7 +240,7 @@ def test_window_kinds() -> None:
     assert g.gap == 30.0 and g.slide is None
     assert c.size == 100 and type(c.size) is int
     assert n.topics == ("raw/+/x", "$share/g/raw/#", "+")
-    assert n.format == "tests.test_decode:triple_decoder"
+    assert n.format == "tests.decoders:triple_decoder"
 
 
 def test_a_custom_decoder_that_cannot_load_is_refused_with_its_line() -> None:

@@ -9,7 +9,6 @@ import math
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -23,8 +22,8 @@ from hypothesis import strategies as st
 from edge_agent.errors import ConfigError
 from edge_agent.ingest import decode as d
 from edge_agent.ingest.decode import MAX_PAYLOAD, PayloadDecoder, parse_rfc3339
+from tests.decoders import ARRIVAL  # 2023-11-14T22:13:20.5Z
 
-ARRIVAL = 1_700_000_000.5  # 2023-11-14T22:13:20.5Z
 SKEW = 300.0
 T2000 = 946_684_800.0
 
@@ -209,7 +208,7 @@ def test_too_large_counts_once_however_many_readings() -> None:
     assert run("json", payload) == ([], {"too_large": 1})
     cbor = cbor2.dumps({"value": 1, "pad": "x" * MAX_PAYLOAD})
     assert run("cbor", cbor) == ([], {"too_large": 1})
-    assert run("tests.test_decode:triple_decoder", b"x" * (MAX_PAYLOAD + 1)) == (
+    assert run("tests.decoders:triple_decoder", b"x" * (MAX_PAYLOAD + 1)) == (
         [],
         {"too_large": 1},
     )
@@ -541,55 +540,9 @@ def test_auto_falls_back_to_cbor_when_not_json() -> None:
 # ---------------------------------------------------------------- custom decoders
 
 
-def triple_decoder(topic: str, payload: bytes) -> Iterator[Any]:
-    """Test decoder: lines 'key ts value'; '-' for no ts; 'map' lines yield mappings."""
-    for line in payload.decode().splitlines():
-        kind, key, ts, value = line.split()
-        when = None if ts == "-" else (float(ts) if ts[0].isdigit() else ts)
-        if kind == "map":
-            yield {"key": key, "value": float(value), **({} if when is None else {"ts": when})}
-        else:
-            yield (key, when, float(value))
-
-
-def broken_decoder(topic: str, payload: bytes) -> list[Any]:
-    raise ValueError("cannot read this")
-
-
-def half_broken_decoder(topic: str, payload: bytes) -> Iterator[Any]:
-    yield (topic, None, 1.0)
-    raise KeyError("second")
-
-
-def odd_decoder(topic: str, payload: bytes) -> list[Any]:
-    return [
-        ("k", None, True),  # bool value
-        ("k", None, "5"),  # string value
-        ("k", None, math.inf),
-        ("k", True, 1.0),  # bool ts
-        ("", None, 1.0),  # empty key
-        (5, None, 1.0),  # non-string key
-        ("k", None),  # too short
-        {"key": "k"},  # no value
-        42,
-        {"key": "m", "value": Fraction(1, 4), "ts": 1_700_000_000_000},  # ms ts, Real value
-        ["l", "2023-11-14T22:13:20Z", 2],
-        ("k", 9e8, 1.0),  # too old
-        ("k", "2023-11-14T22:13:20", 1.0),  # no offset
-        ("k", ARRIVAL + 1e6, 1.0),  # future
-    ]
-
-
-def empty_decoder(topic: str, payload: bytes) -> list[Any]:
-    return []
-
-
-not_callable = 42
-
-
 def test_custom_decoder_module_function() -> None:
     payload = b"tuple a 1700000000.5 1\nmap b 1700000000250 2\ntuple c - 3\nmap d - 4\n"
-    assert run("tests.test_decode:triple_decoder", payload) == (
+    assert run("tests.decoders:triple_decoder", payload) == (
         [
             ("a", 1700000000.5, 1.0),
             ("b", 1700000000.25, 2.0),
@@ -601,7 +554,7 @@ def test_custom_decoder_module_function() -> None:
 
 
 def test_custom_decoder_validation() -> None:
-    assert run("tests.test_decode:odd_decoder", b"") == (
+    assert run("tests.decoders:odd_decoder", b"") == (
         [("m", 1_700_000_000.0, 0.25), ("l", 1_700_000_000.0, 2.0)],
         {
             "not_a_number": 2,
@@ -615,7 +568,7 @@ def test_custom_decoder_validation() -> None:
 
 
 def test_custom_decoder_errors_count_once_and_go_on() -> None:
-    decoder = PayloadDecoder("tests.test_decode:broken_decoder", SKEW)
+    decoder = PayloadDecoder("tests.decoders:broken_decoder", SKEW)
     out: list[tuple[str, float, float]] = []
     rejects: Counter[str] = Counter()
     for _ in range(3):
@@ -623,17 +576,17 @@ def test_custom_decoder_errors_count_once_and_go_on() -> None:
     assert out == []
     assert rejects == Counter({"decoder_error:ValueError": 3})
     # a decoder that fails half-way rejects its whole message
-    assert run("tests.test_decode:half_broken_decoder", b"x") == ([], {"decoder_error:KeyError": 1})
-    assert run("tests.test_decode:empty_decoder", b"x") == ([], {"no_reading": 1})
+    assert run("tests.decoders:half_broken_decoder", b"x") == ([], {"decoder_error:KeyError": 1})
+    assert run("tests.decoders:empty_decoder", b"x") == ([], {"no_reading": 1})
 
 
 @pytest.mark.parametrize(
     "spec",
     [
-        "tests.test_decode:no_such_function",
+        "tests.decoders:no_such_function",
         "tests.no_such_module:f",
-        "tests.test_decode:not_callable",
-        "tests.test_decode:",
+        "tests.decoders:not_callable",
+        "tests.decoders:",
         ":f",
         "xml",
         "JSON",
@@ -649,7 +602,7 @@ def test_custom_decoder_from_entry_point(tmp_path: Path, monkeypatch: pytest.Mon
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-decoders\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[edge_agent.decoders]\ntriples = tests.test_decode:triple_decoder\n"
+        "[edge_agent.decoders]\ntriples = tests.decoders:triple_decoder\n"
         "broken = tests.no_such_module:f\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
