@@ -8,12 +8,14 @@ are read as seconds).
 from __future__ import annotations
 
 import json
-import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edge_agent import units
+from edge_agent.config.positions import KeyScanner, syntax_error
 from edge_agent.errors import ConfigError
 from edge_agent.units import listen_address
 
@@ -127,42 +129,30 @@ _SECTIONS: dict[str, type] = {
     "health": HealthSection,
 }
 _DURATION_KEYS = {"reopen_min", "reopen_max", "tolerance", "reconnect_min", "reconnect_max"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_\-]+)\s*\]")
-_KEY = re.compile(r"^\s*\"?([A-Za-z0-9_\-]+)\"?\s*=")
 
 
-class _Lines:
-    """Where sections and keys sit in the file, for error messages (tomllib gives no lines)."""
+def _lines(text: str) -> Callable[..., int]:
+    """`of(section, key=None)`: the line of a key, else of its section's header, else 1."""
+    locs, _ = KeyScanner(text).run()
 
-    def __init__(self, text: str) -> None:
-        self.headers: dict[str, int] = {}
-        self.keys: dict[tuple[str, str], int] = {}
-        section = ""
-        for n, line in enumerate(text.splitlines(), 1):
-            if m := _HEADER.match(line):
-                section = m.group(1)
-                self.headers.setdefault(section, n)
-            elif m := _KEY.match(line):
-                self.keys.setdefault((section, m.group(1)), n)
+    def of(section: str, key: str | None = None) -> int:
+        if key is not None and (section, key) in locs:
+            return locs[(section, key)]
+        if not section:  # a key outside any table
+            return locs.get((key,), 1)
+        return locs.get((section,), 1)
 
-    def of(self, section: str, key: str | None = None) -> int:
-        if key is not None and (section, key) in self.keys:
-            return self.keys[(section, key)]
-        return self.headers.get(section, 1)
+    return of
 
 
 def parse_duration(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as \"2s\", got {_show(value)}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"expected a duration such as \"2s\", got {_show(value)}")
+    """Durations as the agent reads them (edge_agent.units), in the bridge's words."""
+    try:
+        return units.parse_duration(value)
+    except ValueError as e:
+        if str(e).startswith("expected a duration"):
+            raise ValueError(f"expected a duration such as \"2s\", got {_show(value)}") from None
+        raise
 
 
 def _show(value: Any) -> str:
@@ -227,23 +217,22 @@ def _validate(section: str, key: str, value: Any) -> None:
 
 def parse_config(text: str, name: str = "<config>") -> BridgeConfig:
     """Validate TOML text; raise ConfigError reading `name:LINE: section.key: problem`."""
-    lines = _Lines(text)
+    of = _lines(text)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        m = re.search(r"line (\d+)", str(e))
-        raise ConfigError(f"{name}:{m.group(1) if m else 1}: {e}") from None
+        raise ConfigError(syntax_error(name, text, str(e), KeyScanner(text).run()[1])) from None
     built: dict[str, Any] = {}
     for section, table in doc.items():
         cls = _SECTIONS.get(section)
         if cls is None:
-            raise ConfigError(f"{name}:{lines.of(section)}: {section}: unknown section")
+            raise ConfigError(f"{name}:{of(section)}: {section}: unknown section")
         if not isinstance(table, dict):
-            raise ConfigError(f"{name}:{lines.of('', section)}: {section}: expected a table")
+            raise ConfigError(f"{name}:{of('', section)}: {section}: expected a table")
         types = {f.name: f.type for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in table.items():
-            where = f"{name}:{lines.of(section, key)}: {section}.{key}"
+            where = f"{name}:{of(section, key)}: {section}.{key}"
             if key not in types:
                 raise ConfigError(f"{where}: unknown key")
             try:
@@ -261,23 +250,23 @@ def parse_config(text: str, name: str = "<config>") -> BridgeConfig:
             kwargs[key] = value
         built[section] = cls(**kwargs)
     cfg = BridgeConfig(**built)
-    _cross_check(cfg, lines, name)
+    _cross_check(cfg, of, name)
     return cfg
 
 
-def _cross_check(cfg: BridgeConfig, lines: _Lines, name: str) -> None:
+def _cross_check(cfg: BridgeConfig, of: Callable[..., int], name: str) -> None:
     s, p = cfg.source, cfg.publish
     if s.reopen_min > s.reopen_max:
         raise ConfigError(
-            f"{name}:{lines.of('source', 'reopen_max')}: source.reopen_max: smaller than reopen_min"
+            f"{name}:{of('source', 'reopen_max')}: source.reopen_max: smaller than reopen_min"
         )
     if p.reconnect_min > p.reconnect_max:
         raise ConfigError(
-            f"{name}:{lines.of('publish', 'reconnect_max')}: publish.reconnect_max: "
+            f"{name}:{of('publish', 'reconnect_max')}: publish.reconnect_max: "
             "smaller than reconnect_min"
         )
     if cfg.clock.mode == "uptime_ms" and cfg.clock.tolerance <= 0:
-        raise ConfigError(f"{name}:{lines.of('clock', 'tolerance')}: clock.tolerance: must be > 0")
+        raise ConfigError(f"{name}:{of('clock', 'tolerance')}: clock.tolerance: must be > 0")
 
 
 def load_config(path: str | Path) -> BridgeConfig:

@@ -1,0 +1,490 @@
+"""Reading a config: TOML text -> validated, frozen `Config`, or every problem as
+`FILE:LINE: section.key: problem`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config.converters import (
+    _DEFAULT_SIZE,
+    _FILE,
+    _PATH,
+    _kind,
+    _nonempty,
+    _Problem,
+    _string,
+    _topic_bytes,
+)
+from edge_agent.config.model import ENV_PREFIX, Config, PipelineConfig
+from edge_agent.config.positions import KeyScanner, dotted, syntax_error
+from edge_agent.config.schema import (
+    _ENV_LINE,
+    _PIPELINE,
+    _SCHEMA,
+    _SECTION_TYPES,
+    _STRINGISH,
+    NON_CONFIG_ENV,
+    _Conv,
+)
+from edge_agent.errors import ConfigError
+from edge_agent.units import (
+    show_value,
+)
+
+MACHINE_ID_PATH = "/etc/machine-id"
+# Keys whose value names a file holding a secret. Errors never quote their value:
+# a password written where its file's path belongs must not end up in a log.
+SECRET_FILE_KEYS = frozenset({"password_file", "token_file", "key_file"})
+
+
+def default_agent_id(hostname: str | None = None, machine_id_path: str = MACHINE_ID_PATH) -> str:
+    """SPEC 1: the hostname, "-", and 8 hex digits of an app-specific hash of the machine id.
+
+    The hash is sha256(b"edge-agent:" + the machine id as written, stripped), so the id
+    tells cloned SD cards apart without publishing the machine id itself (machine-id(5)
+    asks applications not to). The hostname alone where the file is missing or empty.
+    """
+    if hostname is None:
+        import socket  # only needed for the default
+
+        hostname = socket.gethostname() or "edge-agent"
+    try:
+        machine_id = Path(machine_id_path).read_bytes().strip()
+    except OSError:
+        return hostname
+    if not machine_id:
+        return hostname
+    return f"{hostname}-{hashlib.sha256(b'edge-agent:' + machine_id).hexdigest()[:8]}"
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and freeze a config file; raise ConfigError naming FILE:LINE: key.
+
+    `environ` defaults to os.environ; pass `{}` to ignore the environment.
+    """
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{name}:{line}: not UTF-8 text") from None
+    return config_from_text(text, name, os.environ if environ is None else environ)
+
+
+def config_from_text(
+    text: str, name: str = "agent.toml", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Like load_config, from text; `name` is the FILE in messages and the base of relative paths."""
+    locs, dups = KeyScanner(text).run()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(syntax_error(name, text, str(e), dups)) from None
+    return _Validator(doc, name, locs, environ or {}).config()
+
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Keys whose change a SIGHUP reload cannot apply (SPEC 1): they need a restart."""
+    out = []
+    if old.agent.id != new.agent.id:
+        out.append("agent.id")
+    if old.agent.state_dir != new.agent.state_dir:
+        out.append("agent.state_dir")
+    return out
+
+
+# --------------------------------------------------------------------------- hash
+
+
+def _config_hash(cfg: Config) -> str:
+    """sha256 over sorted JSON of the effective config: formatting and comments don't count."""
+    body = {
+        "agent": asdict(cfg.agent),
+        "local": asdict(cfg.local),
+        "upstream": asdict(cfg.upstream),
+        "buffer": asdict(cfg.buffer),
+        "health": asdict(cfg.health),
+        "pipelines": [asdict(p) for p in cfg.pipelines],
+    }
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+
+def _env_value(raw: str) -> object:
+    """SPEC 1: a TOML value when it parses as one, else the string itself."""
+    if "\n" in raw or "\r" in raw:
+        return raw
+    try:
+        doc = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return raw
+    return doc["v"] if doc.keys() == {"v"} else raw
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    import difflib  # only on the error path
+
+    close = difflib.get_close_matches(word, options, n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+class _Validator:
+    def __init__(
+        self,
+        doc: dict[str, Any],
+        name: str,
+        locs: dict[tuple[Any, ...], int],
+        environ: Mapping[str, str],
+    ) -> None:
+        self.doc = doc
+        self.name = name
+        self.locs = locs
+        self.environ = environ
+        self.base = os.path.dirname(os.path.abspath(name))
+        self.env_origin: dict[tuple[str, str], str] = {}
+        self.errors: list[tuple[int, str]] = []
+
+    # -- reporting
+
+    def order(self, path: tuple[Any, ...]) -> int:
+        """Where a key was set: its line, after the file for overrides, -1 if defaulted."""
+        if path[:2] in self.env_origin:
+            return _ENV_LINE
+        return self.locs.get(path, -1)
+
+    def line(self, path: tuple[Any, ...]) -> int:
+        """The key's line, else its nearest enclosing table's header line, else 1."""
+        while path:
+            if path in self.locs:
+                return self.locs[path]
+            path = path[:-1]
+        return 1
+
+    def error(self, path: tuple[Any, ...], problem: str, at: tuple[Any, ...] | None = None) -> None:
+        """Report `problem` for key `path`; `at` is a more precise place (an array element)."""
+        problem += self.pipeline_name(path)
+        var = self.env_origin.get(path[:2]) if len(path) == 2 else None
+        if var is not None:
+            self.errors.append((_ENV_LINE, f"{self.name}: {var}: {dotted(path)}: {problem}"))
+            return
+        line = self.line(at or path)
+        self.errors.append((line, f"{self.name}:{line}: {dotted(path)}: {problem}"))
+
+    def pipeline_name(self, path: tuple[Any, ...]) -> str:
+        """` (in pipeline "climate")` for a key of a named pipeline: `pipeline[3]` alone
+        makes the reader count tables."""
+        if len(path) < 3 or path[0] != "pipeline" or path[2] == "name":
+            return ""
+        tables = self.doc.get("pipeline")
+        n = path[1]
+        if not isinstance(tables, list) or not isinstance(n, int) or not 0 <= n < len(tables):
+            return ""
+        name = tables[n].get("name") if isinstance(tables[n], dict) else None
+        return f" (in pipeline {json.dumps(name)})" if isinstance(name, str) and name else ""
+
+    def conflict(self, a: tuple[Any, ...], b: tuple[Any, ...], problem: str) -> None:
+        """Two keys disagree: name whichever was set later (SPEC 1)."""
+        later, other = (a, b) if self.order(a) >= self.order(b) else (b, a)
+        where = self.order(other)
+        if where == _ENV_LINE:
+            problem += f" (with {dotted(other)} from {self.env_origin[other[:2]]})"
+        elif where >= 0:
+            problem += f" (with {dotted(other)} on line {where})"
+        else:
+            problem += f" (with {dotted(other)})"
+        self.error(later, problem)
+
+    # -- the document
+
+    def config(self) -> Config:
+        self.apply_environment()
+        sections: dict[str, Any] = {}
+        for key, value in self.doc.items():
+            if key == "pipeline" or key in _SCHEMA:
+                continue
+            known = [*_SCHEMA, "pipeline"]
+            if isinstance(value, dict) or (
+                isinstance(value, list) and value and all(isinstance(x, dict) for x in value)
+            ):
+                self.error((key,), "unknown section" + _suggest(key, known))
+            else:
+                self.error(
+                    (key,),
+                    "unknown key; keys belong in a section such as [agent]" + _suggest(key, known),
+                )
+        for section in _SCHEMA:
+            sections[section] = self.section(section)
+        pipelines = self.pipelines()
+        if self.errors:
+            self.errors.sort(key=lambda e: e[0])
+            raise ConfigError("\n".join(msg for _, msg in self.errors))
+        cfg = Config(
+            agent=sections["agent"],
+            local=sections["local"],
+            upstream=sections["upstream"],
+            buffer=sections["buffer"],
+            health=sections["health"],
+            pipelines=tuple(pipelines),
+            source=Path(self.name),
+        )
+        return replace(cfg, hash=_config_hash(cfg))
+
+    def apply_environment(self) -> None:
+        for var in sorted(self.environ):
+            if not var.startswith(ENV_PREFIX) or var in NON_CONFIG_ENV:
+                continue
+            rest = var[len(ENV_PREFIX) :]
+            section, _, key = rest.partition("_")
+            section, key = section.lower(), key.lower()
+            if section == "pipeline":
+                self.errors.append(
+                    (
+                        _ENV_LINE,
+                        f"{self.name}: {var}: [[pipeline]] keys cannot be overridden from the environment",
+                    )
+                )
+                continue
+            if rest != rest.upper() or section not in _SCHEMA or key not in _SCHEMA[section]:
+                self.errors.append(
+                    (
+                        _ENV_LINE,
+                        f"{self.name}: {var}: names no config key (expected {ENV_PREFIX}<SECTION>_<KEY>, e.g. {ENV_PREFIX}UPSTREAM_HOST)",
+                    )
+                )
+                continue
+            raw = self.environ[var]
+            value = _env_value(raw)
+            if (section, key) in _STRINGISH and not isinstance(value, str):
+                value = raw
+            table = self.doc.setdefault(section, {})
+            if isinstance(table, dict):
+                table[key] = value
+                self.env_origin[(section, key)] = var
+
+    def convert(self, path: tuple[Any, ...], conv: _Conv, value: object) -> Any:
+        if conv is _PATH or conv is _FILE:
+            secret = path[-1] in SECRET_FILE_KEYS
+            if secret and not isinstance(value, str):
+                # the value may be the secret itself, written where its file belongs
+                raise _Problem(f"expected a string (the path of a file), got {_kind(value)}")
+            s = _string(value) if conv is _FILE else _nonempty(value)
+            if s == "":
+                return s
+            base = os.getcwd() if path[:2] in self.env_origin else self.base
+            p = os.path.join(base, os.path.expanduser(s))
+            if conv is _PATH:
+                return Path(os.path.normpath(p))
+            p = os.path.normpath(p)
+            if not os.path.isfile(p):
+                if secret and "/" not in s:
+                    raise _Problem(
+                        "no such file (the value is not shown: it does not look like a "
+                        "path and may be the secret itself)"
+                    )
+                raise _Problem(f"no such file: {show_value(p)}")
+            return p
+        return conv(value)  # type: ignore[operator]
+
+    def table(
+        self, path: tuple[Any, ...], value: object, schema: dict[str, _Conv]
+    ) -> dict[str, Any] | None:
+        """Convert each key of a table; report unknown keys and bad values. None if not a table."""
+        if not isinstance(value, dict):
+            self.error(path, f"expected a table, got {show_value(value)}")
+            return None
+        out: dict[str, Any] = {}
+        for key, v in value.items():
+            kpath = (*path, key)
+            conv = schema.get(key)
+            if conv is None:
+                self.error(kpath, "unknown key" + _suggest(key, list(schema)))
+                continue
+            try:
+                out[key] = self.convert(kpath, conv, v)
+            except _Problem as e:
+                self.error(kpath, str(e), None if e.index is None else (*kpath, e.index))
+        return out
+
+    def section(self, name: str) -> Any:
+        values = self.table((name,), self.doc.get(name, {}), _SCHEMA[name])
+        if values is None:
+            return None
+        if name == "agent":
+            if "id" not in values and "id" not in self.doc.get("agent", {}):
+                values["id"] = default_agent_id()
+            elif "id" not in values:
+                return None  # its error is reported already
+            self.check_topics(values["id"])
+        if name in ("upstream", "local"):
+            self.check_tls(name, values)
+        if name == "health":
+            self.check_token_file(values)
+        if (
+            name == "local"
+            and values.get("client_id", "")
+            and len(values["client_id"].encode()) > 65535
+        ):
+            self.error(("local", "client_id"), "longer than 65535 bytes")
+        return _SECTION_TYPES[name](**values)
+
+    def check_topics(self, agent_id: str) -> None:
+        """Topics with `{agent}` expanded must still be valid topic names."""
+        up = self.doc.get("upstream")
+        if not isinstance(up, dict):
+            return
+        for key in ("topic", "late_topic", "status_topic"):
+            t = up.get(key)
+            if isinstance(t, str) and "{agent}" in t:
+                try:
+                    _topic_bytes(t.replace("{agent}", agent_id))
+                except _Problem as e:
+                    self.error(("upstream", key), f"{e} once {{agent}} is expanded")
+
+    def check_tls(self, section: str, v: dict[str, Any]) -> None:
+        tls = v.get("tls", False)
+        for key in ("ca_file", "cert_file", "key_file"):
+            if v.get(key) and not tls:
+                self.conflict((section, key), (section, "tls"), f"{key} needs tls = true")
+        if v.get("key_file") and not v.get("cert_file"):
+            self.error((section, "cert_file"), "missing; key_file needs cert_file")
+
+    def check_token_file(self, v: dict[str, Any]) -> None:
+        """An empty token file would turn authentication off without a word: refuse it.
+
+        A file we may not read (`check` as another user) is left to the agent, which
+        reads it at start and fails there if it cannot.
+        """
+        path = v.get("token_file", "")
+        if not path:
+            return
+        try:
+            token = Path(path).read_bytes()
+        except OSError:
+            return
+        if not token.strip():
+            self.error(
+                ("health", "token_file"),
+                "the file is empty; an empty token would leave the endpoint open "
+                '(set token_file = "" to run without authentication)',
+            )
+
+    def pipelines(self) -> list[PipelineConfig]:
+        raw = self.doc.get("pipeline")
+        if raw is None:
+            self.errors.append(
+                (
+                    1,
+                    f"{self.name}:1: pipeline: missing; at least one [[pipeline]] table is required",
+                )
+            )
+            return []
+        if isinstance(raw, dict):
+            self.error(
+                ("pipeline",), "expected one or more [[pipeline]] tables, got a table ([pipeline])"
+            )
+            return []
+        if not isinstance(raw, list):
+            self.error(
+                ("pipeline",), f"expected one or more [[pipeline]] tables, got {show_value(raw)}"
+            )
+            return []
+        if not raw:
+            self.error(("pipeline",), "at least one [[pipeline]] table is required")
+            return []
+        out: list[PipelineConfig] = []
+        names: dict[str, int] = {}
+        for n, item in enumerate(raw):
+            p = self.pipeline(n, item)
+            if p is None:
+                continue
+            if p.name in names:
+                first = names[p.name]
+                self.conflict(
+                    ("pipeline", n, "name"),
+                    ("pipeline", first, "name"),
+                    f"duplicate pipeline name {show_value(p.name)}",
+                )
+            names.setdefault(p.name, n)
+            out.append(p)
+        return out
+
+    def pipeline(self, n: int, item: object) -> PipelineConfig | None:
+        path: tuple[Any, ...] = ("pipeline", n)
+        given = item if isinstance(item, dict) else {}
+        v = self.table(path, item, _PIPELINE)
+        if v is None or any(k not in v for k in given if k in _PIPELINE):
+            return None  # a key failed; dependent checks would only add noise
+        window = v.get("window", "tumbling")
+        def kp(k: str) -> tuple[Any, ...]:
+            return (*path, k)
+
+        ok = True
+        for key, kind in (("slide", "sliding"), ("gap", "session")):
+            if v.get(key) is not None and window != kind:
+                self.conflict(
+                    kp(key), kp("window"), f"{key} only applies to {kind} windows, not {window}"
+                )
+                ok = False
+        size = v.get("size")
+        if window == "count":
+            if size is None:
+                self.error(
+                    kp("size"),
+                    "missing; a count window needs size, the number of readings per window",
+                )
+                ok = False
+            elif type(size) is not int or size < 1:
+                self.conflict(
+                    kp("size"),
+                    kp("window"),
+                    f"a count window's size is a whole number of readings >= 1, got {show_value(given['size'])}",
+                )
+                ok = False
+        elif size is None:
+            v["size"] = _DEFAULT_SIZE
+        elif size <= 0:
+            self.error(kp("size"), f"must be longer than 0, got {show_value(given['size'])}")
+            ok = False
+        else:
+            v["size"] = float(size)
+        if window == "sliding":
+            slide = v.get("slide")
+            if slide is None:
+                self.error(
+                    kp("slide"),
+                    "missing; a sliding window needs slide, the hop between window starts",
+                )
+                ok = False
+            elif slide > v["size"]:
+                self.conflict(
+                    kp("slide"), kp("size"), "slide larger than size leaves gaps between windows"
+                )
+                ok = False
+        if window == "session" and v.get("gap") is None:
+            self.error(
+                kp("gap"),
+                "missing; a session window needs gap, the inactivity that closes a session",
+            )
+            ok = False
+        if not ok:
+            return None
+        if "topics" in v:
+            v["topics"] = tuple(v["topics"])
+        return PipelineConfig(**v)
