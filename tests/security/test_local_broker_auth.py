@@ -207,3 +207,30 @@ async def test_firmware_bridge_logs_in_to_the_scaffolded_broker(tmp_path: Path) 
         reader.disconnect()
         reader.loop_stop()
         broker.stop()
+
+
+def test_local_password_file_is_reread_on_reload(tmp_path: Path, upstream_broker: Broker) -> None:
+    import signal
+
+    users = {"edge-agent": "first-pw-1234", "dev1": "dev1-pw-5678"}
+    broker = _scaffolded_broker(tmp_path, users)
+    passwd = broker.conf.parent / "edge-agent.passwd"
+    try:
+        secret = tmp_path / "local.password"
+        secret.write_text(users["edge-agent"] + "\n")
+        os.chmod(secret, 0o600)
+        cfg = write_config(tmp_path, broker.port, upstream_broker.port,
+                           pipelines=[pipeline(topics=["sensors/#"])],
+                           local={"username": "edge-agent", "password_file": str(secret)})
+        with AgentProcess(cfg) as agent:
+            agent.wait_ready()
+            # rotate the password: broker first, then the agent's file, then SIGHUP
+            subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwd), "edge-agent", "second-pw-5678"],
+                           check=True, capture_output=True)
+            broker.restart()  # drops the agent; the old password no longer works
+            secret.write_text("second-pw-5678\n")
+            agent.send(signal.SIGHUP)
+            poll(lambda: agent.health()["local"]["connected"], 30,
+                 what="the agent back on the broker with the reread password")
+    finally:
+        broker.stop()
