@@ -52,3 +52,37 @@ def test_bridge_password_file_value_is_never_quoted(tmp_path: Path) -> None:
     pw.write_text("s3cret\n")
     cfg = parse_config(f'[publish]\nusername = "bridge"\npassword_file = "{pw}"\n')
     assert (cfg.publish.username, cfg.publish.password_file) == ("bridge", str(pw))
+
+
+async def test_bridge_health_endpoint_survives_an_idle_flood() -> None:
+    """Item 5: the bridge's endpoint had no connection cap (EMFILE under a flood); it is
+    the agent's HealthServer now, caps included."""
+    from firmware_bridge.bridge import Bridge
+    from tests.brokers import free_port
+
+    health_port = free_port()
+    cfg = parse_config(
+        f'[source]\nkind = "udp"\nlisten = "127.0.0.1:{_udp_free_port()}"\n'
+        f'[health]\nlisten = "127.0.0.1:{health_port}"\n[publish]\nport = {free_port()}\n'
+    )
+    async with Bridge(cfg):
+        flood = []
+        for _ in range(200):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", health_port,
+                                                     local_addr=("127.0.0.2", 0))
+            except OSError:
+                continue
+            flood.append(w)
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", health_port)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: pi\r\n\r\n")
+            async with asyncio.timeout(3):
+                data = await r.read()
+            w.close()
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert b"retry-after" not in head.lower(), head  # not the over-the-cap refusal
+            assert b'"source"' in body, data[:300]  # the bridge's own figures
+        finally:
+            for fw in flood:
+                fw.close()
