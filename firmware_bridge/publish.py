@@ -1,35 +1,26 @@
-"""The one module that imports paho: an MQTT 5 publisher driven by the asyncio loop.
+"""Readings to the local broker: a bounded queue in front of edge_agent's MQTT client.
 
-No paho thread: paho's socket callbacks map onto loop.add_reader/add_writer and a 1 s
-task calls loop_misc() for keepalives (the pattern of aiomqtt v2.5.1's client.py).
-All paho calls therefore happen on the loop thread, and so do all its callbacks.
+The connection is edge_agent.mqtt.MqttClient, the agent's own: paho driven by the
+event loop, its connect in an executor (never blocking the loop), PUBACKs as futures.
 
 Flow control: frames wait in a bounded deque (queue_size, overflow per when_full,
-every drop counted) and are handed to paho only while connected, at most
-max_inflight unacknowledged at once, so paho's own unbounded queue stays bounded
-too. Messages paho holds when the connection drops are re-sent by paho after the
-reconnect (it resets unacknowledged QoS>0 publishes to be sent again, with DUP).
-
-connect() is paho's blocking connect, called on the loop: it targets the local broker
-(loopback; a refused connection returns at once) with paho's 5 s connect timeout.
+every drop counted) and are published only while connected, at most max_inflight
+(and never more than the broker's Receive Maximum) unacknowledged at once. Messages
+unacknowledged when the connection drops go back to the front of the queue, in
+order, and are sent again after the reconnect (at least once, as before).
+Reconnects back off exponentially with full jitter (edge_agent.uplink.backoff).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 from collections import deque
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from edge_agent.mqtt import MqttClient, MqttError
 from edge_agent.uplink.backoff import Backoff
 from firmware_bridge.config import PublishSection
 
@@ -37,37 +28,16 @@ __all__ = ["CBOR", "JSON", "Publisher"]
 
 log = logging.getLogger("firmware_bridge.publish")
 
+#: MQTT 5 content types of the payloads the bridge publishes
+JSON = "application/json"
+CBOR = "application/cbor"
 
-class _PackedProperties(Properties):
-    """PUBLISH properties packed once.
-
-    paho calls properties.pack() on every publish, and Properties.pack() walks every
-    property name each time (~25 µs a message, a third of the bridge's CPU in
-    bench/bench_bridge.py); ours never change, so the bytes are packed here once.
-    """
-
-    def __init__(self, content_type: str) -> None:
-        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        self.ContentType = content_type
-        packed: bytes = super().pack()  # type: ignore[no-untyped-call]
-        object.__setattr__(self, "_packed", packed)  # Properties refuses other names
-
-    def pack(self) -> bytes:
-        packed: bytes = object.__getattribute__(self, "_packed")
-        return packed
-
-
-def _content_type(value: str) -> Properties:
-    return _PackedProperties(value)
-
-
-#: built once and shared by every publish: paho only serialises them
-JSON = _content_type("application/json")
-CBOR = _content_type("application/cbor")
+# (arrival number, topic, payload, content type)
+_Item = tuple[int, str, bytes, str]
 
 
 class Publisher:
-    """Publishes (topic, payload, properties) at cfg.qos; reconnects with backoff."""
+    """Publishes (topic, payload, content type) at cfg.qos; reconnects with backoff."""
 
     def __init__(self, cfg: PublishSection) -> None:
         self.cfg = cfg
@@ -75,27 +45,30 @@ class Publisher:
         self.dropped = 0  # queue overflow
         self.connects = 0
         self.connected = asyncio.Event()
-        self._queue: deque[tuple[str, bytes, Properties]] = deque()
-        self._outstanding = 0
-        self._limit = cfg.max_inflight  # lowered to the broker's Receive Maximum on CONNACK
+        self._queue: deque[_Item] = deque()
+        self._n = 0
+        # sent, in order; PUBACKs come in that order (MQTT 5, 4.6), so the done ones
+        # are swept from the left, and only the newest of each pump gets a callback
+        self._inflight: deque[tuple[asyncio.Future[None], _Item]] = deque()
+        self._unacked: list[_Item] = []
+        self._watched: asyncio.Future[None] | None = None  # lost with a connection: sent again first
+        self._limit = cfg.max_inflight  # lowered to the broker's Receive Maximum on connect
         self._pump_scheduled = False
-        self._lost = asyncio.Event()
-        self._client: mqtt.Client | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._misc: asyncio.Task[None] | None = None
+        self._client: MqttClient | None = None
+        self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- public surface -------------------------------------------------------------
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._unacked)
 
     @property
     def outstanding(self) -> int:
-        return self._outstanding
+        return len(self._inflight)
 
-    def submit(self, topic: str, payload: bytes, props: Properties) -> None:
+    def submit(self, topic: str, payload: bytes, content_type: str) -> None:
         """Queue one message; never blocks, drops per when_full when the queue is full."""
         q = self._queue
         if len(q) >= self.cfg.queue_size:
@@ -103,61 +76,37 @@ class Publisher:
             if self.cfg.when_full == "drop_newest":
                 return
             q.popleft()
-        q.append((topic, payload, props))
-        if not self._pump_scheduled and self.connected.is_set():
-            self._pump_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._pump)
+        self._n += 1
+        q.append((self._n, topic, payload, content_type))
+        self._schedule_pump()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        client_id = self.cfg.client_id or f"firmware-bridge-{os.getpid()}-{id(self):x}"
-        c = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
+        password = _read_password(self.cfg.password_file) if self.cfg.username else ""
+        self._client = MqttClient(
+            host=self.cfg.host,
+            port=self.cfg.port,
+            client_id=self.cfg.client_id or f"firmware-bridge-{os.getpid()}-{id(self):x}",
+            keepalive=self.cfg.keepalive,
+            username=self.cfg.username,
+            password=password,
+            max_inflight=max(1, self.cfg.max_inflight),
         )
-        # paho's own window off (0 = unlimited): with a window, every PUBACK makes paho
-        # scan all its unacknowledged messages (_update_inflight), O(window) per ack.
-        # We bound what paho holds ourselves (max_inflight, capped by the broker's
-        # Receive Maximum, which paho 2.2 does not honour itself).
-        c.max_inflight_messages_set(0)
-        if self.cfg.username:
-            c.username_pw_set(self.cfg.username, _read_password(self.cfg.password_file) or None)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_socket_open = self._on_socket_open
-        c.on_socket_close = self._on_socket_close
-        c.on_socket_register_write = self._on_socket_register_write
-        c.on_socket_unregister_write = self._on_socket_unregister_write
-        self._client = c
-        self._tasks.append(asyncio.create_task(self._supervise(), name="publish-connect"))
+        self._task = asyncio.create_task(self._supervise(), name="publish-connect")
 
     async def close(self, timeout: float = 2.0) -> None:
         """Wait (bounded) for queued and unacknowledged messages, then disconnect."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self.connected.is_set() and (self._queue or self._outstanding):
+                while self.connected.is_set() and (self._queue or self._inflight):
                     await asyncio.sleep(0.01)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await t
+                await self._task
         if self._client is not None:
-            # paho closes the socket itself once its writer callback has sent DISCONNECT
-            self._client.disconnect()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    while self._client.socket() is not None:
-                        await asyncio.sleep(0.005)
-            sock = self._client.socket()
-            if sock is not None:  # the broker did not take it in time: close it ourselves
-                self._drop_socket(sock)
-                sock.close()
-        if self._misc is not None:
-            self._misc.cancel()
+            await self._client.disconnect(timeout=1.0)
+        self.connected.clear()
 
     async def __aenter__(self) -> Publisher:
         await self.start()
@@ -169,104 +118,80 @@ class Publisher:
     # ---- connection ------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        """Connect, wait until the connection is lost, back off, repeat."""
-        assert self._client is not None
+        """Connect, publish until the connection is lost, back off, repeat."""
+        client = self._client
+        assert client is not None
         backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max)
-        first = True
         while True:
-            self._lost.clear()
-            before = self.connects
             try:
-                if first:
-                    first = False
-                    self._client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive)
-                else:
-                    self._client.reconnect()
-            except OSError as e:
-                log.debug("broker %s:%s unreachable: %s", self.cfg.host, self.cfg.port, e)
+                await client.connect(timeout=5.0)
+            except MqttError as e:
+                log.debug("broker %s:%s: %s", self.cfg.host, self.cfg.port, e)
             else:
-                await self._lost.wait()
-                if self.connects > before:
-                    backoff.reset()  # we were up: back off afresh
+                self.connects += 1
+                backoff.reset()  # we were up: back off afresh
+                self._limit = max(1, min(self.cfg.max_inflight, client.server_receive_maximum))
+                log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
+                self.connected.set()
+                self._schedule_pump()
+                why = await client.wait_disconnected()
+                self.connected.clear()
+                log.warning("lost the broker: %s", why)
+                client.close()
             await asyncio.sleep(backoff.next())
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc.is_failure:
-            log.warning("broker refused the connection: %s", rc)
-            return
-        self.connects += 1
-        receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
-        self._limit = min(self.cfg.max_inflight, receive_max or 65535)
-        log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
-        self.connected.set()
-        self._pump_scheduled = True
-        assert self._loop is not None
-        self._loop.call_soon(self._pump)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if self.connected.is_set():
-            log.warning("lost the broker: %s", rc)
-        self.connected.clear()
-        self._lost.set()
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
-        self.published += 1
-        self._outstanding -= 1
-        if self._queue and not self._pump_scheduled:
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled and self.connected.is_set():
             self._pump_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._pump)
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        if not self.connected.is_set() or self._client is None:
+        client = self._client
+        if not self.connected.is_set() or client is None or not client.connected:
             return
+        if self._unacked:  # what the last connection lost goes first, in order
+            self._unacked.sort()
+            self._queue.extendleft(reversed(self._unacked))
+            self._unacked.clear()
         q = self._queue
-        publish = self._client.publish
+        inflight = self._inflight
         qos = self.cfg.qos
         limit = self._limit
-        while q and self._outstanding < limit:
-            topic, payload, props = q[0]
-            info = publish(topic, payload, qos, False, props)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return  # not connected after all: keep it for the next connection
-            q.popleft()
-            self._outstanding += 1
+        publish = client.publish
+        fut = None
+        while q and len(inflight) < limit:
+            item = q.popleft()
+            fut = publish(item[1], item[2], qos, item[3])
+            if fut.done() and fut.exception() is not None:
+                q.appendleft(item)  # not connected after all: keep it for the next connection
+                fut = None
+                break
+            inflight.append((fut, item))
+        if fut is not None:
+            self._watch(fut)
 
-    # ---- paho socket callbacks -> event loop --------------------------------------
+    def _watch(self, fut: asyncio.Future[None]) -> None:
+        if fut is not self._watched:
+            self._watched = fut
+            fut.add_done_callback(self._sweep)
 
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        # up to 64 packets (PUBACKs) per wake-up instead of paho's default of one
-        self._loop.add_reader(sock, functools.partial(client.loop_read, 64))
-        if self._misc is None or self._misc.done():
-            self._misc = self._loop.create_task(self._misc_loop(), name="publish-misc")
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._drop_socket(sock)
-        self.connected.clear()
-        self._lost.set()
-
-    def _drop_socket(self, sock: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-
-    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        self._loop.add_writer(sock, client.loop_write)
-
-    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_writer(sock)
-
-    async def _misc_loop(self) -> None:
-        """Keepalive PINGREQs and timeouts: paho's loop_misc, once a second while open."""
-        assert self._client is not None
-        while self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            await asyncio.sleep(1.0)
+    def _sweep(self, _: object = None) -> None:
+        """Count what the broker acknowledged; keep what a lost connection left unsent."""
+        inflight = self._inflight
+        while inflight and inflight[0][0].done():
+            fut, item = inflight.popleft()
+            if fut.cancelled() or fut.exception() is not None:
+                self._unacked.append(item)  # the connection went: send it again
+            else:
+                self.published += 1
+        if inflight and not self.connected.is_set():
+            return
+        if inflight:  # acknowledged out of order: wait for the newest of them
+            self._watch(inflight[-1][0])
+        if self._queue or self._unacked:
+            self._schedule_pump()
 
 
 def _read_password(path: str) -> str:
