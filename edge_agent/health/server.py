@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -158,12 +159,29 @@ def _path_of(target: str) -> str:
 
 
 def _peer_of(writer: asyncio.StreamWriter) -> str:
-    """The client's address (no port), the unit of the per-client cap."""
+    """The client, the unit of the per-client cap: its IPv4 address, or its IPv6 /64
+    (one host may hold a whole /64, so counting single IPv6 addresses caps nothing)."""
     try:
         peer = writer.get_extra_info("peername")
-        return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
     except Exception:  # an odd transport: count it under one name
         return ""
+    return client_key(host)
+
+
+def client_key(host: str) -> str:
+    """`host` as the per-client cap counts it (see _peer_of)."""
+    if ":" not in host:
+        return host
+    try:
+        addr = ipaddress.IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    if addr.is_loopback:
+        return str(addr)
+    return str(ipaddress.IPv6Network((addr, 64), strict=False))
 
 
 def _json_safe(value: Any) -> Any:

@@ -128,3 +128,14 @@ def _readyz(base_url: str) -> int:
         return http(base_url + "/readyz", timeout=1.0)[0]
     except OSError:
         return 0
+
+
+def test_the_per_client_cap_counts_an_ipv6_client_by_its_64() -> None:
+    from edge_agent.health.server import client_key
+
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9")
+    assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+    assert client_key("fe80::1%eth0") == client_key("fe80::2")
+    assert client_key("::1") == "::1"
