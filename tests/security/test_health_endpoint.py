@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -139,3 +140,28 @@ def test_the_per_client_cap_counts_an_ipv6_client_by_its_64() -> None:
     assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
     assert client_key("fe80::1%eth0") == client_key("fe80::2")
     assert client_key("::1") == "::1"
+
+
+@pytest.mark.slow
+def test_the_running_agent_answers_its_fleet_manager_under_an_idle_flood(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = write_config(tmp_path, broker.port, broker.port)
+    assert cfg.health_port is not None
+    with AgentProcess(cfg) as agent:
+        agent.wait_ready()
+        flood: list[socket.socket] = []
+        try:
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    flood.append(socket.create_connection(
+                        ("127.0.0.1", cfg.health_port), timeout=2,
+                        source_address=("127.0.0.2", 0)))
+            for _ in range(5):
+                t = time.monotonic()
+                status, _, body = http(cfg.base_url + "/healthz", timeout=3.0)
+                assert status == 200, (status, body[:200])
+                assert time.monotonic() - t < 2.0
+        finally:
+            for s in flood:
+                s.close()
