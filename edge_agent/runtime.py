@@ -39,7 +39,8 @@ from edge_agent.batches.builder import (
     deflate,
     encode_batch,
 )
-from edge_agent.buffer.store import Checkpoint, NewBatch, OutboxRow, Store
+from edge_agent.buffer.outbox import Outbox
+from edge_agent.buffer.store import Checkpoint, NewBatch, Store
 from edge_agent.config import Config, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.health.server import HealthServer
@@ -131,6 +132,7 @@ class Agent:
             when_full=cfg.buffer.when_full,
             ttl=cfg.buffer.ttl,
         )
+        self.outbox = Outbox(self.store, ttl=cfg.buffer.ttl, live_share=cfg.upstream.live_share)
         self.pipelines: list[_Pipeline] = [
             _build_pipeline(p, cfg.local.max_future_skew) for p in cfg.pipelines
         ]
@@ -146,9 +148,7 @@ class Agent:
         self.local_lost_since: float | None = None
         self.subscribed = False
         self.disk_full = False
-        self.last_drop_at: float | None = None
-        self.batches_dropped = 0
-        self.dropped_by_reason: Counter[str] = Counter()
+        self.commit_error = ""  # the last checkpoint's failure, "" once one commits
         self.messages_qos0 = 0
         self.messages_duplicate = 0
         self.messages_shed = 0  # QoS 0 messages dropped on arrival while overloaded
@@ -209,7 +209,7 @@ class Agent:
             self.uplink = Uplink(
                 self.cfg.upstream,
                 client_id=f"edge-agent-{self.cfg.agent.id}-up",
-                store=self.store,
+                outbox=self.outbox,
                 password=password,
                 max_inflight=self.cfg.upstream.max_inflight,
                 status=self._status_payload,
@@ -565,7 +565,7 @@ class Agent:
                 if deflating:
                     payload = deflate(payload)
                 priority = 1 if sid == STREAM_PRIORITY else 0
-                cp.batches.append(NewBatch(sid, seq, topics[sid], payload, now_w, priority))
+                cp.batches.append(NewBatch(sid, seq, topics[sid], payload, now_w, priority, now_m))
             if cuts:
                 cp.seqs[counter] = self.seqs[counter]
                 cp.pending_done[sid] = stream.first_n
@@ -585,8 +585,6 @@ class Agent:
                 p.engine.take_dirty()
         self._pending_add = []
         self._held_dirty = set()
-        assert self.uplink is not None
-        cp.acked = self.uplink.take_acked()
         return cp
 
     async def commit(self, force_cut: bool = False) -> bool:
@@ -597,46 +595,31 @@ class Agent:
             cp = _merge(self._failed, cp)
             acks = self._failed_acks + acks
             self._failed = None
-        if cp.empty() and not acks:
+        if cp.empty() and not acks and not self.outbox.owes_database():
             return True
         try:
-            result = await self.store.commit(cp, time.time())
+            await self.outbox.commit(cp)
         except sqlite3.Error as exc:
             self._failed, self._failed_acks = cp, acks
             full = "full" in str(exc).lower()
             if full and not self.disk_full:
                 log.error("state_dir %s: disk full; readings stay unacknowledged until space returns",
                           self.cfg.agent.state_dir)
-            elif not full:
-                log.error("checkpoint failed: %s", exc)
+            elif not full and str(exc) != self.commit_error:
+                log.error("checkpoint failed (retried, nothing is dropped): %s", exc)
             self.disk_full = full
+            self.commit_error = str(exc)
             return False
-        if self.disk_full:
+        if self.disk_full or self.commit_error:
             log.info("state_dir writable again: checkpoints resumed")
         self.disk_full = False
+        self.commit_error = ""
         local = self.local
         if local is not None:
             local.ack_many(acks)
             if local.reading_paused and self._taking:
                 local.resume_reading()
         self._over_budget = False
-        assert self.uplink is not None
-        self.uplink.committed_deletions(cp.acked)
-        if result.dropped_ids:
-            self.uplink.forget(result.dropped_ids)
-            n = len(result.dropped_ids)
-            self.batches_dropped += n
-            self.dropped_by_reason.update(result.dropped)
-            self.last_drop_at = time.monotonic()
-            log.warning("buffer dropped %d batch(es): %s", n,
-                        ", ".join(f"{k} {v}" for k, v in result.dropped.items()))
-        dropped = set(result.dropped_ids)
-        rows = [
-            OutboxRow(i, b.stream, b.seq, b.topic, b.payload, b.sent, b.priority)
-            for i, b in zip(result.ids, cp.batches, strict=True)
-            if i not in dropped
-        ]
-        self.uplink.offer(rows)
         return True
 
     async def _reclaim_loop(self) -> None:
@@ -678,7 +661,7 @@ class Agent:
         link = "upstream connected" if up and up.connected else "upstream unreachable, buffering"
         return (f"{c['readings_in']} readings in, {c['windows_emitted']} windows, "
                 f"{c['batches_sent']} batches sent; {link}; "
-                f"{self.store.outbox_batches} batches buffered")
+                f"{self.outbox.batches} batches buffered")
 
     async def _status_loop(self) -> None:
         while True:
@@ -758,7 +741,7 @@ class Agent:
         if gone:
             cp = Checkpoint(windows_gone=gone)
             with contextlib.suppress(sqlite3.Error):
-                await self.store.commit(cp, time.time())
+                await self.outbox.commit(cp)
         local = self.local
         try:  # the password file is reread on every reload, like upstream's
             local_password = read_password(new.local.password_file, "local")
@@ -877,8 +860,8 @@ class Agent:
         for p in self.pipelines:
             for k, v in p.counters().items():
                 totals[k] += v
-        totals["batches_sent"] = self.uplink.batches_sent if self.uplink else 0
-        totals["batches_dropped"] = self.batches_dropped
+        totals["batches_sent"] = self.outbox.batches_sent
+        totals["batches_dropped"] = self.outbox.batches_dropped
         return totals
 
     def health_status(self) -> tuple[str, list[str]]:
@@ -894,11 +877,19 @@ class Agent:
             local_lost_since=self.local_lost_since,
             upstream_connected=bool(up and up.connected),
             upstream_lost_since=up.lost_since if up else self.started,
-            last_drop_at=self.last_drop_at,
+            last_drop_at=self.outbox.last_drop_at,
             state_dir_writable=writable,
             disk_full=self.disk_full,
         )
         status, reasons = evaluate(facts)
+        for aside, why in self.store.quarantined:
+            # Loud until a restart: buffered batches in that file are not sent.
+            reasons.append(f"state database was corrupt ({why}); moved to {aside}")
+            if status == "ok":
+                status = "degraded"
+        if self.commit_error and not self.disk_full:
+            reasons.append(f"checkpoints failing, retried: {self.commit_error}")
+            status = "failing"
         if self.overloaded:
             reasons.append(f"ingest overloaded: event loop {self.loop_lag:.1f} s late, "
                            f"{self.messages_shed} QoS 0 messages shed")
@@ -910,7 +901,7 @@ class Agent:
         now = time.monotonic()
         up = self.uplink
         status, reasons = self.health_status()
-        oldest = self.store.outbox_oldest_sent
+        oldest = self.outbox.oldest_age()
         rejects: Counter[str] = Counter()
         for p in self.pipelines:
             rejects.update(p.rejects)
@@ -927,15 +918,15 @@ class Agent:
                 "last_ack_age_s": round(now - up.last_ack, 3) if up and up.last_ack else None,
             },
             "buffer": {
-                "batches": self.store.outbox_batches,
+                "batches": self.outbox.batches,
                 "bytes": self.store.disk_bytes(),
-                "oldest_age_s": round(max(0.0, time.time() - oldest), 3) if oldest else None,
+                "oldest_age_s": round(oldest, 3) if oldest is not None else None,
             },
             "counters": self.counters(),
             "system": self.probe.sample(),
             "pipelines": {p.name: p.counters() for p in self.pipelines},
             "rejected_by_reason": dict(rejects),
-            "dropped_by_reason": dict(self.dropped_by_reason),
+            "dropped_by_reason": dict(self.outbox.dropped_by_reason),
             "messages": {
                 "qos0": self.messages_qos0,
                 "duplicates": self.messages_duplicate,
@@ -947,6 +938,8 @@ class Agent:
                 "paused": bool(self.local and self.local.reading_paused),
                 "pauses": self.ingest_pauses,
             },
+            # #11.5: corrupt files moved aside (counted), and a failing checkpoint.
+            "state": {"quarantined": len(self.store.quarantined), "commit_error": self.commit_error or None},
             "uplink": {
                 "inflight": up.inflight if up else 0,
                 "window": up.window.limit if up else 0,
@@ -1021,6 +1014,7 @@ def _merge(old: Checkpoint, new: Checkpoint) -> Checkpoint:
     out.windows_gone = old.windows_gone + new.windows_gone
     out.held = {**old.held, **new.held}
     out.acked = old.acked + new.acked
+    out.drops = old.drops + new.drops
     return out
 
 

@@ -202,6 +202,16 @@ def format_duration(seconds: float) -> str:
     return f"{seconds!r}s"
 
 
+def min_buffer_bytes(max_batch_bytes: int) -> int:
+    """The smallest `buffer.max_bytes` that works at all: 128 KiB + 2 x max_batch_bytes.
+
+    The store keeps the WAL within 2 x 64 KiB at this size and the -shm index
+    takes 32 KiB (edge_agent.buffer.store); the rest holds SQLite's own pages and
+    a full batch (256 KiB with the default 64 KiB batches).
+    """
+    return 128 * 1024 + 2 * max_batch_bytes
+
+
 def format_size(n: int) -> str:
     """Largest binary unit that divides `n` exactly (`65536` -> `"64KiB"`)."""
     for unit, mult in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):

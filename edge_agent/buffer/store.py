@@ -9,7 +9,7 @@ that transaction commits (see `edge_agent.runtime`).
 
 Tables:
   meta(k, v)                 seq counters per stream, subscribed filters
-  outbox(id, stream, seq, topic, payload, sent)   batches not yet PUBACKed
+  outbox(id, stream, seq, topic, payload, sent, priority, born)  batches not yet PUBACKed
   pending(stream, n, record) records not yet cut into a batch (n: arrival order)
   windows(pipeline, key, state)                   open window state per key
   held(block, fps)           delivery fingerprints, 256 packet ids per row
@@ -24,6 +24,19 @@ returned to the file system by `reclaim`. The bound is measured in pages, not in
 payload bytes: a 5,000-byte batch takes two 4 KiB pages, and that is what the
 SD card holds. Margin: a single transaction's new pages may pass the WAL cap
 until the next checkpoint truncates it.
+
+The bound is on the backlog (SPEC 1): `commit(..., keep=ids, keep_new=True)`
+leaves the batches the uplink is moving (in flight, or just built while it is
+connected) out of the count, so a healthy uplink never causes a drop, whatever
+the bound; they are on disk for the moment until their PUBACK.
+
+Ages (`ttl`, the oldest batch's age) run on the monotonic clock: each batch keeps
+its wall-clock `sent` (part of its bytes) and `born`, time.monotonic() when it
+was built. CLOCK_MONOTONIC is shared by every process of one boot, so `born`
+stays valid across restarts of the agent; after a reboot (another boot_id) each
+batch's `born` is rebased once, at open, to the age its `sent` shows on the wall
+clock then (never negative: a clock set back by a missing RTC makes a batch
+younger, never older).
 """
 
 from __future__ import annotations
@@ -45,7 +58,9 @@ import aiosqlite
 
 from edge_agent.errors import StateError
 
-__all__ = ["Checkpoint", "CommitResult", "NewBatch", "OutboxRow", "Restored", "Store", "wal_limit"]
+__all__ = [
+    "Checkpoint", "CommitResult", "NewBatch", "OutboxRow", "Restored", "Store", "boot_id", "wal_limit",
+]
 
 log = logging.getLogger("edge_agent.buffer")
 
@@ -55,6 +70,15 @@ SEQ_RESERVE = 10_000
 SCHEMA_VERSION = 1
 _SHM_BYTES = 32 * 1024  # the WAL index (-shm) of a WAL smaller than ~4 MiB
 _NOT_STORED = -1  # the id of a batch dropped before it was written (CommitResult.ids/dropped_ids)
+
+
+def boot_id() -> str:
+    """This boot's id: time.monotonic() values compare only within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def wal_limit(max_bytes: int) -> int:
@@ -70,7 +94,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     sent REAL NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0
+    priority INTEGER NOT NULL DEFAULT 0,
+    born REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_drop_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS pending (
@@ -93,6 +118,7 @@ class NewBatch:
     payload: bytes
     sent: float
     priority: int = 0
+    born: float | None = None  # time.monotonic() when built; None: from `sent` (its wall-clock age)
 
 
 @dataclass(slots=True)
@@ -107,10 +133,14 @@ class Checkpoint:
     windows_gone: list[str] = field(default_factory=list)  # pipelines removed by a reload
     held: dict[int, bytes] = field(default_factory=dict)  # block -> 1 KiB of fingerprints
     acked: list[tuple[int, int]] = field(default_factory=list)  # (outbox id, payload size) PUBACKed
+    # (outbox id, payload size) dropped by policy outside the store (ttl, seen by the
+    # outbox before sending): deleted here, counted by whoever dropped them.
+    drops: list[tuple[int, int]] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (
             self.batches
+            or self.drops
             or self.pending_add
             or self.pending_done
             or any(self.windows.values())
@@ -129,6 +159,7 @@ class OutboxRow:
     payload: bytes
     sent: float
     priority: int = 0
+    born: float = 0.0  # time.monotonic() when built (see the module doc)
 
 
 @dataclass(slots=True)
@@ -173,13 +204,23 @@ class Store:
         self.outbox_batches = 0
         self.outbox_payload_bytes = 0
         self.outbox_oldest_sent: float | None = None
+        self.outbox_oldest_born: float | None = None  # monotonic
         self.page_size = 4096
         self._seq_floor: dict[int, int] = {}  # stream -> seq below which numbers may be in use
         self._lock = asyncio.Lock()  # one transaction at a time (commit and reclaim interleave)
+        self.quarantined: list[tuple[str, str]] = []  # (moved to, why): corrupt files set aside
+        self.last_error = ""
 
     # -- open / restore ---------------------------------------------------
 
-    async def open(self) -> Restored:
+    async def open(self, retry_for: float = 60.0) -> Restored:
+        """Open (or create) the database and read back what it holds.
+
+        Only proven corruption (not a database, or quick_check fails) moves a file
+        aside, loudly (`quarantined`, logged); any other error (locked by another
+        process, read-only, I/O error, disk full) is retried for `retry_for` seconds
+        with nothing moved, then raised as StateError.
+        """
         try:
             # 0700/0600: readings and batches are nobody else's business (issue 13)
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -188,29 +229,45 @@ class Store:
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise StateError(f"state_dir {self.state_dir}: not writable by this user")
         self._seq_floor = self._read_seq_floor()
-        try:
-            return await self._open_once()
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
-                raise StateError(f"state_dir {self.state_dir}: disk full") from exc
-            await self._close_quietly()
-            aside = self._move_aside(str(exc))
-            seqs = _salvage_seqs(aside)
-            for k, v in self._seq_floor.items():
-                seqs[k] = max(seqs.get(k, 0), v)
-            log.error("state database %s is unreadable (%s); moved it to %s and started a fresh one",
-                      self.path, exc, aside)
+        deadline = time.monotonic() + retry_for
+        delay = 0.1
+        while True:
             try:
-                restored = await self._open_once()
-                if seqs:
-                    # seq is never reused (SPEC 4): carry on above what the old file issued.
-                    await self.set_meta((f"seq:{k}", v) for k, v in seqs.items())
-                    restored.seqs.update(seqs)
-                    log.warning("kept the seq counters of the unreadable database: %s", seqs)
-                return restored
-            except sqlite3.Error as again:
+                return await self._open_once()
+            except sqlite3.DatabaseError as exc:
                 await self._close_quietly()
-                raise StateError(f"state_dir {self.state_dir}: cannot start a fresh database: {again}") from again
+                if is_corrupt(exc):
+                    return await self._quarantine(exc)
+                self.last_error = str(exc)
+                if time.monotonic() >= deadline:
+                    what = "disk full" if _is_disk_full(exc) else str(exc)
+                    raise StateError(f"state_dir {self.state_dir}: {what} (nothing was moved)") from exc
+                if delay == 0.1:
+                    log.error("state database %s cannot be opened: %s; retrying, nothing is moved",
+                              self.path, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _quarantine(self, exc: sqlite3.DatabaseError) -> Restored:
+        """Proven corruption: move the file aside, loudly, and start a fresh one."""
+        aside = self._move_aside(str(exc))
+        self.quarantined.append((str(aside), str(exc)))
+        seqs = _salvage_seqs(aside)
+        for k, v in self._seq_floor.items():
+            seqs[k] = max(seqs.get(k, 0), v)
+        log.error("state database %s is unreadable, corrupt (%s); moved it to %s and started a fresh one",
+                  self.path, exc, aside)
+        try:
+            restored = await self._open_once()
+            if seqs:
+                # seq is never reused (SPEC 4): carry on above what the old file issued.
+                await self.set_meta((f"seq:{k}", v) for k, v in seqs.items())
+                restored.seqs.update(seqs)
+                log.warning("kept the seq counters of the corrupt database: %s", seqs)
+            return restored
+        except sqlite3.Error as again:
+            await self._close_quietly()
+            raise StateError(f"state_dir {self.state_dir}: cannot start a fresh database: {again}") from again
 
     async def _open_once(self) -> Restored:
         # SQLite creates a new file 0644 (less the umask) and gives its -wal and -shm
@@ -227,8 +284,12 @@ class Store:
         async with db.execute("PRAGMA quick_check") as cur:
             row = await cur.fetchone()
         if row is None or row[0] != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+            raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
         await db.executescript(_SCHEMA)
+        async with db.execute("SELECT name FROM pragma_table_info('outbox')") as cur:
+            columns = {r[0] async for r in cur}
+        if "born" not in columns:  # a file from before ages ran on the monotonic clock
+            await db.execute("ALTER TABLE outbox ADD COLUMN born REAL")
         async with db.execute("PRAGMA page_size") as cur:
             self.page_size = int((await cur.fetchone())[0])  # type: ignore[index]
         await db.execute(f"PRAGMA wal_autocheckpoint = {max(8, limit // 2 // self.page_size)}")
@@ -237,6 +298,12 @@ class Store:
             async for k, v in cur:
                 meta[k] = v
         seqs = {int(k[4:]): int(v) for k, v in meta.items() if k.startswith("seq:")}
+        boot = boot_id()
+        if meta.get("boot") != boot or not boot:
+            # Another boot: monotonic times from it mean nothing now. Each batch's age
+            # restarts from what its wall-clock `sent` shows (never below 0).
+            await db.execute("UPDATE outbox SET born = ? - max(0.0, ? - sent)", (time.monotonic(), time.time()))
+            await db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('boot', ?)", (boot,))
         pending: dict[int, list[tuple[int, bytes]]] = {}
         async with db.execute("SELECT stream, n, record FROM pending ORDER BY stream, n") as cur:
             async for stream, n, rec in cur:
@@ -251,9 +318,10 @@ class Store:
                 held[b] = f
         async with db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox") as cur:
             n, size = await cur.fetchone()  # type: ignore[misc]
-        async with db.execute("SELECT sent FROM outbox ORDER BY id LIMIT 1") as cur:
+        async with db.execute("SELECT sent, born FROM outbox ORDER BY id LIMIT 1") as cur:
             row = await cur.fetchone()
         oldest = row[0] if row else None
+        self.outbox_oldest_born = row[1] if row else None
         self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = int(n), int(size), oldest
         return Restored(seqs, pending, windows, held, int(n), int(size), oldest, meta)
 
@@ -282,12 +350,29 @@ class Store:
 
     # -- the one transaction ---------------------------------------------
 
-    async def commit(self, cp: Checkpoint, now: float) -> CommitResult:
-        """Make a checkpoint durable in one transaction; apply the buffer bounds."""
-        async with self._lock:
-            return await self._commit(cp, now)
+    async def commit(
+        self,
+        cp: Checkpoint,
+        now: float | None = None,
+        *,
+        keep: dict[int, int] | None = None,
+        keep_new: bool = False,
+    ) -> CommitResult:
+        """Make a checkpoint durable in one transaction; apply the buffer bounds.
 
-    async def _commit(self, cp: Checkpoint, now: float) -> CommitResult:
+        `keep` (outbox id -> payload size: batches in flight) and, with `keep_new`,
+        the checkpoint's new batches are not backlog: never dropped, not counted
+        against the bound. Ages are monotonic; `now`, a wall-clock time, only
+        shifts the commit's "now" by `now - time.time()` (tests simulate time
+        with it; the agent passes None).
+        """
+        async with self._lock:
+            mono = time.monotonic()
+            if now is not None:
+                mono += now - time.time()
+            return await self._commit(cp, mono, keep or {}, keep_new)
+
+    async def _commit(self, cp: Checkpoint, mono: float, keep: dict[int, int], keep_new: bool) -> CommitResult:
         db = self._require()
         ids: list[int] = []
         dropped: dict[str, int] = {}
@@ -306,9 +391,16 @@ class Store:
                 ) as cur:
                     sizes = [r[0] async for r in cur]
                 acked_n, acked_bytes = len(sizes), sum(sizes)
+            if cp.drops:
+                async with db.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?)) RETURNING length(payload)",
+                    (json.dumps([i for i, _ in cp.drops]),),
+                ) as cur:
+                    sizes = [r[0] async for r in cur]
+                acked_n, acked_bytes = acked_n + len(sizes), acked_bytes + sum(sizes)
             victims: list[tuple[int, int]] = []
-            await self._expire(db, now, dropped, victims)
-            if cp.batches and self.when_full == "drop_oldest":
+            await self._expire(db, mono, dropped, victims, keep)
+            if cp.batches and self.when_full == "drop_oldest" and not keep_new:
                 # Make room first, so the file does not grow past the budget mid-transaction.
                 incoming = sum(self._row_cost(len(b.payload)) for b in cp.batches)
                 # Room is made from stored batches no more urgent than the incoming
@@ -316,9 +408,9 @@ class Store:
                 # (what still does not fit is dropped by the fit after the insert,
                 # lowest priority first).
                 top = max(b.priority for b in cp.batches)
-                await self._fit(db, self.file_budget - incoming, dropped, victims, max_priority=top)
+                await self._fit(db, self.file_budget - incoming, dropped, victims, max_priority=top, keep=keep)
             skip: set[int] = set()
-            if cp.batches and self.when_full == "drop_newest":
+            if cp.batches and self.when_full == "drop_newest" and not keep_new:
                 # The incoming batches are the newest: the ones that do not fit are
                 # dropped before they are written, so the file never passes the budget.
                 # A high-priority batch goes in; _fit below drops a normal one for it.
@@ -334,11 +426,14 @@ class Store:
                     ids.append(_NOT_STORED)
                     dropped_ids.append(_NOT_STORED)
                     continue
+                born = b.born if b.born is not None else time.monotonic() - max(0.0, time.time() - b.sent)
                 cur = await db.execute(
-                    "INSERT INTO outbox (stream, seq, topic, payload, sent, priority) VALUES (?, ?, ?, ?, ?, ?)",
-                    (b.stream, b.seq, b.topic, b.payload, b.sent, b.priority),
+                    "INSERT INTO outbox (stream, seq, topic, payload, sent, priority, born) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (b.stream, b.seq, b.topic, b.payload, b.sent, b.priority, born),
                 )
                 ids.append(int(cur.lastrowid or 0))
+                if keep_new:
+                    keep[ids[-1]] = len(b.payload)
             if skip:
                 dropped["full"] = dropped.get("full", 0) + len(skip)
             if cp.seqs:
@@ -362,7 +457,7 @@ class Store:
             if cp.held:
                 await db.executemany("INSERT OR REPLACE INTO held VALUES (?, ?)", list(cp.held.items()))
             if cp.batches:
-                await self._fit(db, self.file_budget, dropped, victims)
+                await self._fit(db, self.file_budget, dropped, victims, keep=keep)
             dropped_ids.extend(i for i, _ in victims)
             batches = self.outbox_batches + len(cp.batches) - len(skip) - acked_n - len(victims)
             size = (
@@ -371,28 +466,37 @@ class Store:
                 - acked_bytes
                 - sum(n for _, n in victims)
             )
-            oldest = self.outbox_oldest_sent
-            if cp.acked or dropped_ids or oldest is None:
-                async with db.execute("SELECT sent FROM outbox ORDER BY id LIMIT 1") as cur:
+            oldest, oldest_born = self.outbox_oldest_sent, self.outbox_oldest_born
+            if cp.acked or cp.drops or dropped_ids or oldest is None:
+                async with db.execute("SELECT sent, born FROM outbox ORDER BY id LIMIT 1") as cur:
                     row = await cur.fetchone()
-                oldest = row[0] if row else None
+                oldest, oldest_born = (row[0], row[1]) if row else (None, None)
             await db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 await db.execute("ROLLBACK")
             raise
         self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = batches, size, oldest
+        self.outbox_oldest_born = oldest_born
         return CommitResult(ids, dropped, dropped_ids)
 
     async def _expire(
-        self, db: aiosqlite.Connection, now: float, dropped: dict[str, int], victims: list[tuple[int, int]]
+        self,
+        db: aiosqlite.Connection,
+        mono: float,
+        dropped: dict[str, int],
+        victims: list[tuple[int, int]],
+        keep: dict[int, int],
     ) -> None:
-        """Drop batches older than ttl (counted from their `sent`)."""
-        oldest = self.outbox_oldest_sent
-        if self.ttl <= 0 or oldest is None or oldest >= now - self.ttl:
+        """Drop batches older than ttl (counted from their `sent`, on the monotonic clock).
+
+        Batches in flight (`keep`) were sent in time: their PUBACK decides.
+        """
+        oldest = self.outbox_oldest_born
+        if self.ttl <= 0 or oldest is None or oldest >= mono - self.ttl:
             return
-        async with db.execute("SELECT id, length(payload) FROM outbox WHERE sent < ?", (now - self.ttl,)) as cur:
-            old = [(r[0], r[1]) async for r in cur]
+        async with db.execute("SELECT id, length(payload) FROM outbox WHERE born < ?", (mono - self.ttl,)) as cur:
+            old = [(r[0], r[1]) async for r in cur if r[0] not in keep]
         if old:
             await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in old])
             dropped["ttl"] = dropped.get("ttl", 0) + len(old)
@@ -405,9 +509,15 @@ class Store:
         dropped: dict[str, int],
         victims: list[tuple[int, int]],
         max_priority: int | None = None,
+        keep: dict[int, int] | None = None,
     ) -> None:
-        """Drop batches by the when_full policy until the pages in use fit `budget`."""
-        used = await self._used_bytes(db)
+        """Drop batches by the when_full policy until the pages in use fit `budget`.
+
+        Batches in `keep` are not backlog: neither dropped nor counted.
+        """
+        keep = keep or {}
+        moving = sum(self._row_cost(n) for n in keep.values())
+        used = await self._used_bytes(db) - moving
         if used <= budget:
             return
         order = "ASC" if self.when_full == "drop_oldest" else "DESC"
@@ -424,13 +534,15 @@ class Store:
                 async for i, size in cur:
                     if freed >= excess:
                         break
+                    if i in keep:
+                        continue
                     chosen.append((i, size))
                     freed += self._row_cost(size)
             if not chosen:
                 break  # nothing left to drop: the other tables hold the rest
             await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in chosen])
             victims.extend(chosen)
-            used = await self._used_bytes(db)
+            used = await self._used_bytes(db) - moving
             if used <= budget:
                 break
         if len(victims) > n0:
@@ -479,7 +591,7 @@ class Store:
         else:
             sql, args = "WHERE priority = ? AND id > ?", (priority, after_id, limit)
         async with db.execute(
-            f"SELECT id, stream, seq, topic, payload, sent, priority FROM outbox {sql} ORDER BY id LIMIT ?",
+            f"SELECT id, stream, seq, topic, payload, sent, priority, born FROM outbox {sql} ORDER BY id LIMIT ?",
             args,
         ) as cur:
             return [OutboxRow(*r) async for r in cur]
@@ -552,6 +664,26 @@ def _salvage_seqs(path: Path) -> dict[int, int]:
     finally:
         db.close()
     return seqs
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    """quick_check found the file damaged."""
+
+
+# SQLite's primary result codes that prove a damaged file (sqlite3.h).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def is_corrupt(exc: sqlite3.Error) -> bool:
+    """Proven corruption, as opposed to locked, read-only, I/O error or disk full."""
+    if isinstance(exc, _Corrupt):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
 
 
 def _is_disk_full(exc: BaseException) -> bool:

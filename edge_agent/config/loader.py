@@ -35,6 +35,8 @@ from edge_agent.config.schema import (
 )
 from edge_agent.errors import ConfigError
 from edge_agent.units import (
+    format_size,
+    min_buffer_bytes,
     show_value,
 )
 
@@ -232,6 +234,7 @@ class _Validator:
         for section in _SCHEMA:
             sections[section] = self.section(section)
         pipelines = self.pipelines()
+        self.check_buffer(sections["buffer"], sections["upstream"])
         if self.errors:
             self.errors.sort(key=lambda e: e[0])
             raise ConfigError("\n".join(msg for _, msg in self.errors))
@@ -343,6 +346,18 @@ class _Validator:
         ):
             self.error(("local", "client_id"), "longer than 65535 bytes")
         return _SECTION_TYPES[name](**values)
+
+    def check_buffer(self, buffer: Any, upstream: Any) -> None:
+        """#11.1: a bound too small to hold one batch and SQLite's own pages cannot work."""
+        if buffer is None or upstream is None:
+            return
+        least = min_buffer_bytes(upstream.max_batch_bytes)
+        if buffer.max_bytes < least:
+            self.conflict(
+                ("buffer", "max_bytes"), ("upstream", "max_batch_bytes"),
+                f"too small to work: the minimum is {format_size(least)} "
+                f"(128KiB + 2 x upstream.max_batch_bytes), got {format_size(buffer.max_bytes)}",
+            )
 
     def check_topics(self, agent_id: str) -> None:
         """Topics with `{agent}` expanded must still be valid topic names."""

@@ -1,19 +1,10 @@
-"""Batches leave through here: outbox -> upstream broker, oldest first.
+"""Batches leave through here: outbox -> upstream broker.
 
-A batch leaves the outbox only after its PUBACK (the runtime deletes it in its
-next commit). The in-memory queue mirrors the outbox's tail while it is small;
-after a disconnect, at start, or when the queue would grow too large, it is
-refilled from the database in id order, so a 100,000-batch backlog costs a page
-of memory, not the whole backlog.
-
-Batches of `priority = "high"` pipelines have their own queue, always served
-first; within a priority, batches leave in id (= seq) order.
-
-With `upstream.live_share` > 0 (default 0: strict seq order, as SPEC 4 says), the
-batches built since the uplink last (re)connected ("live") get that share of the
-sends while an older backlog drains, so fresh data leaves within a bounded delay
-even behind a long outage on a thin link. Each flow stays in seq order; a
-consumer that keeps the newest rev per window and deduplicates on seq is unaffected.
+The uplink keeps a connection to the upstream broker and, while connected, asks
+the Outbox (edge_agent.buffer.outbox) for the next batch, publishes it within the
+rate limit and the adaptive in-flight window, and reports each PUBACK back. It
+holds no batch state of its own: which batch goes next, what is in flight, acked
+or dropped is the Outbox's.
 """
 
 from __future__ import annotations
@@ -27,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.batches.builder import is_deflated
-from edge_agent.buffer.store import OutboxRow, Store
+from edge_agent.buffer.outbox import Outbox
+from edge_agent.buffer.store import OutboxRow
 from edge_agent.config import UpstreamSection
 from edge_agent.errors import EdgeAgentError
 from edge_agent.mqtt import MqttClient, MqttError, TlsSettings, Will
@@ -40,9 +32,6 @@ log = logging.getLogger("edge_agent.uplink")
 
 CONTENT_TYPE = "application/cbor"
 DEFLATE = ("content-encoding", "deflate")  # MQTT 5 user property of a compressed batch (SPEC 4)
-_MEMORY_ROWS = 2000  # rows mirrored in memory before the queue falls back to the database
-_MEMORY_BYTES = 4 * 1024 * 1024  # and payload bytes: a backlog stays on disk, not in RAM
-_PAGE = 500
 
 
 class Uplink:
@@ -53,7 +42,7 @@ class Uplink:
         cfg: UpstreamSection,
         *,
         client_id: str,
-        store: Store,
+        outbox: Outbox,
         max_inflight: int = 64,
         ack_timeout: float = 30.0,
         password: str = "",
@@ -62,23 +51,14 @@ class Uplink:
     ) -> None:
         self.cfg = cfg
         self.client_id = client_id
-        self.store = store
+        self.outbox = outbox
+        outbox.on_new = self._wake_up
         self.max_inflight = max_inflight
         self.ack_timeout = ack_timeout
         self.password = password
         self.connected = False
         self.lost_since: float | None = time.monotonic()  # unreachable until the first CONNACK
-        self.last_ack: float | None = None
         self.last_error = ""
-        self.batches_sent = 0
-        self.acked: list[tuple[int, int]] = []  # (id, size), taken by the runtime's commit
-        self._classes = {p: _Class(p) for p in (1, 0)}  # served in this order
-        self._live = _Class(0)  # with live_share: batches newer than the last reconnect
-        self._live.backlog = False
-        self._boundary = 0  # highest outbox id offered before the last reconnect
-        self._sent_live = 0
-        self._sent_backlog = 0
-        self._skip: set[int] = set()  # acked or dropped, maybe still in the database
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
         self._client: MqttClient | None = None
@@ -110,72 +90,17 @@ class Uplink:
                 self._client.close()  # the run loop sees the loss, rewinds and reconnects
             self._kick.set()
 
-    # -- fed by the runtime ---------------------------------------------
+    @property
+    def batches_sent(self) -> int:
+        return self.outbox.batches_sent
 
-    def offer(self, rows: list[OutboxRow]) -> None:
-        """Newly committed batches, in id order."""
-        if not rows:
-            return
-        for row in rows:
-            self._class_of(row).offer(row)
-        self._wake_up()
-
-    def _class_of(self, row: OutboxRow) -> _Class:
-        if row.priority > 0:
-            return self._classes[1]
-        if self.cfg.live_share > 0 and row.id > self._boundary:
-            return self._live
-        return self._classes[0]
-
-    def forget(self, ids: list[int]) -> None:
-        """Batches the buffer policy dropped: never send them."""
-        if ids:
-            # Already deleted from the database (this follows their commit), so a
-            # reload cannot bring them back: only the in-memory queues hold them.
-            gone = set(ids)
-            for c in (*self._classes.values(), self._live):
-                c.queue = deque(r for r in c.queue if r.id not in gone)
-
-    def take_acked(self) -> list[tuple[int, int]]:
-        acked, self.acked = self.acked, []
-        return acked
-
-    def committed_deletions(self, ids: list[tuple[int, int]]) -> None:
-        """The runtime deleted these from the database: stop remembering them."""
-        self._skip.difference_update(i for i, _ in ids)
+    @property
+    def last_ack(self) -> float | None:
+        return self.outbox.last_ack
 
     @property
     def queued(self) -> int:
-        return sum(len(c.queue) for c in (*self._classes.values(), self._live))
-
-    @property
-    def _backlog(self) -> bool:
-        return any(c.backlog for c in (*self._classes.values(), self._live))
-
-    def _head(self, c: _Class) -> OutboxRow | None:
-        q = c.queue
-        while q and q[0].id in self._skip:
-            q.popleft()
-        return q[0] if q else None
-
-    def _next_row(self) -> OutboxRow | None:
-        """The next batch to send: high priority first, then backlog and live by share."""
-        high = self._head(self._classes[1])
-        if high is not None:
-            return high
-        old, live = self._head(self._classes[0]), self._head(self._live)
-        if old is None or live is None:
-            return old or live
-        total = self._sent_live + self._sent_backlog
-        return live if self._sent_live < self.cfg.live_share * (total + 1) else old
-
-    def _pop(self, row: OutboxRow) -> None:
-        c = self._class_of(row)
-        if c is self._live:
-            self._sent_live += 1
-        elif c is self._classes[0]:
-            self._sent_backlog += 1
-        c.queue.popleft()
+        return self.outbox.queued
 
     # -- the connection loop ----------------------------------------------
 
@@ -207,8 +132,8 @@ class Uplink:
                 self._note_error(str(exc))
                 await self._pause(backoff.next())
                 continue
-            if self.cfg.live_share > 0:
-                await self._split_backlog()
+            self.outbox.live_share = self.cfg.live_share
+            await self.outbox.link_up()
             # Never more in flight than the broker accepts (paho does not enforce it).
             self.window.cap(client.server_receive_maximum)
             self._client = client
@@ -227,7 +152,7 @@ class Uplink:
                 self.lost_since = time.monotonic()
                 self._client = None
                 client.close()
-                self._rewind()
+                self.outbox.link_down()
             await self._pause(backoff.next())
 
     # -- device status ----------------------------------------------------
@@ -278,23 +203,6 @@ class Uplink:
             log.warning("upstream %s:%d unreachable: %s", self.cfg.host, self.cfg.port, why)
         self.last_error = why
 
-    def _rewind(self) -> None:
-        """After a disconnect, every unacknowledged batch goes again, in order."""
-        for c in self._classes.values():
-            c.rewind()
-        self._live.queue.clear()
-
-    async def _split_backlog(self) -> None:
-        """On connect (live_share > 0): what is committed now is the backlog, what is
-        built from here on is live. Both were rewound, so nothing is queued twice."""
-        self._boundary = max(await self.store.max_outbox_id(), self._live.offered,
-                             *(c.offered for c in self._classes.values()))
-        self._classes[0].upper = self._boundary
-        self._live.cursor = self._live.offered = self._boundary
-        self._live.backlog = False
-        self._live.queue.clear()
-        self._sent_live = self._sent_backlog = 0
-
     async def _send_until_lost(self, client: MqttClient) -> None:
         # Hot loop of a backlog drain: per batch one publish, one completion callback
         # and (when idle) one future to sleep on; no tasks, no asyncio.wait.
@@ -302,7 +210,7 @@ class Uplink:
         done: deque[tuple[OutboxRow, BaseException | None]] = deque()
         lost = asyncio.ensure_future(client.wait_disconnected())
         lost.add_done_callback(lambda _f: self._wake_up())
-        publish, qos, rate = client.publish, self.cfg.qos, self.rate
+        publish, qos, rate, outbox = client.publish, self.cfg.qos, self.rate, self.outbox
         monotonic = time.monotonic
 
         def on_done(row: OutboxRow, fut: asyncio.Future[None]) -> None:
@@ -311,14 +219,11 @@ class Uplink:
 
         try:
             while not lost.done():
-                # Refill the memory queues from the database when they ran dry.
-                for c in (*self._classes.values(), self._live):
-                    if not c.queue and c.backlog:
-                        await c.load(self.store, self._skip)
+                await outbox.refill()  # from the database, when a memory queue ran dry
                 throttled = 0.0
                 limit = self.window.limit
                 while len(inflight) < limit:
-                    row = self._next_row()
+                    row = outbox.next_batch()
                     if row is None:
                         break
                     if rate.active:
@@ -326,7 +231,7 @@ class Uplink:
                         if throttled > 0:
                             break
                         rate.take(len(row.payload))
-                    self._pop(row)
+                    outbox.published(row)
                     payload = row.payload
                     if is_deflated(payload):
                         fut = publish(row.topic, payload, qos, CONTENT_TYPE, user_property=DEFLATE)
@@ -341,7 +246,7 @@ class Uplink:
                         raise exc if isinstance(exc, MqttError) else MqttError(str(exc))
                     self.latency = monotonic() - sent_at
                     self.window.on_ack(self.latency)
-                    self._acked(row)
+                    outbox.acked(row)
                 self.inflight = len(inflight)
                 if inflight:
                     oldest = next(iter(inflight.values()))[1]
@@ -349,7 +254,7 @@ class Uplink:
                         self.window.on_timeout()
                         raise MqttError(f"no PUBACK within {self.ack_timeout:g} s")
                 room = len(inflight) < self.window.limit
-                if room and throttled == 0 and (self.queued or self._backlog):
+                if room and throttled == 0 and outbox.has_more():
                     continue
                 await self._sleep(throttled if throttled > 0 and room else 1.0)
         finally:
@@ -378,13 +283,6 @@ class Uplink:
             self._waiter = None
             self._woken = False
 
-    def _acked(self, row: OutboxRow) -> None:
-        self.batches_sent += 1
-        self.last_ack = time.monotonic()
-        self.acked.append((row.id, len(row.payload)))
-        self._skip.add(row.id)
-
-
     async def close(self) -> None:
         if self._client is not None:
             await self._client.disconnect()
@@ -411,54 +309,3 @@ def read_password(path: str, section: str = "upstream") -> str:
         ) from None
     register_secret(password)
     return password
-
-
-class _Class:
-    """One priority's queue: the outbox's rows of that priority, mirrored in memory."""
-
-    def __init__(self, priority: int) -> None:
-        self.priority = priority
-        self.queue: deque[OutboxRow] = deque()
-        self.cursor = 0  # highest outbox id mirrored in memory
-        self.backlog = True  # the database may hold rows beyond the cursor
-        self.offered = 0  # highest id offered by the runtime
-        self.upper: int | None = None  # rows above this id belong to the live class
-        self.row_hint = 1024  # payload size of a recent row, to size pages by bytes
-
-    def offer(self, row: OutboxRow) -> None:
-        self.offered = max(self.offered, row.id)
-        if not self.backlog and len(self.queue) < _MEMORY_ROWS and self.bytes() < _MEMORY_BYTES:
-            self.queue.append(row)
-            self.cursor = row.id
-        else:
-            self.backlog = True
-
-    def bytes(self) -> int:
-        # Estimated from the head (batches of a class are alike), not summed per call.
-        return len(self.queue[0].payload) * len(self.queue) if self.queue else 0
-
-    def rewind(self) -> None:
-        self.queue.clear()
-        self.cursor = 0
-        self.backlog = True
-
-    async def load(self, store: Store, skip: set[int]) -> None:
-        offered_before = self.offered  # all committed before the query starts
-        page = max(1, min(_PAGE, _MEMORY_BYTES // max(1, self.row_hint)))
-        rows = await store.outbox_after(self.cursor, page, self.priority)
-        if rows:
-            self.row_hint = len(rows[0].payload)
-        if self.upper is not None and rows and rows[-1].id > self.upper:
-            rows = [r for r in rows if r.id <= self.upper]
-            self.queue.extend(r for r in rows if r.id not in skip)
-            self.cursor = self.upper
-            self.backlog = False
-            return
-        if rows:
-            self.cursor = max(self.cursor, rows[-1].id)
-            self.queue.extend(r for r in rows if r.id not in skip)
-        if len(rows) < page:
-            # The query saw every row up to offered_before that still exists; rows
-            # offered while it ran keep the backlog set for one more page.
-            self.cursor = max(self.cursor, offered_before)
-            self.backlog = self.offered > self.cursor
