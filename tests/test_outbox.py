@@ -262,7 +262,7 @@ async def test_a_database_locked_for_too_long_is_an_error_with_nothing_moved(tmp
     await _store_holding(tmp_path, 3)
     conn = _lock_exclusively(tmp_path / "edge-agent.db")
     try:
-        with pytest.raises(StateError, match="locked.*nothing was moved"):
+        with pytest.raises(StateError, match=r"locked.*nothing was moved"):
             await Store(tmp_path).open(retry_for=0.5)
         assert not list(tmp_path.glob("edge-agent.db.corrupt-*"))
     finally:

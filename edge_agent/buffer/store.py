@@ -586,6 +586,7 @@ class Store:
     async def outbox_after(self, after_id: int, limit: int, priority: int | None = None) -> list[OutboxRow]:
         """Outbox rows with id > after_id in id order (of one priority, when given)."""
         db = self._require()
+        args: tuple[int, ...]
         if priority is None:
             sql, args = "WHERE id > ?", (after_id, limit)
         else:

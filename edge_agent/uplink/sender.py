@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -238,7 +239,7 @@ class Uplink:
                     else:
                         fut = publish(row.topic, payload, qos, CONTENT_TYPE)
                     inflight[row.id] = (row, monotonic())
-                    fut.add_done_callback(lambda f, r=row: on_done(r, f))
+                    fut.add_done_callback(functools.partial(on_done, row))
                 while done:
                     row, exc = done.popleft()
                     sent_at = inflight.pop(row.id, (row, monotonic()))[1]
@@ -275,7 +276,7 @@ class Uplink:
             return
         loop = asyncio.get_running_loop()
         w = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, lambda: w.done() or w.set_result(None))
+        timer = loop.call_later(timeout, _wake, w)
         try:
             await w
         finally:
@@ -309,3 +310,8 @@ def read_password(path: str, section: str = "upstream") -> str:
         ) from None
     register_secret(password)
     return password
+
+
+def _wake(w: asyncio.Future[None]) -> None:
+    if not w.done():
+        w.set_result(None)
