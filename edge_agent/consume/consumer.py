@@ -90,7 +90,8 @@ class Consumer:
         self.opts = opts
         self.storage = storage
         self.client_id = client_id
-        self.pending: list[Message] = []
+        # Decoded as they arrive, so decoding overlaps the previous group's write.
+        self.pending: list[tuple[Message, Decoded | BadMessage]] = []
         self._wake = asyncio.Event()
         self.subscribed = asyncio.Event()  # set while the subscription is in place
         # counters (logged once a minute and at exit)
@@ -99,7 +100,11 @@ class Consumer:
         self.groups = 0
 
     def _on_message(self, msg: Message) -> None:
-        self.pending.append(msg)
+        try:
+            item: Decoded | BadMessage = decode_message(bytes(msg.payload), _encoding(msg))
+        except BadMessage as exc:
+            item = exc
+        self.pending.append((msg, item))
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -168,21 +173,21 @@ class Consumer:
                     await self._store(group, stop)
                     if lost.done():
                         return  # acks now would go to a new connection's packet ids
-                    client.ack_many([m.mid for m in group if m.qos > 0])
+                    client.ack_many([m.mid for m, _ in group if m.qos > 0])
                 if stop.is_set() and not self.pending:
                     return
         finally:
             for f in (lost, stopping):
                 f.cancel()
 
-    async def _store(self, group: list[Message], stop: asyncio.Event) -> None:
+    async def _store(self, group: list[tuple[Message, Decoded | BadMessage]], stop: asyncio.Event) -> None:
         items: list[Decoded] = []
-        for m in group:
-            try:
-                items.append(decode_message(bytes(m.payload), _encoding(m)))
-            except BadMessage as exc:
+        for m, item in group:
+            if isinstance(item, BadMessage):
                 self.rejected += 1
-                log.warning("rejected a message on %s: %s", m.topic, exc)
+                log.warning("rejected a message on %s: %s", m.topic, item)
+            else:
+                items.append(item)
         if not items:
             return
         backoff = Backoff(cap=10.0)

@@ -35,6 +35,8 @@ STATUS_SCHEMA = "edge-agent/status/1"
 # become 64 MiB (zlib's ratio is ~1000:1). MQTT's own bound on a packet is 256 MiB.
 MAX_INFLATED = 256 * 1024 * 1024
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_INF = (math.inf, -math.inf)
 # Entries of a window record that have their own columns; the rest are aggregates.
 _WINDOW_FIELDS = frozenset(("pipeline", "key", "start", "end", "rev", "count", "replaces"))
 
@@ -146,24 +148,34 @@ def decode_message(payload: bytes, encoding: str | None = None) -> Decoded:
     readings = doc.get("readings", ())
     if not isinstance(windows, list | tuple) or not isinstance(readings, list | tuple):
         raise BadMessage("windows and readings must be lists")
-    dumps = json.dumps
+    dumps = _ENCODE
+    fields = _WINDOW_FIELDS
+    append = out.windows.append
     for i, r in enumerate(windows):
-        if not isinstance(r, dict):
-            raise BadMessage(f"windows[{i}]: expected a map")
         try:
             pipeline, key = r["pipeline"], r["key"]
             start, end, rev, count = r["start"], r["end"], r["rev"], r["count"]
         except KeyError as exc:
             raise BadMessage(f"windows[{i}]: missing {exc.args[0]}") from None
+        except TypeError:
+            raise BadMessage(f"windows[{i}]: expected a map") from None
         if type(pipeline) is not str or type(key) is not str:
             raise BadMessage(f"windows[{i}]: pipeline and key must be strings")
-        start = _num(start, f"windows[{i}].start")
-        end = _num(end, f"windows[{i}].end")
-        rev = _uint(rev, f"windows[{i}].rev")
-        count = _uint(count, f"windows[{i}].count")
-        aggs = {k: _json_value(v) for k, v in r.items() if k not in _WINDOW_FIELDS}
-        out.windows.append((agent, pipeline, key, start, end, rev, count,
-                            dumps(aggs, separators=(",", ":")), seq))
+        # Fast path: the agent sends floats for bounds and ints for rev/count.
+        if type(start) is not float or start != start or start in _INF:
+            start = _num(start, f"windows[{i}].start")
+        if type(end) is not float or end != end or end in _INF:
+            end = _num(end, f"windows[{i}].end")
+        if type(rev) is not int or rev < 0:
+            rev = _uint(rev, f"windows[{i}].rev")
+        if type(count) is not int or count < 0:
+            count = _uint(count, f"windows[{i}].count")
+        aggs = {k: v for k, v in r.items() if k not in fields}
+        try:
+            text = dumps(aggs)
+        except ValueError:  # NaN or infinity: JSON has none (and jsonb refuses the tokens)
+            text = json.dumps({k: _json_value(v) for k, v in aggs.items()}, separators=(",", ":"))
+        append((agent, pipeline, key, start, end, rev, count, text, seq))
         rep = r.get("replaces")
         if rep:
             if not isinstance(rep, list | tuple):

@@ -14,6 +14,7 @@ reported as a StorageError, which the consumer retries.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -77,14 +78,29 @@ _DELETE = (
     "DELETE FROM windows WHERE agent = $1 AND pipeline = $2 AND key = $3"
     " AND window_start = $4 AND window_end = $5"
 )
-_WINDOW = """
+_UPSERT_TAIL = """
+ON CONFLICT (agent, pipeline, key, window_start, window_end) DO UPDATE SET
+    rev = excluded.rev, count = excluded.count, aggregates = excluded.aggregates, seq = excluded.seq
+WHERE excluded.rev > windows.rev
+"""
+_WINDOW = "INSERT INTO windows VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)" + _UPSERT_TAIL
+_WINDOW_GUARDED = """
 INSERT INTO windows (agent, pipeline, key, window_start, window_end, rev, count, aggregates, seq)
 SELECT $1::text, $2::text, $3::text, $4::float8, $5::float8, $6::bigint, $7::bigint, $8::jsonb, $9::bigint
 WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.agent = $1 AND r.pipeline = $2 AND r.key = $3
                   AND r.window_start = $4 AND r.window_end = $5)
-ON CONFLICT (agent, pipeline, key, window_start, window_end) DO UPDATE SET
-    rev = excluded.rev, count = excluded.count, aggregates = excluded.aggregates, seq = excluded.seq
-WHERE excluded.rev > windows.rev
+""" + _UPSERT_TAIL
+# Per (agent, pipeline): writers of tombstones take an exclusive transaction lock,
+# every other writer a shared one, in key order (no deadlock between them). So plain
+# writers never wait for each other, and a tombstone and a window it names are never
+# written by two transactions at once: the one that comes second sees the other's.
+_LOCKS = """
+SELECT count(CASE WHEN x THEN pg_advisory_xact_lock(k) ELSE pg_advisory_xact_lock_shared(k) END)
+FROM (SELECT k, x FROM unnest($1::bigint[], $2::bool[]) AS t(k, x) ORDER BY k) AS s
+"""
+_HAS_TOMBSTONES = """
+SELECT DISTINCT p.a, p.p FROM unnest($1::text[], $2::text[]) AS p(a, p)
+WHERE EXISTS (SELECT 1 FROM replaced r WHERE r.agent = p.a AND r.pipeline = p.p)
 """
 _DEVICE = """
 INSERT INTO devices VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
@@ -95,6 +111,12 @@ WHERE excluded.time >= devices.time OR (excluded.state = 'offline' AND devices.s
 """
 _READING_COLUMNS = ("agent", "pipeline", "key", "ts", "value", "late", "seq")
 _DDL_LOCK = 0x65646765  # pg_advisory_xact_lock key: consumers starting together create tables once
+
+
+def _lock_key(agent: str, pipeline: str) -> int:
+    """A signed 64-bit advisory lock key for (agent, pipeline), the same in every consumer."""
+    digest = hashlib.blake2b(f"{agent}\0{pipeline}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class PostgresStorage:
@@ -167,14 +189,27 @@ class PostgresStorage:
                 windows += b.windows
                 replaced += b.replaced
                 readings += b.readings
+            if windows or replaced:
+                pairs = {(w[0], w[1]) for w in windows}
+                exclusive = {(r[0], r[1]) for r in replaced}
+                pairs |= exclusive
+                keys = sorted((_lock_key(a, p), (a, p) in exclusive) for a, p in pairs)
+                await conn.fetchval(_LOCKS, [k for k, _ in keys], [x for _, x in keys])
             if replaced:
                 replaced.sort()
                 await conn.executemany(_REPLACED, replaced)
                 await conn.executemany(_DELETE, replaced)
             if windows:
-                # by window, revisions in order: same lock order in every consumer
+                # by window, revisions in order: same row lock order in every consumer
                 windows.sort(key=lambda w: (w[0], w[1], w[2], w[3], w[4], w[5]))
-                await conn.executemany(_WINDOW, windows)
+                plist = sorted({(w[0], w[1]) for w in windows})
+                guarded = {(r[0], r[1]) for r in await conn.fetch(
+                    _HAS_TOMBSTONES, [a for a, _ in plist], [p for _, p in plist])}
+                plain = [w for w in windows if (w[0], w[1]) not in guarded] if guarded else windows
+                if plain:
+                    await conn.executemany(_WINDOW, plain)
+                if guarded:
+                    await conn.executemany(_WINDOW_GUARDED, [w for w in windows if (w[0], w[1]) in guarded])
             if readings:
                 await conn.copy_records_to_table("readings", records=readings, columns=_READING_COLUMNS)
             if devices:
