@@ -95,6 +95,8 @@ def _count(db: str) -> int:
             c = await asyncpg.connect(db)
             try:
                 return int(await c.fetchval("SELECT count(*) FROM windows"))
+            except asyncpg.UndefinedTableError:
+                return 0
             finally:
                 await c.close()
         import sqlite3

@@ -192,6 +192,20 @@ def test_highest_rev_wins_in_any_order_and_duplicates_change_nothing(db_url: str
     assert query(db_url, "SELECT count(*) FROM batches") == [(3,)]
 
 
+def test_a_large_group_keeps_the_highest_rev(db_url: str) -> None:
+    """Hundreds of rows in one group (PostgreSQL copies those in bulk): revisions of a
+    window inside the group and against the table still end at the highest rev."""
+    keys = [f"k{i}" for i in range(300)]
+    first = batch(0, [win(k, 0, 10, rev=1, count=2) for k in keys])
+    g = [batch(1, [win(k, 0, 10, rev=3, count=4) for k in keys]),
+         batch(2, [win(k, 0, 10, rev=2, count=3) for k in keys] + [win("new", 0, 10)]),
+         batch(3, [win(k, 0, 10, rev=0, count=1) for k in keys])]
+    run(store(db_url, [first], g))
+    assert query(db_url, "SELECT rev, count, seq, count(*) FROM windows WHERE key <> 'new' GROUP BY rev, count, seq") \
+        == [(3, 4, 1, 300)]
+    assert query(db_url, "SELECT rev FROM windows WHERE key = 'new'") == [(0,)]
+
+
 def test_same_batch_twice_in_one_group_is_stored_once(db_url: str) -> None:
     b = batch(5, readings=[{"pipeline": "raw", "key": "r", "ts": 1.0, "value": 1.0}])
     (res,) = run(store(db_url, [b, b]))

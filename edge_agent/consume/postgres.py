@@ -84,6 +84,12 @@ ON CONFLICT (agent, pipeline, key, window_start, window_end) DO UPDATE SET
 WHERE excluded.rev > windows.rev
 """
 _WINDOW = "INSERT INTO windows VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)" + _UPSERT_TAIL
+_COPY_FROM = 200  # rows: fewer go by executemany, more through COPY + one upsert
+_STAGE = "CREATE TEMP TABLE IF NOT EXISTS windows_in (LIKE windows) ON COMMIT DELETE ROWS"
+_FROM_STAGE = (
+    "INSERT INTO windows SELECT * FROM windows_in"
+    " ORDER BY agent, pipeline, key, window_start, window_end" + _UPSERT_TAIL
+)
 _WINDOW_GUARDED = """
 INSERT INTO windows (agent, pipeline, key, window_start, window_end, rev, count, aggregates, seq)
 SELECT $1::text, $2::text, $3::text, $4::float8, $5::float8, $6::bigint, $7::bigint, $8::jsonb, $9::bigint
@@ -206,7 +212,15 @@ class PostgresStorage:
                 guarded = {(r[0], r[1]) for r in await conn.fetch(
                     _HAS_TOMBSTONES, [a for a, _ in plist], [p for _, p in plist])}
                 plain = [w for w in windows if (w[0], w[1]) not in guarded] if guarded else windows
-                if plain:
+                if len(plain) > _COPY_FROM:
+                    # COPY into a temp table, then one upsert: one statement may touch a
+                    # row once, so only each window's highest rev of this group goes in
+                    # (sorted above: later entries of a window have higher revs).
+                    best = {w[:5]: w for w in plain}
+                    await conn.execute(_STAGE)
+                    await conn.copy_records_to_table("windows_in", records=list(best.values()))
+                    await conn.execute(_FROM_STAGE)
+                elif plain:
                     await conn.executemany(_WINDOW, plain)
                 if guarded:
                     await conn.executemany(_WINDOW_GUARDED, [w for w in windows if (w[0], w[1]) in guarded])
