@@ -142,7 +142,8 @@ def consume_run(kind: str, consumers: int, n_batches: int, tmp: Path, pg: Postgr
         log = tmp / f"consume-{tag}.log"
         # Make the sessions (and the tables), then stop: the backlog queues for them.
         procs = [_consumer(broker.port, db, cid, share, log) for cid in ids]
-        time.sleep(2.5)
+        if not wait_for(lambda: len(_log_times(log, "subscribed to")) == consumers, 60, 0.1):
+            raise RuntimeError(f"consumers did not subscribe; see {log}")
         for p in procs:
             p.send_signal(signal.SIGTERM)
             p.wait(20)

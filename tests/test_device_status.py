@@ -13,6 +13,7 @@ import pytest
 from edge_agent import __version__
 from tests.agent_harness import (
     HEX12,
+    AgentProcess,
     Consumer,
     Publisher,
     pipeline,
@@ -127,3 +128,16 @@ def test_deflate_property_on_the_wire(broker: Broker, upstream_broker: Broker, t
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_a_health_change_publishes_at_once(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+    """status_interval is 60 s: a second status within seconds can only be the health change."""
+    cfg = write_config(tmp_path, broker.port, upstream_broker.port)
+    broker.stop()  # the local broker is not there yet: degraded
+    with Consumer(upstream_broker.port, "edge/+/status") as c, AgentProcess(cfg):
+        poll(lambda: _statuses(c, cfg.agent_id), 15, what="first status")
+        first = _statuses(c, cfg.agent_id)[0]
+        assert first["health"] == "degraded" and first["reasons"], first
+        broker.start()
+        poll(lambda: _statuses(c, cfg.agent_id)[-1]["health"] == "ok", 15, what="status after the change")
+        assert len(_statuses(c, cfg.agent_id)) <= 3  # published on change, not polled every second
