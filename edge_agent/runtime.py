@@ -25,7 +25,6 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -43,7 +42,7 @@ from edge_agent.buffer.outbox import Outbox
 from edge_agent.buffer.store import Checkpoint, NewBatch, Store
 from edge_agent.config import Config, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.health.server import HealthServer
+from edge_agent.health.endpoint import HealthEndpoint
 from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.decode import PayloadDecoder
@@ -159,7 +158,7 @@ class Agent:
         self.loop_lag = 0.0
         self.overloaded = False
         self.probe = SystemProbe(cfg.agent.state_dir)
-        self.health_server: HealthServer | None = None
+        self.endpoint = HealthEndpoint(self.health, self.ready)
         # Delivery fingerprints per packet id, and which 256-id blocks changed.
         self._held = array("I", bytes(4 * 65536))
         self._held_dirty: set[int] = set()
@@ -215,7 +214,7 @@ class Agent:
                 status=self._status_payload,
                 status_topic=self.cfg.status_topic,
             )
-            await self._start_health()
+            await self.endpoint.start(self.cfg.health)
         except BaseException:
             await self.store.close()  # its aiosqlite thread would keep the process alive
             raise
@@ -756,7 +755,7 @@ class Agent:
                 await self._subscribe(local)
             except MqttError as exc:
                 log.error("resubscribing after reload failed: %s", exc)
-        await self._restart_health_if_needed()
+        await self.endpoint.apply(self.cfg.health)
         self._reconfigure_uplink()
         log.info("config reloaded: %s (%d pipeline(s), %d restarted)", new.hash, len(keep), len(gone))
         self.notifier.ready()
@@ -792,68 +791,6 @@ class Agent:
         self.uplink.reconfigure(self.cfg.upstream, password)
 
     # -- health ----------------------------------------------------------------
-
-    async def _start_health(self) -> None:
-        addr = self.cfg.health.address
-        if addr is None:
-            return
-        token = _read_token(self.cfg.health.token_file)
-        server = HealthServer(addr[0], addr[1], health=self.health, ready=self.ready, token=token)
-        self._health_listen = (self.cfg.health.listen, token)
-        try:
-            await server.start()
-        except OSError as exc:
-            # SPEC 5: the data path runs on; say why and keep trying.
-            log.warning("health.listen %s: cannot listen (%s); running without the health "
-                        "endpoint and retrying", self.cfg.health.listen, exc.strerror or exc)
-            self._spawn("health", self._retry_health(server))
-            return
-        self.health_server = server
-
-    async def _retry_health(self, server: HealthServer) -> None:
-        backoff = Backoff(initial=1.0, cap=30.0)
-        last = ""
-        try:
-            while True:
-                await asyncio.sleep(backoff.next())
-                try:
-                    await server.start()
-                except OSError as exc:
-                    why = exc.strerror or str(exc)
-                    if why != last:  # once per distinct cause
-                        log.warning("health.listen %s: still cannot listen (%s)",
-                                    self.cfg.health.listen, why)
-                        last = why
-                    continue
-                self.health_server = server
-                log.info("health endpoint listening on %s", self.cfg.health.listen)
-                return
-        finally:
-            # A finished retry is no crashed task: leave the supervisor's set.
-            if self._tasks.get("health") is asyncio.current_task():
-                del self._tasks["health"]
-
-    async def _restart_health_if_needed(self) -> None:
-        """A new listen address or a rotated token_file restarts the health server."""
-        try:
-            token = _read_token(self.cfg.health.token_file)
-        except EdgeAgentError as exc:
-            log.error("%s; keeping the running endpoint", exc)
-            return
-        if getattr(self, "_health_listen", None) == (self.cfg.health.listen, token):
-            return
-        retry = self._tasks.pop("health", None)
-        if retry is not None:
-            retry.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await retry
-        if self.health_server is not None:
-            await self.health_server.close()
-            self.health_server = None
-        try:
-            await self._start_health()
-        except EdgeAgentError as exc:
-            log.error("%s", exc)
 
     def counters(self) -> dict[str, int]:
         totals = dict.fromkeys(COUNTER_NAMES, 0)
@@ -968,7 +905,7 @@ class Agent:
                 await asyncio.wait_for(commit_task, 10.0)
             except (TimeoutError, asyncio.CancelledError, Exception):
                 log.warning("checkpoint task did not finish in time")
-        for name in ("idle", "local", "reclaim", "watchdog", "lag", "status", "devstatus", "health"):
+        for name in ("idle", "local", "reclaim", "watchdog", "lag", "status", "devstatus"):
             task = self._tasks.pop(name, None)
             if task is not None:
                 task.cancel()
@@ -995,8 +932,7 @@ class Agent:
                 await task
         if up is not None:
             await up.close()
-        if self.health_server is not None:
-            await self.health_server.close()
+        await self.endpoint.close()
         await self.store.close()
         log.info("edge-agent stopped")
 
@@ -1024,25 +960,3 @@ def _keep_restart_only(old: Config, new: Config) -> Config:
 
     agent = dataclasses.replace(new.agent, id=old.agent.id, state_dir=old.agent.state_dir)
     return dataclasses.replace(new, agent=agent)
-
-
-def _read_token(path: str) -> str | None:
-    """The health endpoint's bearer token, from `health.token_file` ("" = no auth)."""
-    if not path:
-        return None
-    from edge_agent.logs import register_secret
-
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:  # its message would quote bytes of the file
-        raise EdgeAgentError(f"health.token_file {path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise EdgeAgentError(
-            f"health.token_file {path}: cannot read it: {exc.strerror or type(exc).__name__}"
-        ) from None
-    if not token:
-        # An empty token must not turn authentication off (config validation refuses
-        # it too; this catches a file emptied after the check).
-        raise EdgeAgentError(f"health.token_file {path}: the file is empty")
-    register_secret(token)
-    return token
