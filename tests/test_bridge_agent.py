@@ -26,6 +26,9 @@ def test_board_frames_become_windows_upstream(
     bridge_cfg.write_text(
         f'[source]\nkind = "pty"\npath = "{link}"\n'
         '[clock]\nmode = "uptime_ms"\nfield = "uptime_ms"\n'
+        # The board sends a *HH checksum on every line: a flipped bit that hits the
+        # '*' itself would otherwise pass as an unchecked line with a text field.
+        '[frames]\nchecksum = "required"\n'
         f'[publish]\nport = {broker.port}\ntopic_template = "sensors/{{id}}"\n'
         f'[health]\nlisten = "127.0.0.1:{bridge_port}"\n'
     )
