@@ -1,13 +1,20 @@
-"""paho-mqtt driven by the asyncio event loop: the one module that imports paho.
+"""Our MQTT 5 client: an asyncio `Protocol` that parses the byte stream itself.
 
-No `loop_start()` thread: paho's socket callbacks map to `loop.add_reader` /
-`loop.add_writer`, and a 1 s task calls `loop_misc()` for keepalives. Only the
-blocking TCP/TLS connect runs in the default executor; what paho announces from
-that thread is applied on the loop once the connect returns.
+The one module that speaks MQTT for the agent (the local subscription and the
+upstream batches). It replaces a paho-mqtt adapter that had to reach into paho's
+private attributes to be fast enough (bench/README.md, "MQTT layer", has the
+figures): paho's read loop costs ~45 us per message at QoS 0 (three recv() and a
+select() per packet), a Protocol fed by the event loop's own reads costs a few
+microseconds, whatever the codec. Only public asyncio and ssl APIs are used.
 
-One `MqttClient` is one connection. Reconnecting means a new `MqttClient`: no
-paho-side queue survives a disconnect, so what is resent after an outage is
-decided by the caller (the outbox), never by paho.
+What the client does, and no more: MQTT 5 CONNECT (clean start, session expiry,
+Receive Maximum, username/password, will with retain, content type and user
+properties), TLS through an `ssl.SSLContext`, SUBSCRIBE with Subscription
+Identifiers, UNSUBSCRIBE, PUBLISH QoS 0/1/2 both ways (content type, retain, user
+properties), acknowledgements in batches (`manual_ack`), keep-alive, and read
+backpressure. One `MqttClient` is one connection: reconnecting means a new
+`MqttClient`, so nothing queued survives a disconnect and what is resent after an
+outage is decided by the caller (the outbox).
 """
 
 from __future__ import annotations
@@ -15,18 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 import ssl
 import struct
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import paho.mqtt._packet as _paho_packet
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edge_agent.errors import EdgeAgentError
 
@@ -34,81 +39,47 @@ __all__ = ["Message", "MqttClient", "MqttError", "TlsSettings", "Will"]
 
 log = logging.getLogger("edge_agent.mqtt")
 
-Message = paho.MQTTMessage
+# Packet types (MQTT 5 2.1.2), as the first byte's high nibble.
+_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+_SUBSCRIBE, _SUBACK, _UNSUBSCRIBE, _UNSUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = 8, 9, 10, 11, 12, 13, 14
+
+_H = struct.Struct(">H")
+_I = struct.Struct(">I")
+_ACK4 = struct.Struct(">BBH")  # PUBACK/PUBREC/PUBREL/PUBCOMP with Success and no properties (3.4.2.1)
+
+# A packet larger than this is a protocol error (the broker would have to send
+# 256 MiB); payloads over SPEC 2's 65,536 bytes still arrive and are rejected by
+# the decoder, counted. Bounds what one connection buffers.
+MAX_PACKET = 4 * 1024 * 1024
+
+_REASONS = {
+    0x80: "unspecified error", 0x81: "malformed packet", 0x82: "protocol error",
+    0x83: "implementation specific error", 0x84: "unsupported protocol version",
+    0x85: "client identifier not valid", 0x86: "bad user name or password",
+    0x87: "not authorized", 0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned",
+    0x8B: "server shutting down", 0x8C: "bad authentication method", 0x8D: "keep alive timeout",
+    0x8E: "session taken over", 0x8F: "topic filter invalid", 0x90: "topic name invalid",
+    0x91: "packet identifier in use", 0x92: "packet identifier not found",
+    0x93: "receive maximum exceeded", 0x94: "topic alias invalid", 0x95: "packet too large",
+    0x96: "message rate too high", 0x97: "quota exceeded", 0x98: "administrative action",
+    0x99: "payload format invalid", 0x9A: "retain not supported", 0x9B: "qos not supported",
+    0x9C: "use another server", 0x9D: "server moved", 0x9E: "shared subscriptions not supported",
+    0x9F: "connection rate exceeded", 0xA0: "maximum connect time",
+    0xA1: "subscription identifiers not supported", 0xA2: "wildcard subscriptions not supported",
+}
 
 
-class _SharedTableProperties(Properties):
-    """paho's Properties for received packets, without paho's per-packet setup cost.
-
-    paho 2.x builds a Properties for every MQTT 5 PUBLISH it decodes, and its
-    __init__ rebuilds three lookup tables (~30 entries, ~80 str.replace calls): with
-    an empty property block that is most of the ~10 us paho spends decoding a
-    PUBLISH (bench/README.md has the profile). The tables are never mutated, so one
-    copy serves every instance, and an empty property block (one 0x00 byte, the
-    common case) needs no parsing. Everything else is paho's own code;
-    tests/test_mqtt.py checks that decoding gives the same result as paho's.
-    """
-
-    _proto = Properties(PacketTypes.PUBLISH)
-
-    def __init__(self, packetType: int) -> None:
-        set_ = object.__setattr__
-        set_(self, "packetType", packetType)
-        set_(self, "types", self._proto.types)
-        set_(self, "names", self._proto.names)
-        set_(self, "properties", self._proto.properties)
-
-    def unpack(self, buffer: Any) -> tuple[Properties, int]:
-        if buffer[:1] == b"\x00":
-            return self, 1
-        return super().unpack(buffer)  # type: ignore[no-any-return]
-
-
-class _PackedProperties(Properties):
-    """PUBLISH properties that never change after set-up: packed once, not per message.
-
-    paho calls pack() on every publish (~30 us of str.replace and hasattr scans).
-    """
-
-    def __init__(self, packetType: int) -> None:
-        super().__init__(packetType)
-        object.__setattr__(self, "_packed", None)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        object.__setattr__(self, "_packed", None)
-
-    def pack(self) -> bytes:
-        packed: bytes | None = self.__dict__.get("_packed")
-        if packed is None:
-            packed = super().pack()
-            object.__setattr__(self, "_packed", packed)
-        return packed
-
-
-def _install_shared_table_properties() -> None:
-    # decode_publish and its siblings look `Properties` up in paho.mqtt._packet at
-    # call time; replace it there only, and only on the paho major version we know.
-    if getattr(_paho_packet, "Properties", None) is Properties and hasattr(_paho_packet, "decode_publish"):
-        _paho_packet.Properties = _SharedTableProperties  # type: ignore[misc]
-
-
-_install_shared_table_properties()
+def reason_name(code: int) -> str:
+    """A reason code in words (MQTT 5 2.4)."""
+    return _REASONS.get(code, f"reason code 0x{code:02x}")
 
 
 class MqttError(EdgeAgentError):
     """A connection, subscription or publish failed; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Will:
-    """The MQTT will (3.1.2.5): what the broker publishes when the connection dies uncleanly."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    content_type: str = ""
+class _ProtocolError(Exception):
+    """The peer sent something MQTT 5 does not allow; the connection is closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,72 +115,169 @@ class TlsSettings:
                 raise MqttError(f"client certificate: {why}") from exc
             except OSError as exc:
                 raise MqttError(f"client certificate {self.cert_file}: {exc.strerror or exc}") from exc
-        ctx.sslsocket_class = _ClosingSSLSocket
         return ctx
 
 
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """An SSLSocket that closes itself when its handshake fails.
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The MQTT 5 will message the broker publishes if the connection dies (3.1.3.2)."""
 
-    paho's `_ssl_wrap_socket` lets a failed `do_handshake()` propagate without
-    closing the socket it just wrapped (paho 2.2), so every refused handshake (a
-    wrong CA, an expired certificate) would leave a file descriptor to the garbage
-    collector: one per reconnect attempt for as long as upstream stays bad.
-    """
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    content_type: str | None = None  # None or "" = none
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
-_CONNACK_REASONS_RETRYABLE = {0x88, 0x89, 0x97, 0x9F}  # unavailable, busy, quota, rate
-_PUBACK = struct.Struct(">BBH")
-_RECV_CHUNK = 65536
-_READ_TURN = 256  # packets read per event-loop turn
+class Message:
+    """One received PUBLISH."""
 
+    __slots__ = ("content_type", "dup", "mid", "payload", "qos", "retain", "subscription_ids",
+                 "topic_bytes", "user_properties")
 
-class _BufferedRecv:
-    """A drop-in for paho's _sock_recv that reads the socket 64 KiB at a time.
-
-    paho reads a packet's first byte, then its length byte by byte, then its body:
-    three or more recv() system calls per message. Serving those reads from one
-    buffer makes it one recv() per 64 KiB. Semantics kept: BlockingIOError when
-    nothing is buffered and the socket has nothing, b"" at end of stream.
-
-    Data in this buffer is invisible to select(): whoever stops reading early must
-    come back while `buffered` is true (MqttClient._do_read does).
-    """
-
-    __slots__ = ("_client", "_data", "_pos", "_sock")
-
-    def __init__(self, client: paho.Client, sock: Any) -> None:
-        self._client, self._sock = client, sock
-        self._data = b""
-        self._pos = 0
+    def __init__(self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool,
+                 retain: bool) -> None:
+        self.topic_bytes = topic_bytes
+        self.payload = payload
+        self.qos = qos
+        self.mid = mid
+        self.dup = dup
+        self.retain = retain
+        self.content_type: str | None = None
+        self.subscription_ids: tuple[int, ...] = ()
+        self.user_properties: tuple[tuple[str, str], ...] = ()
 
     @property
-    def buffered(self) -> bool:
-        return self._pos < len(self._data)
+    def topic(self) -> str:
+        """The topic name; invalid UTF-8 (which brokers refuse, MQTT 5 1.5.4) replaced."""
+        return self.topic_bytes.decode("utf-8", "replace")
 
-    def __call__(self, bufsize: int) -> bytes:
-        if self._pos >= len(self._data):
-            try:
-                self._data = self._sock.recv(_RECV_CHUNK)
-            except ssl.SSLWantReadError as err:
-                raise BlockingIOError() from err
-            except ssl.SSLWantWriteError as err:
-                self._client._call_socket_register_write()
-                raise BlockingIOError() from err
-            self._pos = 0
-            if not self._data:
-                return b""
-        pos = self._pos
-        chunk = self._data[pos : pos + bufsize]
-        self._pos = pos + len(chunk)
-        return chunk
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, {len(self.payload)} bytes, qos={self.qos}, mid={self.mid})"
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _utf8(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if len(b) > 0xFFFF:
+        raise MqttError(f"string of {len(b)} bytes is longer than MQTT allows (65,535)")
+    return _H.pack(len(b)) + b
+
+
+def _binary(b: bytes) -> bytes:
+    return _H.pack(len(b)) + b
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + _varint(len(body)) + body
+
+
+def _props(content_type: str | None = None, user: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+           extra: bytes = b"") -> bytes:
+    body = extra
+    if content_type:
+        body += b"\x03" + _utf8(content_type)
+    for k, v in user:
+        body += b"\x26" + _utf8(k) + _utf8(v)
+    return _varint(len(body)) + body
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    for _ in range(4):
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, i
+        shift += 7
+    raise _ProtocolError("malformed variable byte integer")
+
+
+_FIXED = {
+    # property id -> byte width (0 = UTF-8 string, -1 = binary, -2 = string pair, -3 = varint)
+    0x01: 1, 0x02: 4, 0x03: 0, 0x08: 0, 0x09: -1, 0x0B: -3, 0x11: 4, 0x12: 0, 0x13: 2,
+    0x15: 0, 0x16: -1, 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: 0, 0x1C: 0, 0x1F: 0, 0x21: 2,
+    0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: -2, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1,
+}
+
+
+def _parse_props(buf: bytes, i: int, end: int) -> dict[int, Any]:
+    """An MQTT 5 property block (2.2.2) as {id: value}; repeatable ones (user
+    properties, subscription identifiers) as lists."""
+    out: dict[int, Any] = {}
+    while i < end:
+        pid = buf[i]
+        i += 1
+        width = _FIXED.get(pid)
+        if width is None:
+            raise _ProtocolError(f"unknown property 0x{pid:02x}")
+        value: Any
+        if width > 0:
+            value = int.from_bytes(buf[i : i + width], "big")
+            i += width
+        elif width == -3:
+            value, i = _read_varint(buf, i)
+            out.setdefault(pid, []).append(value)
+            continue
+        else:
+            n = _H.unpack_from(buf, i)[0]
+            raw = buf[i + 2 : i + 2 + n]
+            i += 2 + n
+            if width == -2:
+                m = _H.unpack_from(buf, i)[0]
+                val2 = buf[i + 2 : i + 2 + m]
+                i += 2 + m
+                out.setdefault(pid, []).append(
+                    (raw.decode("utf-8", "replace"), val2.decode("utf-8", "replace")))
+                continue
+            value = bytes(raw) if width == -1 else raw.decode("utf-8", "replace")
+        out[pid] = value
+    if i != end:
+        raise _ProtocolError("property block overruns its length")
+    return out
+
+
+def _props_at(buf: bytes, i: int) -> tuple[dict[int, Any], int]:
+    n, j = _read_varint(buf, i)
+    return (_parse_props(buf, j, j + n) if n else {}), j + n
+
+
+class _Protocol(asyncio.Protocol):
+    """Feeds what the transport reads to its client; says when the connection ends."""
+
+    def __init__(self, client: MqttClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client._connection_made(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.client._data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._connection_lost(exc)
 
 
 class MqttClient:
@@ -241,27 +309,31 @@ class MqttClient:
         self._manual_ack = manual_ack
         self._tls = tls
         self._username, self._password = username, password
-        self._keepalive = keepalive
+        self._keepalive = max(0, int(keepalive))
         self._on_message = on_message
-        self._max_inflight = max_inflight
+        self._max_inflight = max(1, max_inflight)
         self._will = will
-        self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sock: Any = None
-        self._misc_task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
         self._connack: asyncio.Future[bool] | None = None
         self._disconnected: asyncio.Future[str] | None = None
-        self._pending: dict[int, asyncio.Future[None]] = {}
-        self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
-        self._in_connect = False
-        self._want_reader = False
-        self._publish_props: dict[tuple[str | None, tuple[str, str] | None], Properties] = {}
+        self._buf = b""
+        self._out: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._parse_handle: asyncio.Handle | None = None
         self._paused = False
-        self._recv: _BufferedRecv | None = None
-        self._read_again: asyncio.Handle | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}  # QoS 1/2 publishes awaiting their ack
+        self._waiting: deque[tuple[int, bytes]] = deque()  # publishes past the in-flight limit
+        self._subacks: dict[int, asyncio.Future[list[int]]] = {}
+        self._next_mid = 0
+        self._last_sent = 0.0
+        self._last_heard = 0.0
+        self._ping_task: asyncio.Task[None] | None = None
+        self._inflight_cap = self._max_inflight
         # The broker's Receive Maximum from CONNACK (MQTT 5 3.2.2.3.3): how many QoS 1/2
-        # publishes it accepts unacknowledged. paho does not enforce it; callers must.
+        # publishes it accepts unacknowledged. The client keeps within it.
         self.server_receive_maximum = 65535
+        self.messages_received = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -270,68 +342,19 @@ class MqttClient:
         loop = self._loop = asyncio.get_running_loop()
         self._connack = loop.create_future()
         self._disconnected = loop.create_future()
-        c = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            manual_ack=self._manual_ack,
-            reconnect_on_failure=False,
-        )
-        # Callers keep their own in-flight window at or below this: paho's
-        # _update_inflight() scans its whole queue on every PUBACK, so letting
-        # publishes queue inside paho turns draining quadratic.
-        c.max_inflight_messages_set(self._max_inflight)
-        c.max_queued_messages_set(0)
-        if self._username:
-            c.username_pw_set(self._username, self._password or None)
-        if self._tls is not None:
-            c.tls_set_context(self._tls.context())
-        if self._will is not None:
-            w = self._will
-            wprops = None
-            if w.content_type:
-                wprops = Properties(PacketTypes.WILLMESSAGE)
-                wprops.ContentType = w.content_type
-            c.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain, properties=wprops)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_subscribe = self._on_subscribe
-        c.on_unsubscribe = self._on_subscribe
-        if self._on_message is not None:
-            c.on_message = self._on_message_cb
-        c.on_socket_open = self._on_socket_open
-        c.on_socket_close = self._on_socket_close
-        c.on_socket_register_write = self._on_socket_register_write
-        c.on_socket_unregister_write = self._on_socket_unregister_write
-        self._client = c
-        props = Properties(PacketTypes.CONNECT)
-        if self._session_expiry is not None:
-            props.SessionExpiryInterval = min(int(self._session_expiry), 0xFFFFFFFF)
-        if self._receive_maximum is not None:
-            props.ReceiveMaximum = max(1, min(int(self._receive_maximum), 65535))
-        self._in_connect = True
+        ctx = self._tls.context() if self._tls is not None else None
         try:
             await asyncio.wait_for(
-                loop.run_in_executor(
-                    None,
-                    lambda: c.connect(
-                        self.host,
-                        self.port,
-                        keepalive=self._keepalive,
-                        clean_start=self._clean_start,
-                        properties=props,
-                    ),
+                loop.create_connection(
+                    lambda: _Protocol(self), self.host, self.port,
+                    ssl=ctx, server_hostname=self.host if ctx is not None else None,
                 ),
                 timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
             self._teardown()
             raise MqttError(f"cannot connect to {self.host}:{self.port}: {_describe(exc)}") from exc
-        finally:
-            self._in_connect = False
-        # paho announced its socket from the executor thread; attach it here, on the loop.
-        self._attach()
+        self._send(self._connect_packet())
         try:
             return await asyncio.wait_for(asyncio.shield(self._connack), timeout)
         except TimeoutError as exc:
@@ -341,10 +364,32 @@ class MqttClient:
             self._teardown()
             raise
 
+    def _connect_packet(self) -> bytes:
+        flags = 0x02 if self._clean_start else 0
+        props = b""
+        if self._session_expiry is not None:
+            props += b"\x11" + _I.pack(max(0, min(int(self._session_expiry), 0xFFFFFFFF)))
+        if self._receive_maximum is not None:
+            props += b"\x21" + _H.pack(max(1, min(int(self._receive_maximum), 65535)))
+        payload = _utf8(self._client_id)
+        w = self._will
+        if w is not None:
+            flags |= 0x04 | (w.qos << 3) | (0x20 if w.retain else 0)
+            payload += _props(w.content_type, w.user_properties) + _utf8(w.topic) + _binary(w.payload)
+        if self._username:
+            flags |= 0x80
+            payload += _utf8(self._username)
+        if self._password:
+            flags |= 0x40
+            payload += _binary(self._password.encode("utf-8"))
+        body = b"\x00\x04MQTT\x05" + bytes((flags,)) + _H.pack(min(self._keepalive, 0xFFFF))
+        body += _varint(len(props)) + props + payload
+        return _packet(0x10, body)
+
     async def disconnect(self, timeout: float = 2.0) -> None:
         """Make sure the broker applied what we sent, send DISCONNECT, and close."""
-        c = self._client
-        if c is None:
+        if self._transport is None:
+            self._teardown()
             return
         if self.connected:
             # Closing a socket that still has unread data (a broker keeps publishing
@@ -356,7 +401,11 @@ class MqttClient:
             with contextlib.suppress(MqttError, TimeoutError):
                 await self.unsubscribe(["$edge-agent/flush"], timeout=timeout)
         if self.connected:
-            c.disconnect()
+            self._send(b"\xe0\x00")  # DISCONNECT, normal disconnection (3.14.2.1)
+            self._flush()
+            transport = self._transport
+            if transport is not None:
+                transport.close()  # after the buffered writes
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 assert self._disconnected is not None
                 await asyncio.wait_for(asyncio.shield(self._disconnected), timeout)
@@ -369,12 +418,13 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return (
-            self._client is not None
+            self._transport is not None
             and self._disconnected is not None
             and not self._disconnected.done()
             and self._connack is not None
             and self._connack.done()
-            and not self._connack.exception()
+            and not self._connack.cancelled()
+            and self._connack.exception() is None
         )
 
     async def wait_disconnected(self) -> str:
@@ -392,34 +442,31 @@ class MqttClient:
         With `ids`, each filter goes in its own SUBSCRIBE carrying that MQTT 5
         Subscription Identifier (a SUBSCRIBE's properties apply to all its filters).
         """
-        c = self._require()
-        assert self._loop is not None
-        groups: list[tuple[list[tuple[str, int]], Properties | None]] = []
+        self._require()
+        groups: list[tuple[list[tuple[str, int]], bytes]] = []
         if ids is None:
-            groups.append((filters, None))
+            groups.append((filters, b"\x00"))
         else:
             for (f, q), sid in zip(filters, ids, strict=True):
-                props = Properties(PacketTypes.SUBSCRIBE)
-                props.SubscriptionIdentifier = sid
-                groups.append(([(f, q)], props))
-        waits: list[tuple[list[tuple[str, int]], int, asyncio.Future[list[Any]]]] = []
+                sp = b"\x0b" + _varint(sid)
+                groups.append(([(f, q)], _varint(len(sp)) + sp))
+        waits: list[tuple[list[tuple[str, int]], int, asyncio.Future[list[int]]]] = []
         for group, props in groups:
-            opts = [(f, paho.SubscribeOptions(qos=q)) for f, q in group]
-            rc, mid = c.subscribe(opts, properties=props)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-                raise MqttError(f"subscribe failed: {paho.error_string(rc)}")
-            fut: asyncio.Future[list[Any]] = self._loop.create_future()
-            self._subacks[mid] = fut
+            mid = self._alloc_mid()
+            body = _H.pack(mid) + props + b"".join(_utf8(f) + bytes((q & 3,)) for f, q in group)
+            fut = self._subacks[mid] = self._future()
+            self._send(_packet(0x82, body))
             waits.append((group, mid, fut))
         granted: list[int] = []
         try:
             for group, _, fut in waits:
                 codes = await asyncio.wait_for(fut, timeout)
                 for (topic, _), code in zip(group, codes, strict=False):
-                    value = code.value if hasattr(code, "value") else int(code)
-                    if value >= 0x80:
-                        raise MqttError(f"subscription to {topic!r} refused: {code}")
-                    granted.append(value)
+                    if code >= 0x80:
+                        raise MqttError(f"subscription to {topic!r} refused: {reason_name(code)}")
+                    granted.append(code)
+        except TimeoutError as exc:
+            raise MqttError(f"no SUBACK from {self.host}:{self.port} within {timeout:g} s") from exc
         finally:
             for _, mid, _ in waits:
                 self._subacks.pop(mid, None)
@@ -427,15 +474,12 @@ class MqttClient:
 
     async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
         """Remove subscriptions (e.g. ones a persistent session kept from an older config)."""
-        c = self._require()
+        self._require()
         if not filters:
             return
-        assert self._loop is not None
-        rc, mid = c.unsubscribe(filters)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise MqttError(f"unsubscribe failed: {paho.error_string(rc)}")
-        fut: asyncio.Future[list[Any]] = self._loop.create_future()
-        self._subacks[mid] = fut
+        mid = self._alloc_mid()
+        fut = self._subacks[mid] = self._future()
+        self._send(_packet(0xA2, _H.pack(mid) + b"\x00" + b"".join(_utf8(f) for f in filters)))
         try:
             await asyncio.wait_for(fut, timeout)
         finally:
@@ -449,57 +493,50 @@ class MqttClient:
         content_type: str | None = None,
         *,
         retain: bool = False,
+        user_properties: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
         user_property: tuple[str, str] | None = None,
     ) -> asyncio.Future[None]:
-        """Queue a PUBLISH; the future completes on PUBACK (QoS 1) or once written (QoS 0).
+        """Queue a PUBLISH; the future completes on PUBACK (QoS 1), PUBCOMP (QoS 2) or
+        once handed to the transport (QoS 0).
 
-        `user_property` is one MQTT 5 User Property (3.3.2.3.7), e.g.
-        ("content-encoding", "deflate").
+        `user_properties` are MQTT 5 User Properties (3.3.2.3.7), in order;
+        `user_property` adds one, e.g. ("content-encoding", "deflate").
         """
-        c = self._require()
-        props = None
-        if content_type or user_property:
-            # Building a paho Properties costs ~30 us; it is packed at publish
-            # time, so one per (content type, user property) serves every message.
-            key = (content_type, user_property)
-            props = self._publish_props.get(key)
-            if props is None:
-                props = self._publish_props[key] = _PackedProperties(PacketTypes.PUBLISH)
-                if content_type:
-                    props.ContentType = content_type
-                if user_property:
-                    props.UserProperty = user_property
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
-        info = c.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            fut.set_exception(MqttError(f"publish failed: {paho.error_string(info.rc)}"))
+        self._require()
+        if user_property is not None:
+            user_properties = (*user_properties, user_property)
+        fut = self._future()
+        first = 0x30 | (qos << 1) | (1 if retain else 0)
+        props = _props(content_type, user_properties) if (content_type or user_properties) else b"\x00"
+        try:
+            t = _utf8(topic)
+        except MqttError as exc:
+            fut.set_exception(exc)
             return fut
-        if info.is_published():
+        if qos == 0:
+            self._send(_packet(first, t + props + payload))
             fut.set_result(None)
+            return fut
+        mid = self._alloc_mid()
+        self._pending[mid] = fut
+        pkt = _packet(first, t + _H.pack(mid) + props + payload)
+        if len(self._pending) - len(self._waiting) > self._inflight_cap or self._waiting:
+            self._waiting.append((mid, pkt))  # sent when an acknowledgement frees a slot
         else:
-            self._pending[info.mid] = fut
+            self._send(pkt)
         return fut
 
     def ack(self, mid: int, qos: int = 1) -> None:
-        """Send the PUBACK for a received message (manual_ack mode)."""
-        if self._client is not None and qos > 0:
-            self._client.ack(mid, qos)
+        """Acknowledge a received message (manual_ack mode): PUBACK, or PUBREC for QoS 2."""
+        if self._transport is not None and qos > 0:
+            self._send(_ACK4.pack(0x40 if qos == 1 else 0x50, 2, mid))
 
     def ack_many(self, mids: list[int]) -> None:
-        """PUBACKs for QoS 1 messages, written as one buffer.
-
-        paho queues one packet (and later makes one send()) per acknowledgement; a
-        checkpoint acknowledges thousands at once. In MQTT 5 a PUBACK with reason
-        Success and no properties is 4 bytes (3.4.2.1): 0x40, 2, packet id. paho keeps
-        no state for received QoS 1 messages in manual-ack mode, so handing it the
-        concatenation as one outgoing packet is the same bytes in one write.
-        """
-        c = self._client
-        if c is None or not mids:
+        """PUBACKs for QoS 1 messages, written as one buffer (3.4.2.1: 4 bytes each)."""
+        if self._transport is None or not mids:
             return
-        pack = _PUBACK.pack
-        c._packet_queue(0x40, b"".join(pack(0x40, 2, m) for m in mids), 0, 0)
+        pack = _ACK4.pack
+        self._send(b"".join([pack(0x40, 2, m) for m in mids]))
 
     @property
     def unacked_publishes(self) -> int:
@@ -507,186 +544,283 @@ class MqttClient:
 
     def pause_reading(self) -> None:
         """Stop reading the socket (backpressure): the broker holds what we do not read."""
-        if self._loop is not None and self._sock is not None and not self._paused:
+        if self._transport is not None and not self._paused:
             self._paused = True
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(self._sock)
+            with contextlib.suppress(RuntimeError):
+                self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._loop is not None and self._sock is not None and self._paused:
+        if self._transport is not None and self._paused:
             self._paused = False
-            self._loop.add_reader(self._sock, self._do_read)
-            self._schedule_read()  # what is already buffered will not wake select()
-
-    def _schedule_read(self) -> None:
-        if (self._loop is not None and not self._paused and self._read_again is None
-                and self._recv is not None and self._recv.buffered):
-            self._read_again = self._loop.call_soon(self._do_read)
+            with contextlib.suppress(RuntimeError):
+                self._transport.resume_reading()
+            if self._buf and self._parse_handle is None and self._loop is not None:
+                # Bytes read before the pause wait in our buffer; select() cannot see them.
+                self._parse_handle = self._loop.call_soon(self._parse_later)
 
     @property
     def reading_paused(self) -> bool:
         return self._paused
 
-    # -- paho callbacks (all on the loop, except socket-open during connect) --
+    # -- the wire --------------------------------------------------------
 
-    def _require(self) -> paho.Client:
-        if self._client is None or not self.connected:
+    def _require(self) -> None:
+        if not self.connected:
             raise MqttError(f"not connected to {self.host}:{self.port}")
-        return self._client
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        fut = self._connack
-        if fut is None or fut.done():
+    def _future(self) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        return self._loop.create_future()
+
+    def _alloc_mid(self) -> int:
+        for _ in range(65536):
+            self._next_mid = self._next_mid % 65535 + 1
+            mid = self._next_mid
+            if mid not in self._pending and mid not in self._subacks:
+                return mid
+        raise MqttError("no free packet identifier (65,535 in flight)")
+
+    def _send(self, data: bytes) -> None:
+        """Queue bytes; they are written once per event-loop turn (one send() for a
+        turn's worth of PUBACKs and publishes)."""
+        if self._transport is None:
             return
-        if reason.is_failure:
-            fut.set_exception(MqttError(f"{self.host}:{self.port} refused the connection: {reason}"))
-        else:
-            self.server_receive_maximum = int(getattr(props, "ReceiveMaximum", 65535) or 65535)
-            fut.set_result(bool(flags.session_present))
+        self._out.append(data)
+        if self._flush_handle is None:
+            assert self._loop is not None
+            self._flush_handle = self._loop.call_soon(self._flush)
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        why = str(reason)
+    def _flush(self) -> None:
+        self._flush_handle = None
+        out, self._out = self._out, []
+        t = self._transport
+        if t is not None and out:
+            t.write(b"".join(out) if len(out) > 1 else out[0])
+            self._last_sent = time.monotonic()
+
+    def _connection_made(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._last_heard = self._last_sent = time.monotonic()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            why = "connection closed by the broker"
+        else:
+            why = _describe(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
+        self._lost(why)
+
+    def _lost(self, why: str) -> None:
+        self._transport = None
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(MqttError(f"{self.host}:{self.port} closed the connection: {why}"))
         self._fail_pending(why)
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(why)
+        self._stop_timers()
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is None or fut.done():
-            return
-        if reason.is_failure:
-            fut.set_exception(MqttError(f"upstream broker refused the publish: {reason}"))
-        else:
-            fut.set_result(None)
+    def _data_received(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+        self._buf = self._buf + data if self._buf else data
+        if not self._paused:
+            self._parse()
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        fut = self._subacks.get(mid)
-        if fut is not None and not fut.done():
-            fut.set_result(list(codes))
+    def _parse_later(self) -> None:
+        self._parse_handle = None
+        if not self._paused:
+            self._parse()
 
-    def _on_message_cb(self, client: paho.Client, userdata: Any, message: Message) -> None:
-        assert self._on_message is not None
+    def _parse(self) -> None:
         try:
-            self._on_message(message)
-        except Exception:  # never raise into paho
-            log.exception("message handler failed")
+            self._parse_packets()
+        except (_ProtocolError, IndexError, struct.error, ValueError) as exc:
+            log.warning("%s:%d sent a malformed packet: %s", self.host, self.port, exc)
+            self._abort(f"protocol error: {exc}")
 
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._sock = sock
-        self._want_reader = True
-        if not self._in_connect:
-            self._attach()
+    def _parse_packets(self) -> None:
+        buf = self._buf
+        n = len(buf)
+        pos = 0
+        on_message = self._on_message
+        manual = self._manual_ack
+        acks: list[bytes] | None = None
+        try:
+            while pos < n and not self._paused:
+                b0 = buf[pos]
+                # Remaining length: a variable byte integer (2.1.4), at most 4 bytes.
+                i = pos + 1
+                if i >= n:
+                    break
+                b = buf[i]
+                if b < 0x80:
+                    rl = b
+                    i += 1
+                else:
+                    rl = b & 0x7F
+                    shift = 7
+                    i += 1
+                    while True:
+                        if i >= n:
+                            rl = -1
+                            break
+                        b = buf[i]
+                        i += 1
+                        rl |= (b & 0x7F) << shift
+                        if b < 0x80:
+                            break
+                        shift += 7
+                        if shift > 21:
+                            raise _ProtocolError("malformed remaining length")
+                    if rl < 0:
+                        break
+                if rl > MAX_PACKET:
+                    raise _ProtocolError(f"a packet of {rl} bytes (more than {MAX_PACKET})")
+                end = i + rl
+                if end > n:
+                    break
+                pos = end
+                kind = b0 >> 4
+                if kind == _PUBLISH:
+                    qos = (b0 >> 1) & 3
+                    tl = (buf[i] << 8) | buf[i + 1]
+                    j = i + 2 + tl
+                    topic = buf[i + 2 : j]
+                    mid = 0
+                    if qos:
+                        mid = (buf[j] << 8) | buf[j + 1]
+                        j += 2
+                    if buf[j] == 0:
+                        props = None
+                        j += 1
+                    else:
+                        props, j = _props_at(buf, j)
+                    if j > end:
+                        raise _ProtocolError("PUBLISH shorter than its headers")
+                    msg = Message(topic, buf[j:end], qos, mid, bool(b0 & 8), bool(b0 & 1))
+                    if props:
+                        if 0x23 in props:
+                            raise _ProtocolError("topic alias without a Topic Alias Maximum")
+                        msg.content_type = props.get(0x03)
+                        msg.subscription_ids = tuple(props.get(0x0B, ()))
+                        msg.user_properties = tuple(props.get(0x26, ()))
+                    self.messages_received += 1
+                    if qos and not manual:
+                        if acks is None:
+                            acks = []
+                        acks.append(_ACK4.pack(0x40 if qos == 1 else 0x50, 2, mid))
+                    if on_message is not None:
+                        try:
+                            on_message(msg)
+                        except Exception:  # one bad handler call never ends the connection
+                            log.exception("message handler failed")
+                elif kind == _PUBACK or kind == _PUBCOMP:
+                    self._ack_received(_H.unpack_from(buf, i)[0], buf[i + 2] if rl > 2 else 0)
+                elif kind == _PUBREC:
+                    mid = _H.unpack_from(buf, i)[0]
+                    code = buf[i + 2] if rl > 2 else 0
+                    if code >= 0x80:
+                        self._ack_received(mid, code)
+                    else:
+                        self._send(_ACK4.pack(0x62, 2, mid))  # PUBREL
+                elif kind == _PUBREL:
+                    self._send(_ACK4.pack(0x70, 2, _H.unpack_from(buf, i)[0]))  # PUBCOMP
+                elif kind == _SUBACK or kind == _UNSUBACK:
+                    mid = _H.unpack_from(buf, i)[0]
+                    _, k = _props_at(buf, i + 2)
+                    fut = self._subacks.get(mid)
+                    if fut is not None and not fut.done():
+                        fut.set_result(list(buf[k:end]))
+                elif kind == _PINGRESP:
+                    pass
+                elif kind == _CONNACK:
+                    self._connack_received(buf, i, end)
+                elif kind == _DISCONNECT:
+                    code = buf[i] if rl else 0
+                    self._abort(f"the broker disconnected: {reason_name(code) if code else 'normal'}")
+                    return
+                else:
+                    raise _ProtocolError(f"unexpected packet type {kind}")
+        finally:
+            self._buf = buf[pos:] if pos < n else b""
+            if acks:
+                self._send(b"".join(acks))
 
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._detach(sock)
-
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._in_connect or self._loop is None:
-            return  # _attach() checks want_write() once connect() returns
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.add_writer(sock, self._do_write)
-
-    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None and not self._in_connect:
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_writer(sock)
-
-    # -- socket plumbing -------------------------------------------------
-
-    def _attach(self) -> None:
-        loop, c, sock = self._loop, self._client, self._sock
-        if loop is None or c is None or sock is None or not self._want_reader:
+    def _connack_received(self, buf: bytes, i: int, end: int) -> None:
+        fut = self._connack
+        if fut is None or fut.done():
+            raise _ProtocolError("a second CONNACK")
+        present, code = bool(buf[i] & 1), buf[i + 1]
+        props, _ = _props_at(buf, i + 2) if end > i + 2 else ({}, end)
+        if code >= 0x80:
+            fut.set_exception(MqttError(
+                f"{self.host}:{self.port} refused the connection: {reason_name(code).capitalize()}"))
             return
-        self._want_reader = False
-        self._recv = _BufferedRecv(c, sock)
-        c._sock_recv = self._recv  # type: ignore[method-assign]
-        loop.add_reader(sock, self._do_read)
-        if c.want_write():
-            loop.add_writer(sock, self._do_write)
-        if self._misc_task is None:
-            self._misc_task = loop.create_task(self._misc(), name=f"mqtt-misc-{self.host}:{self.port}")
+        self.server_receive_maximum = int(props.get(0x21, 65535)) or 65535
+        self._inflight_cap = min(self._max_inflight, self.server_receive_maximum)
+        if 0x13 in props:  # Server Keep Alive (3.2.2.3.14) overrides ours
+            self._keepalive = int(props[0x13])
+        fut.set_result(present)
+        if self._keepalive > 0 and self._ping_task is None and self._loop is not None:
+            self._ping_task = self._loop.create_task(self._keep_alive(), name=f"mqtt-ping-{self.host}:{self.port}")
 
-    def _detach(self, sock: Any) -> None:
-        loop = self._loop
-        if loop is not None and sock is not None:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(sock)
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_writer(sock)
+    def _ack_received(self, mid: int, code: int) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            if code >= 0x80:
+                fut.set_exception(MqttError(f"the broker refused the publish: {reason_name(code)}"))
+            else:
+                fut.set_result(None)
+        waiting = self._waiting
+        while waiting and len(self._pending) - len(waiting) < self._inflight_cap:
+            self._send(waiting.popleft()[1])
 
-    def _do_read(self) -> None:
-        # loop_read() handles one packet per call (paho reads the header a byte
-        # at a time); drain everything the socket holds in one loop turn so a
-        # burst costs one select() instead of one per message.
-        self._read_again = None
-        c = self._client
-        if c is None or self._paused:
-            return
-        read = c._packet_read  # private, but the only way to learn "socket drained" (AGAIN)
-        # At most 256 packets per turn: bounds what is held between reading and
-        # processing (a message may decode into hundreds of readings) and lets timers
-        # and other sockets run in between.
-        for _ in range(_READ_TURN):
-            if c._sock is None or self._paused:
+    async def _keep_alive(self) -> None:
+        """PINGREQ when we sent nothing for half the keep-alive (3.1.2.10); the
+        connection is dead when nothing came back for 1.5 times it."""
+        ka = self._keepalive
+        while self._transport is not None:
+            await asyncio.sleep(max(0.5, ka / 4))
+            now = time.monotonic()
+            if now - self._last_heard > 1.5 * ka:
+                self._abort(f"no answer from the broker within {1.5 * ka:g} s (keep-alive)")
                 return
-            rc = read()
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                return
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                c._loop_rc_handle(rc)
-                return
-        # Stopped at the cap: packets may wait in our buffer, where select() cannot
-        # see them (the broker may send nothing more until we acknowledge them).
-        self._schedule_read()
+            if now - self._last_sent >= ka / 2:
+                self._send(b"\xc0\x00")
 
-    def _do_write(self) -> None:
-        c = self._client
-        if c is not None:
-            c.loop_write()
+    def _abort(self, why: str) -> None:
+        t = self._transport
+        self._lost(why)
+        if t is not None:
+            t.abort()
 
-    async def _misc(self) -> None:
-        while self._client is not None:
-            await asyncio.sleep(1.0)
-            c = self._client
-            if c is None:
-                return
-            c.loop_misc()
+    def _stop_timers(self) -> None:
+        for h in (self._flush_handle, self._parse_handle):
+            if h is not None:
+                h.cancel()
+        self._flush_handle = self._parse_handle = None
+        task, self._ping_task = self._ping_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
+        self._waiting.clear()
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(MqttError(f"connection lost before PUBACK: {why}"))
+                fut.exception()  # retrieved: a caller that gave up on it is not an error
         for fut in self._subacks.values():
             if not fut.done():
                 fut.set_exception(MqttError(f"connection lost before SUBACK: {why}"))
 
     def _teardown(self) -> None:
-        if self._read_again is not None:
-            self._read_again.cancel()
-            self._read_again = None
-        c, self._client = self._client, None
-        if self._misc_task is not None:
-            self._misc_task.cancel()
-            self._misc_task = None
-        self._detach(self._sock)
-        if c is not None:
-            with contextlib.suppress(Exception):
-                c.on_socket_close = None
-                c.on_socket_unregister_write = None
-                sock = c.socket()
-                if sock is not None:
-                    sock.close()
-                c._sock = None
-        self._sock = None
-        self._fail_pending("closed")
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(MqttError("closed"))
+        t, self._transport = self._transport, None
+        self._out = []
+        if t is not None:
+            t.abort()
+        self._buf = b""
+        self._lost("closed")
+        if self._connack is not None and self._connack.done() and not self._connack.cancelled():
             self._connack.exception()  # mark retrieved
-        if self._disconnected is not None and not self._disconnected.done():
-            self._disconnected.set_result("closed")
 
 
 # OpenSSL verify results that mean "ca_file is not the CA that signed the broker's certificate".
@@ -724,7 +858,13 @@ def _describe(exc: BaseException) -> str:
         return f"TLS handshake failed: {why}"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, socket.gaierror):
+        # "[Errno 111] Connection refused" -> "connection refused" (asyncio words it
+        # "Connect call failed (addr)": the errno says the same, shorter).
+        words = os.strerror(exc.errno)
+        return words[:1].lower() + words[1:]
     if isinstance(exc, OSError) and exc.strerror:
-        # "[Errno 111] Connection refused" -> "connection refused"; DNS errors keep their words.
-        return exc.strerror[:1].lower() + exc.strerror[1:] if exc.errno else exc.strerror
+        return exc.strerror  # DNS errors keep their words
+    if isinstance(exc, OSError) and exc.errno is None and not str(exc):
+        return type(exc).__name__
     return str(exc) or type(exc).__name__

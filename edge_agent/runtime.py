@@ -399,13 +399,12 @@ class Agent:
         first_copy = self.router.first_copy
         for msg, arrival in inbox:
             payload = msg.payload
-            topic_b = msg._topic
+            topic_b = msg.topic_bytes
             try:
                 topic = topic_b.decode("utf-8")
             except UnicodeDecodeError:
                 topic = ""  # brokers refuse such topics (MQTT 5 1.5.4); never fatal
-            props = msg.properties
-            sids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
+            sids = msg.subscription_ids
             if sids and not first_copy(topic, sids):
                 # Another copy of this message, sent for an overlapping subscription.
                 if msg.qos:
@@ -431,7 +430,7 @@ class Agent:
             idx = route(topic)
             if not idx:
                 continue
-            ctype = getattr(props, "ContentType", None) if props is not None else None
+            ctype = msg.content_type
             for i in idx:
                 p = pipelines[i]
                 p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)  # type: ignore[arg-type]  # a bytearray reads the same

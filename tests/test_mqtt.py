@@ -1,85 +1,31 @@
-"""The paho adapter: decoding parity of the shared-table Properties, and a live round trip."""
+"""Our MQTT 5 client against a real mosquitto, and against a fake broker that sends
+exactly the bytes a test wants (split reads, malformed packets)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
 
-import paho.mqtt._packet as paho_packet
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from edge_agent.mqtt import MqttClient, _SharedTableProperties
-from tests.agent_harness import apoll
+from edge_agent.mqtt import Message, MqttClient, MqttError, Will
 from tests.brokers import Broker
 
 
-def test_shared_table_properties_are_installed() -> None:
-    assert paho_packet.Properties is _SharedTableProperties
-
-
-def _publish_body(topic: bytes, mid: int, props: Properties | None, payload: bytes) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big")
-    body += props.pack() if props is not None else b"\x00"
-    return body + payload
-
-
-def _as_dict(p: Properties) -> dict[str, object]:
-    return {k: v for k, v in vars(p).items() if k not in ("packetType", "types", "names", "properties")}
-
-
-@settings(max_examples=200)
-@given(
-    topic=st.text(min_size=1, max_size=20).map(str.encode),
-    mid=st.integers(1, 65535),
-    payload=st.binary(max_size=50),
-    content_type=st.none() | st.text(max_size=20),
-    sub_ids=st.lists(st.integers(1, 268435455), max_size=3),
-    expiry=st.none() | st.integers(0, 2**32 - 1),
-    user=st.lists(st.tuples(st.text(max_size=5), st.text(max_size=5)), max_size=2),
-)
-def test_decoding_matches_paho(topic: bytes, mid: int, payload: bytes, content_type: str | None,
-                               sub_ids: list[int], expiry: int | None,
-                               user: list[tuple[str, str]]) -> None:
-    props = Properties(PacketTypes.PUBLISH)
-    if content_type is not None:
-        props.ContentType = content_type
-    for sid in sub_ids:
-        props.SubscriptionIdentifier = sid
-    if expiry is not None:
-        props.MessageExpiryInterval = expiry
-    for pair in user:
-        props.UserProperty = pair
-    body = _publish_body(topic, mid, props, payload)
-
-    def decode() -> object:
-        try:
-            pkt = paho_packet.decode_publish(0x32, body, MQTTProtocolVersion.MQTTv5)
-        except Exception as exc:  # paho refuses some (e.g. NUL in UTF-8): both must agree
-            return type(exc)
-        return (pkt.topic, pkt.mid, pkt.payload, _as_dict(pkt.properties))
-
-    ours = decode()
-    paho_packet.Properties = Properties
-    try:
-        theirs = decode()
-    finally:
-        paho_packet.Properties = _SharedTableProperties
-    assert ours == theirs
-
-
-def test_empty_property_block_takes_the_short_path() -> None:
-    body = _publish_body(b"t", 7, None, b"21.5")
-    pkt = paho_packet.decode_publish(0x32, body, MQTTProtocolVersion.MQTTv5)
-    assert pkt.payload == b"21.5" and pkt.mid == 7
-    assert _as_dict(pkt.properties) == {}
-    assert getattr(pkt.properties, "ContentType", None) is None
+async def _until(cond: object, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.01)
 
 
 async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
-    got: list[object] = []
+    got: list[Message] = []
     sub = MqttClient(host="127.0.0.1", port=broker.port, client_id="rt-sub", clean_start=False,
                      session_expiry=60, manual_ack=True, on_message=got.append)
     assert await sub.connect() is False
@@ -87,36 +33,25 @@ async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
     pub = MqttClient(host="127.0.0.1", port=broker.port)
     await pub.connect()
     await asyncio.gather(*(pub.publish("rt/a", b"%d" % i, 1, "application/json") for i in range(50)))
-    await apoll(lambda: len(got) >= 50, 30, what="50 messages")
-    assert [m.payload for m in got] == [b"%d" % i for i in range(50)]  # type: ignore[attr-defined]
-    assert {m.properties.ContentType for m in got} == {"application/json"}  # type: ignore[attr-defined]
+    await _until(lambda: len(got) == 50)
+    assert [m.payload for m in got] == [b"%d" % i for i in range(50)]
+    assert {m.content_type for m in got} == {"application/json"}
+    assert {m.topic for m in got} == {"rt/a"} and {m.qos for m in got} == {1}
     # Unacknowledged (manual ack): the session resumes and redelivers them with DUP set.
     sub.close()
-    again: list[object] = []
+    again: list[Message] = []
     sub2 = MqttClient(host="127.0.0.1", port=broker.port, client_id="rt-sub", clean_start=False,
                       session_expiry=60, manual_ack=True, on_message=again.append)
     assert await sub2.connect() is True
-    await apoll(lambda: len(again) >= 50, 30, what="50 messages")
-    assert len(again) == 50 and all(m.dup for m in again)  # type: ignore[attr-defined]
-    assert [m.mid for m in again] == [m.mid for m in got]  # type: ignore[attr-defined]
+    await _until(lambda: len(again) == 50)
+    assert len(again) == 50 and all(m.dup for m in again)
+    assert [m.mid for m in again] == [m.mid for m in got]
     await sub2.disconnect()
     await pub.disconnect()
 
 
-@given(st.text(max_size=40), st.text(max_size=40))
-def test_packed_publish_properties_match_paho_and_follow_changes(first: str, second: str) -> None:
-    from edge_agent.mqtt import _PackedProperties
-
-    ours, theirs = _PackedProperties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
-    for value in (first, second):
-        ours.ContentType = value
-        theirs.ContentType = value
-        assert ours.pack() == theirs.pack()
-        assert ours.pack() == theirs.pack()  # cached the second time
-
-
 async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) -> None:
-    got: list[object] = []
+    got: list[Message] = []
     sub = MqttClient(host="127.0.0.1", port=broker.port, client_id="am-sub", clean_start=False,
                      session_expiry=60, receive_maximum=1000, manual_ack=True, on_message=got.append)
     await sub.connect()
@@ -124,12 +59,11 @@ async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) 
     pub = MqttClient(host="127.0.0.1", port=broker.port)
     await pub.connect()
     await asyncio.gather(*(pub.publish(f"am/{i}", b"x" * i, 1) for i in range(300)))
-    await apoll(lambda: len(got) >= 300, 30, what="300 messages")
-    assert len(got) == 300  # read through the buffered receive path, every size intact
-    assert sorted(len(m.payload) for m in got) == list(range(300))  # type: ignore[attr-defined]
-    sub.ack_many([m.mid for m in got])  # type: ignore[attr-defined]
+    await _until(lambda: len(got) == 300)
+    assert sorted(len(m.payload) for m in got) == list(range(300))  # every size intact
+    sub.ack_many([m.mid for m in got])
     await sub.disconnect()
-    again: list[object] = []
+    again: list[Message] = []
     sub2 = MqttClient(host="127.0.0.1", port=broker.port, client_id="am-sub", clean_start=False,
                       session_expiry=60, manual_ack=True, on_message=again.append)
     assert await sub2.connect() is True
@@ -139,19 +73,243 @@ async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) 
     await pub.disconnect()
 
 
-async def test_a_burst_held_in_the_read_buffer_is_delivered_without_more_traffic(broker: Broker) -> None:
-    # 3,000 tiny unacknowledged messages fit in one 64 KiB read; a read turn stops
-    # after 1,000 packets, and the broker sends nothing more (it waits for acks): the
-    # rest must still be delivered although select() never sees the socket readable.
-    got: list[object] = []
-    sub = MqttClient(host="127.0.0.1", port=broker.port, client_id="burst-sub", receive_maximum=5000,
-                     manual_ack=True, on_message=got.append)
+async def test_publishes_beyond_max_inflight_wait_for_acks_and_all_arrive(broker: Broker) -> None:
+    got: list[Message] = []
+    sub = MqttClient(host="127.0.0.1", port=broker.port, receive_maximum=5000,
+                     on_message=got.append)
     await sub.connect()
     await sub.subscribe([("b", 1)])
-    pub = MqttClient(host="127.0.0.1", port=broker.port, max_inflight=5000)
+    pub = MqttClient(host="127.0.0.1", port=broker.port, max_inflight=10)
     await pub.connect()
-    await asyncio.gather(*(pub.publish("b", b"", 1) for _ in range(3000)))
-    await apoll(lambda: len(got) >= 3000, 30, what="3000 messages")
-    assert len(got) == 3000
+    futs = [pub.publish("b", b"%d" % i, 1) for i in range(3000)]
+    assert pub.unacked_publishes == 3000
+    await asyncio.gather(*futs)
+    await _until(lambda: len(got) == 3000)
+    assert [m.payload for m in got] == [b"%d" % i for i in range(3000)]  # in order
     await sub.disconnect()
     await pub.disconnect()
+
+
+async def test_qos2_both_ways(broker: Broker) -> None:
+    got: list[Message] = []
+    sub = MqttClient(host="127.0.0.1", port=broker.port, on_message=got.append)
+    await sub.connect()
+    assert await sub.subscribe([("q2", 2)]) == [2]
+    pub = MqttClient(host="127.0.0.1", port=broker.port)
+    await pub.connect()
+    await asyncio.wait_for(asyncio.gather(*(pub.publish("q2", b"%d" % i, 2) for i in range(20))), 5)
+    await _until(lambda: len(got) == 20)
+    assert [m.payload for m in got] == [b"%d" % i for i in range(20)]
+    assert {m.qos for m in got} == {2}
+    await sub.disconnect()
+    await pub.disconnect()
+
+
+async def test_retain_user_properties_and_will(broker: Broker) -> None:
+    will = Will("st/agent", b"offline", qos=1, retain=True, content_type="application/cbor",
+                user_properties=(("k", "v"),))
+    dying = MqttClient(host="127.0.0.1", port=broker.port, client_id="dying", will=will)
+    await dying.connect()
+    pub = MqttClient(host="127.0.0.1", port=broker.port)
+    await pub.connect()
+    await pub.publish("st/kept", b"hello", 1, "text/plain", retain=True,
+                      user_properties=[("content-encoding", "deflate")], user_property=("a", "b"))
+    dying.close()  # no DISCONNECT: the broker publishes the will
+    got: list[Message] = []
+    sub = MqttClient(host="127.0.0.1", port=broker.port, on_message=got.append)
+    await sub.connect()
+    await asyncio.sleep(0.2)
+    await sub.subscribe([("st/#", 1)])
+    await _until(lambda: len(got) == 2)
+    by_topic = {m.topic: m for m in got}
+    kept = by_topic["st/kept"]
+    assert kept.retain and kept.payload == b"hello" and kept.content_type == "text/plain"
+    assert kept.user_properties == (("content-encoding", "deflate"), ("a", "b"))
+    w = by_topic["st/agent"]
+    assert w.retain and w.payload == b"offline" and w.content_type == "application/cbor"
+    assert w.user_properties == (("k", "v"),)
+    await sub.disconnect()
+    await pub.disconnect()
+
+
+async def test_subscription_identifiers_are_delivered(broker: Broker) -> None:
+    got: list[Message] = []
+    sub = MqttClient(host="127.0.0.1", port=broker.port, on_message=got.append)
+    await sub.connect()
+    await sub.subscribe([("s/#", 0), ("s/+", 0)], ids=[1, 2])
+    pub = MqttClient(host="127.0.0.1", port=broker.port)
+    await pub.connect()
+    await pub.publish("s/x", b"1", 1)
+    await _until(lambda: sum(len(m.subscription_ids) for m in got) >= 2)
+    assert sorted(i for m in got for i in m.subscription_ids) == [1, 2]
+    await sub.disconnect()
+    await pub.disconnect()
+
+
+async def test_refused_subscription_is_an_error_naming_the_filter() -> None:
+    suback = bytes([0x90, 4, 0, 1, 0, 0x87])  # packet id 1, no properties, Not authorized
+    async with _fake_broker(_CONNACK, 64, then=suback) as (port, _):
+        c = MqttClient(host="127.0.0.1", port=port)
+        await c.connect()
+        with pytest.raises(MqttError, match="'secret/#' refused: not authorized"):
+            await c.subscribe([("secret/#", 1)])
+        c.close()
+
+
+async def test_paused_reading_delivers_what_was_buffered_on_resume(broker: Broker) -> None:
+    got: list[Message] = []
+    sub: MqttClient
+
+    def on_message(m: Message) -> None:
+        got.append(m)
+        if len(got) == 10:
+            sub.pause_reading()  # mid-buffer: the rest waits in our buffer
+
+    sub = MqttClient(host="127.0.0.1", port=broker.port, receive_maximum=5000, manual_ack=True,
+                     on_message=on_message)
+    await sub.connect()
+    await sub.subscribe([("p", 1)])
+    pub = MqttClient(host="127.0.0.1", port=broker.port, max_inflight=5000)
+    await pub.connect()
+    await asyncio.gather(*(pub.publish("p", b"", 1) for _ in range(2000)))
+    await asyncio.sleep(0.2)
+    assert len(got) == 10 and sub.reading_paused
+    sub.resume_reading()
+    await _until(lambda: len(got) == 2000)
+    assert len(got) == 2000
+    await sub.disconnect()
+    await pub.disconnect()
+
+
+# -- a fake broker: exact bytes, split anywhere ---------------------------------------
+
+_CONNACK = bytes([0x20, 3, 0, 0, 0])
+
+
+def _publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, props: bytes = b"\x00") -> bytes:
+    body = struct.pack(">H", len(topic)) + topic + (struct.pack(">H", mid) if qos else b"") + props + payload
+    rl, n = b"", len(body)
+    while True:
+        b, n = n & 0x7F, n >> 7
+        rl += bytes([b | (0x80 if n else 0)])
+        if not n:
+            break
+    return bytes([0x30 | (qos << 1)]) + rl + body
+
+
+@contextlib.asynccontextmanager
+async def _fake_broker(script: bytes, chunk: int, then: bytes = b"") -> AsyncIterator[tuple[int, list[bytes]]]:
+    """Answers a CONNECT with `script`, written `chunk` bytes at a time, and the client's
+    next packet with `then`; records what the client sent."""
+    seen: list[bytes] = []
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await serve(r, w)
+        finally:
+            w.close()
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        seen.append(await r.read(65536))
+        for i in range(0, len(script), chunk):
+            w.write(script[i : i + chunk])
+            await w.drain()
+            await asyncio.sleep(0)
+        with contextlib.suppress(Exception):
+            while data := await r.read(65536):
+                seen.append(data)
+                if then and len(seen) == 2:
+                    w.write(then)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], seen
+    finally:
+        server.close()
+        for t in handlers:
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    msgs=st.lists(st.tuples(st.binary(min_size=1, max_size=30), st.binary(max_size=300), st.integers(0, 1)),
+                  min_size=1, max_size=40),
+    chunk=st.integers(1, 64),
+)
+def test_any_split_of_the_stream_gives_the_same_messages(msgs: list[tuple[bytes, bytes, int]], chunk: int) -> None:
+    stream = _CONNACK + b"".join(_publish(t, p, q, i + 1) for i, (t, p, q) in enumerate(msgs))
+
+    async def run() -> list[tuple[bytes, bytes, int, int]]:
+        got: list[Message] = []
+        async with _fake_broker(stream, chunk) as (port, _):
+            c = MqttClient(host="127.0.0.1", port=port, manual_ack=True, on_message=got.append)
+            await c.connect()
+            await _until(lambda: len(got) == len(msgs))
+            c.close()
+        return [(m.topic_bytes, m.payload, m.qos, m.mid) for m in got]
+
+    assert asyncio.run(run()) == [(t, p, q, (i + 1) if q else 0) for i, (t, p, q) in enumerate(msgs)]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # remaining length of 5 bytes
+        bytes([0x30, 2, 0, 9]),  # topic longer than the packet
+        bytes([0xF0, 0]),  # packet type 15 (AUTH) was never asked for
+        _publish(b"t", b"x", props=b"\x02\x7f\x00"),  # unknown property
+        _publish(b"t", b"x", props=b"\x03\x23\x00\x01"),  # topic alias we never allowed
+    ],
+)
+async def test_a_malformed_packet_closes_the_connection_with_a_reason(garbage: bytes) -> None:
+    got: list[Message] = []
+    async with _fake_broker(_CONNACK + _publish(b"ok", b"1") + garbage, 4096) as (port, _):
+        c = MqttClient(host="127.0.0.1", port=port, on_message=got.append)
+        await c.connect()
+        why = await asyncio.wait_for(c.wait_disconnected(), 5)
+        assert "protocol error" in why or "malformed" in why or "closed" in why, why
+        assert not c.connected
+        c.close()
+    assert [m.payload for m in got] == [b"1"]
+
+
+async def test_auto_ack_batches_pubacks_of_one_read() -> None:
+    stream = _CONNACK + b"".join(_publish(b"t", b"v", 1, mid) for mid in range(1, 101))
+    async with _fake_broker(stream, len(stream)) as (port, seen):
+        c = MqttClient(host="127.0.0.1", port=port, on_message=lambda m: None)
+        await c.connect()
+        await _until(lambda: sum(len(s) for s in seen[1:]) >= 400)
+        acks = b"".join(seen[1:])
+        assert acks == b"".join(bytes([0x40, 2, 0, mid]) for mid in range(1, 101))
+        c.close()
+
+
+async def test_connack_refusal_is_described() -> None:
+    async with _fake_broker(bytes([0x20, 3, 0, 0x86, 0]), 64) as (port, _):
+        c = MqttClient(host="127.0.0.1", port=port, username="u", password="wrong")
+        with pytest.raises(MqttError, match="(?i)bad user name or password"):
+            await c.connect(timeout=5)
+        c.close()
+
+
+async def test_connect_packet_carries_credentials_will_and_limits() -> None:
+    async with _fake_broker(_CONNACK, 64) as (port, seen):
+        c = MqttClient(host="127.0.0.1", port=port, client_id="cid", clean_start=False,
+                       session_expiry=3600, receive_maximum=8192, username="user", password="pw",
+                       keepalive=20, will=Will("w/t", b"bye", qos=1, retain=True))
+        await c.connect()
+        c.close()
+    pkt = seen[0]
+    assert pkt[0] == 0x10
+    body = pkt[2:]
+    assert body[:7] == b"\x00\x04MQTT\x05"
+    flags = body[7]
+    assert flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04  # user, password, will retain, will QoS 1, will
+    assert body[8:10] == b"\x00\x14"  # keep alive 20
+    assert b"\x11\x00\x00\x0e\x10" in body and b"\x21\x20\x00" in body  # session expiry, receive max
+    assert b"\x00\x03cid" in body and b"\x00\x03w/t" in body and b"\x00\x03bye" in body
+    assert body.endswith(b"\x00\x04user\x00\x02pw")
