@@ -48,6 +48,7 @@ from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.decode import PayloadDecoder
 from edge_agent.ingest.limits import KeyLimits
 from edge_agent.ingest.router import TopicRouter
+from edge_agent.ingest.shed import SLICE_S, Shedder
 from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
 from edge_agent.uplink.backoff import Backoff
@@ -80,6 +81,7 @@ COUNTER_NAMES = (
     "readings_in",
     "readings_rejected",
     "readings_late",
+    "readings_shed",
     "windows_emitted",
     "batches_sent",
     "batches_dropped",
@@ -95,16 +97,22 @@ class _Pipeline:
     rejects: Counter[str] = field(default_factory=Counter)
     buf: list[tuple[str, float, float]] = field(default_factory=list)
     readings_in: int = 0
+    readings_shed: int = 0  # QoS 0 messages dropped before decoding (ingest/shed.py)
 
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def high_priority(self) -> bool:
+        return self.cfg.priority == "high"
 
     def counters(self) -> dict[str, int]:
         return {
             "readings_in": self.readings_in,
             "readings_rejected": sum(self.rejects.values()),
             "readings_late": self.engine.readings_late,
+            "readings_shed": self.readings_shed,
             "windows_emitted": self.engine.windows_emitted,
         }
 
@@ -136,6 +144,7 @@ class Agent:
             _build_pipeline(p, cfg.local.max_future_skew) for p in cfg.pipelines
         ]
         self.router = TopicRouter([p.cfg.topics for p in self.pipelines])
+        self.shedder = Shedder(self.router.route, self.pipelines)
         self.streams: dict[int, Stream] = {}
         self._make_streams()
         self._high = {p.name for p in self.pipelines if p.cfg.priority == "high"}
@@ -150,7 +159,6 @@ class Agent:
         self.commit_error = ""  # the last checkpoint's failure, "" once one commits
         self.messages_qos0 = 0
         self.messages_duplicate = 0
-        self.messages_shed = 0  # QoS 0 messages dropped on arrival while overloaded
         self.ingest_pauses = 0  # times the local socket was paused for the checkpoint to catch up
         self._over_budget = False  # uncommitted work past the budget, until the next checkpoint
         self._over_budget_at = -1e9
@@ -168,6 +176,7 @@ class Agent:
         self._failed_acks: list[int] = []
         self._emitted = Emitted()
         self._inbox: list[tuple[Message, float]] = []
+        self._inbox_bytes = 0
         self._process_scheduled = False
         self._taking = False  # False while starting and stopping: messages are left unacknowledged
         self._stop = asyncio.Event()
@@ -374,22 +383,48 @@ class Agent:
     def _on_message(self, msg: Message) -> None:
         if not self._taking:
             return  # not acknowledged: the broker redelivers it to the next run
-        if self.overloaded and not msg.qos:
-            # Load shedding: QoS 0 cannot be held back by withheld acknowledgements,
-            # QoS 1 can (the broker stops at our Receive Maximum and queues the rest).
-            self.messages_shed += 1
+        inbox = self._inbox
+        if not msg.qos and self.shedder.over(len(inbox), self._inbox_bytes) and not self.shedder.keep(
+                msg.topic_bytes, len(inbox), self._inbox_bytes):
+            # Load shedding, before decoding: QoS 0 cannot be held back by withheld
+            # acknowledgements, QoS 1 can (the broker stops at our Receive Maximum).
             return
-        self._inbox.append((msg, time.time()))
+        inbox.append((msg, time.time()))
+        self._inbox_bytes += len(msg.payload)
         if not self._process_scheduled:
             self._process_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._process_inbox)
 
-    def _process_inbox(self) -> None:
+    def _process_inbox(self, everything: bool = False) -> None:
+        """Process the inbox for one time slice (SLICE_S) or, with `everything`, all of it.
+
+        What is left waits for the next turn, after the event loop has read the
+        socket and run its timers; the shedder keeps the inbox within its limit.
+        """
         self._process_scheduled = False
-        inbox, self._inbox = self._inbox, []
+        inbox = self._inbox
         if not inbox:
             return
+        perf = time.perf_counter
+        t0 = perf()
+        deadline = t0 + SLICE_S
+        done, n = 0, len(inbox)
+        while done < n:
+            chunk = inbox[done : done + 256]
+            done += len(chunk)
+            self._inbox_bytes -= sum([len(m.payload) for m, _ in chunk])
+            self._process_batch(chunk)
+            if not everything and perf() >= deadline:
+                break
+        del inbox[:done]
+        self.shedder.note_processed(done, perf() - t0)
+        if inbox and not self._process_scheduled:
+            self._process_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._process_inbox)
+
+    def _process_batch(self, inbox: list[tuple[Message, float]]) -> None:
         held, dirty, acks = self._held, self._held_dirty, self._acks
         route, pipelines = self.router.route, self.pipelines
         crc32 = zlib.crc32
@@ -647,7 +682,7 @@ class Agent:
         self.overloaded = overloaded
         if overloaded:
             log.warning("ingest overloaded (event loop %.1f s late, %d uncommitted records): "
-                        "shedding QoS 0, holding QoS 1 back at the broker",
+                        "holding QoS 1 back at the broker",
                         self.loop_lag, len(self._pending_add))
         else:
             log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
@@ -735,6 +770,10 @@ class Agent:
         self._high = {p.name for p in keep if p.cfg.priority == "high"}
         old_filters = self.router.subscriptions
         self.router = TopicRouter([p.cfg.topics for p in keep])
+        shed_before = self.shedder
+        self.shedder = Shedder(self.router.route, keep)
+        self.shedder.messages_shed = shed_before.messages_shed
+        self.shedder.last_shed_at = shed_before.last_shed_at
         self._make_streams()
         if gone:
             cp = Checkpoint(windows_gone=gone)
@@ -826,9 +865,15 @@ class Agent:
         if self.commit_error and not self.disk_full:
             reasons.append(f"checkpoints failing, retried: {self.commit_error}")
             status = "failing"
+        shedder = self.shedder
         if self.overloaded:
             reasons.append(f"ingest overloaded: event loop {self.loop_lag:.1f} s late, "
-                           f"{self.messages_shed} QoS 0 messages shed")
+                           f"{shedder.messages_shed} QoS 0 messages shed")
+            if status == "ok":
+                status = "degraded"
+        if shedder.shedding():
+            reasons.append(f"shedding QoS 0 readings under overload: {shedder.messages_shed} "
+                           "messages dropped before decoding (readings_shed)")
             if status == "ok":
                 status = "degraded"
         return status, reasons
@@ -866,11 +911,14 @@ class Agent:
             "messages": {
                 "qos0": self.messages_qos0,
                 "duplicates": self.messages_duplicate,
-                "shed_qos0": self.messages_shed,
+                "shed_qos0": shedder.messages_shed,
             },
             "ingest": {
                 "loop_lag_s": round(self.loop_lag, 3),
                 "overloaded": self.overloaded,
+                "shedding": shedder.shedding(),
+                "inbox": len(self._inbox),
+                "shed_limit": shedder.limit,
                 "paused": bool(self.local and self.local.reading_paused),
                 "pauses": self.ingest_pauses,
             },
@@ -895,7 +943,7 @@ class Agent:
         """Stop taking readings, checkpoint, acknowledge, let in-flight batches finish, close."""
         self.notifier.stopping()
         self._taking = False
-        self._process_inbox()  # what was read before the stop is processed and committed
+        self._process_inbox(everything=True)  # what was read before the stop is processed and committed
         self._closing = True
         self._commit_now.set()
         commit_task = self._tasks.pop("commit", None)

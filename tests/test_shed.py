@@ -1,0 +1,144 @@
+"""Load shedding (issue 12): offered far beyond capacity, the agent keeps emitting
+correct windows for the readings it kept and counts every shed one.
+
+No timing: the whole flood arrives in one burst, before the event loop gets a turn
+to process anything (as one large socket read would deliver it), so exactly what
+is over the inbox limit is shed, and the test knows which readings were kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from edge_agent.config import load_config
+from edge_agent.health.metrics import render_metrics
+from edge_agent.ingest.shed import Shedder
+from edge_agent.mqtt import Message
+from edge_agent.runtime import Agent
+from edge_agent.windows.engine import Emitted
+
+T0 = 1_700_000_000.0  # a 10 s window boundary
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[agent]
+id = "shed-test"
+state_dir = "{tmp_path / 'state'}"
+[health]
+listen = ""
+[local]
+max_future_skew = "3650d"
+[[pipeline]]
+name = "climate"
+topics = ["s/#"]
+size = "10s"
+aggregates = ["count", "sum", "min", "max"]
+[[pipeline]]
+name = "alarms"
+topics = ["a/#"]
+size = "10s"
+priority = "high"
+aggregates = ["count", "sum"]
+""")
+    return path
+
+
+def _msg(topic: str, ts: float, value: float, qos: int = 0, mid: int = 0) -> Message:
+    return Message(topic.encode(), json.dumps({"ts": ts, "value": value}).encode(), qos, mid, False, False)
+
+
+def _windows(agent: Agent) -> dict[str, list[dict[str, object]]]:
+    out: dict[str, list[dict[str, object]]] = {}
+    for p in agent.pipelines:
+        em = Emitted()
+        p.engine.flush_all(em)
+        out[p.name] = list(em.windows)
+    return out
+
+
+async def test_flood_far_beyond_capacity_keeps_correct_windows_and_counts_every_shed_one(
+    tmp_path: Path,
+) -> None:
+    agent = Agent(load_config(_config(tmp_path)))
+    agent._loop = asyncio.get_running_loop()
+    agent._taking = True
+    limit = agent.shedder.limit
+    n = 3 * limit  # three times what the inbox may hold: two thirds must be shed
+    offered: list[tuple[str, float, float]] = []
+    for i in range(n):
+        key = f"s/dev{i % 7}"
+        reading = (key, T0 + (i % 1000) / 100, float(i))
+        offered.append(reading)
+        agent._on_message(_msg(*reading))
+        if i % 100 == 0:  # alarms arrive in the middle of the flood, after the limit too
+            agent._on_message(_msg("a/door", T0 + 1, 1.0))
+    n_alarms = len(range(0, n, 100))
+    # Nothing was processed yet: the flood is one burst. Now the agent catches up.
+    agent._process_inbox(everything=True)
+
+    climate, alarms = agent.pipelines
+    kept = offered[: climate.readings_in]  # the first ones queued are the ones kept (FIFO)
+    assert climate.readings_in + climate.readings_shed == n
+    assert climate.readings_shed >= n - limit > 0
+    assert alarms.readings_in == n_alarms and alarms.readings_shed == 0  # high priority: kept
+    counters = agent.counters()
+    assert counters["readings_shed"] == climate.readings_shed
+    assert counters["readings_rejected"] == 0
+
+    # The windows of the kept readings are exact: per key, count, sum, min and max.
+    want: dict[str, list[float]] = defaultdict(list)
+    for key, _, value in kept:
+        want[key].append(value)
+    got = _windows(agent)
+    by_key = {w["key"]: w for w in got["climate"]}
+    assert set(by_key) == set(want)
+    for key, values in want.items():
+        w = by_key[key]
+        assert (w["start"], w["end"]) == (T0, T0 + 10)
+        assert w["count"] == len(values) and w["sum"] == sum(values)
+        assert w["min"] == min(values) and w["max"] == max(values)
+    assert [w["count"] for w in got["alarms"]] == [n_alarms]
+
+    # Health says so, with the counter, and /metrics carries it per pipeline.
+    health = agent.health()
+    assert health["status"] == "degraded"
+    assert any("shedding QoS 0" in r for r in health["reasons"]), health["reasons"]
+    assert health["counters"]["readings_shed"] == climate.readings_shed
+    text = render_metrics(health)
+    assert f"edge_agent_readings_shed_total {climate.readings_shed}" in text
+    assert f'edge_agent_pipeline_readings_shed_total{{pipeline="climate"}} {climate.readings_shed}' in text
+
+
+async def test_qos1_is_never_shed(tmp_path: Path) -> None:
+    agent = Agent(load_config(_config(tmp_path)))
+    agent._loop = asyncio.get_running_loop()
+    agent._taking = True
+    n = 3 * agent.shedder.limit
+    for i in range(n):
+        agent._on_message(_msg(f"s/dev{i % 7}", T0 + 1, 1.0, qos=1, mid=i % 65535 + 1))
+    agent._process_inbox(everything=True)
+    climate = agent.pipelines[0]
+    assert climate.readings_shed == 0 and climate.readings_in == n
+
+
+class _P:
+    def __init__(self, high: bool) -> None:
+        self.readings_shed = 0
+        self.high_priority = high
+
+
+def test_the_limit_follows_the_measured_cost_per_message() -> None:
+    pipes = [_P(False)]
+    s = Shedder(lambda t: (0,), pipes, backlog_s=0.5)
+    for _ in range(50):
+        s.note_processed(1000, 1000 * 100e-6)  # 100 us per message
+    assert 4900 <= s.limit <= 5100  # half a second of work
+    assert not s.over(s.limit - 1, 0) and s.over(s.limit, 0)
+    assert s.over(0, s.max_bytes)  # or bounded by bytes
+    assert not s.keep(b"t", s.limit, 0) and pipes[0].readings_shed == 1 and s.messages_shed == 1
+    assert s.shedding()
