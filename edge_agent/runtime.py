@@ -45,6 +45,7 @@ from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.health.endpoint import HealthEndpoint
 from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, state_dir_writable
+from edge_agent.ingest.broker_drops import BrokerDrops
 from edge_agent.ingest.decode import PayloadDecoder
 from edge_agent.ingest.limits import KeyLimits
 from edge_agent.ingest.router import TopicRouter
@@ -145,6 +146,7 @@ class Agent:
         ]
         self.router = TopicRouter([p.cfg.topics for p in self.pipelines])
         self.shedder = Shedder(self.router.route, self.pipelines)
+        self.broker_drops = BrokerDrops()
         self.streams: dict[int, Stream] = {}
         self._make_streams()
         self._high = {p.name for p in self.pipelines if p.cfg.priority == "high"}
@@ -375,6 +377,11 @@ class Agent:
         if stale:
             await client.unsubscribe(stale)
             log.info("unsubscribed filters no longer configured: %s", ", ".join(stale))
+        try:
+            # Not part of the session's configured filters (never unsubscribed as stale).
+            await client.subscribe([(BrokerDrops.topic, 0)])
+        except MqttError as exc:  # a broker without $SYS, or an ACL that hides it
+            log.info("local broker does not report its dropped messages (%s): %s", BrokerDrops.topic, exc)
         if set(self._subscribed_before) != set(filters):
             self._subscribed_before = list(filters)
             await self.store.set_meta([("filters", json.dumps(filters))])
@@ -384,6 +391,11 @@ class Agent:
         if not self._taking:
             return  # not acknowledged: the broker redelivers it to the next run
         inbox = self._inbox
+        if msg.topic_bytes == BrokerDrops.topic_bytes:
+            self.broker_drops.observe(msg.payload)
+            if msg.qos and self.local is not None:
+                self.local.ack(msg.mid, msg.qos)
+            return
         if not msg.qos and self.shedder.over(len(inbox), self._inbox_bytes) and not self.shedder.keep(
                 msg.topic_bytes, len(inbox), self._inbox_bytes):
             # Load shedding, before decoding: QoS 0 cannot be held back by withheld
@@ -837,6 +849,7 @@ class Agent:
                 totals[k] += v
         totals["batches_sent"] = self.outbox.batches_sent
         totals["batches_dropped"] = self.outbox.batches_dropped
+        totals["broker_dropped"] = self.broker_drops.dropped
         return totals
 
     def health_status(self) -> tuple[str, list[str]]:
@@ -871,6 +884,11 @@ class Agent:
                            f"{shedder.messages_shed} QoS 0 messages shed")
             if status == "ok":
                 status = "degraded"
+        broker_drop = self.broker_drops.reason()
+        if broker_drop is not None:
+            reasons.append(broker_drop)
+            if status == "ok":
+                status = "degraded"
         if shedder.shedding():
             reasons.append(f"shedding QoS 0 readings under overload: {shedder.messages_shed} "
                            "messages dropped before decoding (readings_shed)")
@@ -893,7 +911,9 @@ class Agent:
             "version": __version__,
             "config": self.cfg.hash,
             "uptime_s": round(now - self.started, 3),
-            "local": {"connected": self.local_connected},
+            "local": {"connected": self.local_connected,
+                      "broker_dropped": self.broker_drops.dropped,
+                      "broker_reports_drops": self.broker_drops.available},
             "upstream": {
                 "connected": bool(up and up.connected),
                 "last_ack_age_s": round(now - up.last_ack, 3) if up and up.last_ack else None,
