@@ -219,8 +219,7 @@ class Consumer:
 
 
 def _encoding(m: Message) -> str | None:
-    props = m.properties
-    for k, v in getattr(props, "UserProperty", None) or ():
+    for k, v in m.user_properties:
         if k.lower() == "content-encoding":
             return str(v)
     return None
