@@ -839,3 +839,16 @@ def test_cbor_objects_match_reference(obj: Any, content_type: str | None) -> Non
 def test_arbitrary_bytes_never_raise(payload: bytes, content_type: str | None) -> None:
     for fmt in ("json", "cbor", "auto"):
         check_against_reference(fmt, payload, content_type)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"NaN", b"-Infinity", b'{"value": NaN}', b'"\\ud800"', b"\xef\xbb\xbf5", b"1" + b"0" * 400,
+     b"1e400", b'{"a": 1, "a": 2}', b" 21.5 ", b"-0", b"5e-324", b"[1, 2]", b"123456789012345678901234567890"],
+)
+def test_json_parse_is_json_loads_whichever_parser_answers(text: bytes) -> None:
+    # orjson answers first and is stricter; what it refuses goes to the stdlib path.
+    from edge_agent.ingest.decode import _parse_json
+
+    got, want = _parse_json(text), json.loads(text)
+    assert repr(got) == repr(want) or (isinstance(want, int) and want > 2**64 and got == float(want))
