@@ -16,7 +16,8 @@ Decisions where SPEC 2 is silent (also for the README):
   A byte-string key in an object without `value` is a bad field. Nesting deeper
   than 64 levels is `bad_cbor` (JSON's limit is the recursion limit). CBOR bignums are
   integers; every other tagged or special value (decimal fraction, undefined, bytes,
-  ...) is not a number. CBOR date/time tags 0 and 1 are accepted as `ts`.
+  ...) is not a number, and tags readings do not need are never evaluated
+  (NEUTRALIZED_TAGS: no regular expression compiled, no MIME parsed). CBOR date/time tags 0 and 1 are accepted as `ts`.
 - In format "auto", a payload that is neither JSON nor CBOR counts as `bad_payload`.
 - `ts` must be a number, an RFC 3339 string or (CBOR, custom decoders) an aware
   datetime; anything else, `null` and booleans included, is `bad_ts`. RFC 3339:
@@ -141,9 +142,38 @@ def _parse_json_stdlib(payload: bytes) -> Any:
     return obj
 
 
+class _UnsupportedTag:
+    """What a CBOR tag readings never need decodes to: not a number, not a timestamp."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unsupported CBOR tag>"
+
+
+UNSUPPORTED_TAG: Final = _UnsupportedTag()
+# Tags cbor2 gives a meaning to, other than the ones readings use: 0/1 (date/time,
+# for `ts`), 2/3 (bignums), 25/256 (string references) and 28/29 (shared values),
+# 55799 (self-described CBOR). Their decoders can cost hundreds of milliseconds per
+# 60 KB payload (a regular expression compiled, a MIME message parsed, a decimal or
+# bigfloat with a huge exponent computed) and would stall the event loop; here they
+# yield UNSUPPORTED_TAG without that work: the content is read as plain CBOR (linear
+# in its size) and nothing is computed from it. Tags cbor2 does not know stay CBORTag
+# objects (content read the same way). tests/test_decode.py checks this list against
+# every tag cbor2 decodes itself, so a cbor2 release that adds one fails the test.
+NEUTRALIZED_TAGS: Final = frozenset({4, 5, 30, 35, 36, 37, 52, 54, 100, 258, 260, 261, 1004})
+
+
+def _unsupported_tag(_decoder: Any, _value: Any) -> _UnsupportedTag:
+    return UNSUPPORTED_TAG
+
+
 def _new_cbor_decoder() -> cbor2.CBORDecoder:
     # strict_hashable_types: integer/tuple map keys would allow hash-collision floods.
-    return cbor2.CBORDecoder(io.BytesIO(b""), strict_hashable_types=True, max_depth=64)
+    return cbor2.CBORDecoder(
+        io.BytesIO(b""), strict_hashable_types=True, max_depth=64,
+        semantic_decoders=dict.fromkeys(NEUTRALIZED_TAGS, _unsupported_tag),
+    )
 
 
 def _parse_cbor(decoder: cbor2.CBORDecoder, payload: bytes) -> Any:
