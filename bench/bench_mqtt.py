@@ -45,8 +45,8 @@ def _cpu() -> float:
 def _sub_paho(port: int, qos: int, n: int, manual: bool, ready: mp.Event, out: mp.Queue) -> None:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-    from paho.mqtt.properties import Properties
     from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{time.monotonic_ns()}",
                     protocol=MQTTProtocolVersion.MQTTv5, manual_ack=manual)

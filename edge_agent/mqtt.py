@@ -712,7 +712,7 @@ class MqttClient:
                             on_message(msg)
                         except Exception:  # one bad handler call never ends the connection
                             log.exception("message handler failed")
-                elif kind == _PUBACK or kind == _PUBCOMP:
+                elif kind in (_PUBACK, _PUBCOMP):
                     self._ack_received(_H.unpack_from(buf, i)[0], buf[i + 2] if rl > 2 else 0)
                 elif kind == _PUBREC:
                     mid = _H.unpack_from(buf, i)[0]
@@ -723,7 +723,7 @@ class MqttClient:
                         self._send(_ACK4.pack(0x62, 2, mid))  # PUBREL
                 elif kind == _PUBREL:
                     self._send(_ACK4.pack(0x70, 2, _H.unpack_from(buf, i)[0]))  # PUBCOMP
-                elif kind == _SUBACK or kind == _UNSUBACK:
+                elif kind in (_SUBACK, _UNSUBACK):
                     mid = _H.unpack_from(buf, i)[0]
                     _, k = _props_at(buf, i + 2)
                     fut = self._subacks.get(mid)

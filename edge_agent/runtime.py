@@ -480,7 +480,7 @@ class Agent:
             ctype = msg.content_type
             for i in idx:
                 p = pipelines[i]
-                p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)  # type: ignore[arg-type]  # a bytearray reads the same
+                p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)
                 touched.add(i)
         wall = time.time()
         clock = wall - self._stalled  # the ingest clock: see _idle_loop
@@ -897,6 +897,7 @@ class Agent:
         return status, reasons
 
     def health(self) -> dict[str, Any]:
+        shedder = self.shedder
         now = time.monotonic()
         up = self.uplink
         status, reasons = self.health_status()

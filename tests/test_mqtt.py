@@ -288,7 +288,7 @@ async def test_auto_ack_batches_pubacks_of_one_read() -> None:
 async def test_connack_refusal_is_described() -> None:
     async with _fake_broker(bytes([0x20, 3, 0, 0x86, 0]), 64) as (port, _):
         c = MqttClient(host="127.0.0.1", port=port, username="u", password="wrong")
-        with pytest.raises(MqttError, match="(?i)bad user name or password"):
+        with pytest.raises(MqttError, match=r"(?i)bad user name or password"):
             await c.connect(timeout=5)
         c.close()
 

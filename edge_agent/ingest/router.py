@@ -74,7 +74,7 @@ class TopicRouter:
         self.sub_ids = {f: i + 1 for i, f in enumerate(subs)}
         self._first: dict[str, int] = {}
 
-    def first_copy(self, topic: str, ids: list[int]) -> bool:
+    def first_copy(self, topic: str, ids: Sequence[int]) -> bool:
         """Whether this copy of a message is the one to process.
 
         With overlapping subscriptions a broker may send one copy per matching
