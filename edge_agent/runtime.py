@@ -78,6 +78,9 @@ _ACK_FLUSH = RECEIVE_MAXIMUM // 2  # commit early when half the window waits for
 # in our memory (records: encoded but not yet durable, across all streams).
 _BUDGET_MESSAGES = RECEIVE_MAXIMUM  # a broker that ignores our Receive Maximum meets this
 _BUDGET_RECORDS = 100_000
+# Payload bytes read from the local socket and not yet processed: QoS 0 is shed past
+# 16 MiB (ingest/shed.py); QoS 1 (never shed) pauses the socket past this.
+_INBOX_HARD_BYTES = 32 * 1024 * 1024
 COUNTER_NAMES = (
     "readings_in",
     "readings_rejected",
@@ -179,6 +182,7 @@ class Agent:
         self._emitted = Emitted()
         self._inbox: list[tuple[Message, float]] = []
         self._inbox_bytes = 0
+        self._inbox_paused = False
         self._process_scheduled = False
         self._taking = False  # False while starting and stopping: messages are left unacknowledged
         self._stop = asyncio.Event()
@@ -402,7 +406,13 @@ class Agent:
             # acknowledgements, QoS 1 can (the broker stops at our Receive Maximum).
             return
         inbox.append((msg, time.time()))
-        self._inbox_bytes += len(msg.payload)
+        self._inbox_bytes += len(msg.payload) + len(msg.topic_bytes)
+        if self._inbox_bytes > _INBOX_HARD_BYTES and self.local is not None and not self.local.reading_paused:
+            # QoS 1 messages are never shed; past this many bytes read and not yet
+            # processed the socket waits (the broker holds the rest) until a slice
+            # has made room.
+            self.local.pause_reading()
+            self._inbox_paused = True
         if not self._process_scheduled:
             self._process_scheduled = True
             assert self._loop is not None
@@ -425,12 +435,17 @@ class Agent:
         while done < n:
             chunk = inbox[done : done + 256]
             done += len(chunk)
-            self._inbox_bytes -= sum([len(m.payload) for m, _ in chunk])
+            self._inbox_bytes -= sum([len(m.payload) + len(m.topic_bytes) for m, _ in chunk])
             self._process_batch(chunk)
             if not everything and perf() >= deadline:
                 break
         del inbox[:done]
         self.shedder.note_processed(done, perf() - t0)
+        if self._inbox_paused and self._inbox_bytes <= _INBOX_HARD_BYTES // 2:
+            self._inbox_paused = False
+            local = self.local
+            if local is not None and local.reading_paused and self._taking:
+                local.resume_reading()
         if inbox and not self._process_scheduled:
             self._process_scheduled = True
             assert self._loop is not None
@@ -490,10 +505,11 @@ class Agent:
             buf = p.buf
             if buf:
                 engine = p.engine
-                taken = p.limits.admit(buf, wall, engine.keys(), engine.has_key)
+                taken = p.limits.admit(buf, wall, engine.keys(), engine.has_key, engine.key_bytes)
                 if taken is not buf:
                     for reason, n in (("over_key_cap", p.limits.over_key_cap),
-                                      ("over_key_rate", p.limits.over_key_rate)):
+                                      ("over_key_rate", p.limits.over_key_rate),
+                                      ("over_key_bytes", p.limits.over_key_bytes)):
                         if n:
                             p.rejects[reason] = n
                 p.readings_in += len(taken)

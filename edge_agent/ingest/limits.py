@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["KeyLimits"]
+__all__ = ["MAX_KEY_BYTES", "KeyLimits"]
+
+# The names of the keys a pipeline holds (each key's open windows live under its
+# name) are bounded in characters, not only in count: 1,000 keys of 60 KB topic names
+# would otherwise hold 60 MB. Past this, readings of further new keys are rejected
+# (`over_key_bytes`); keys already held go on.
+MAX_KEY_BYTES = 8 * 1024 * 1024
 
 Reading = tuple[str, float, float]
 
@@ -17,32 +23,56 @@ Reading = tuple[str, float, float]
 class KeyLimits:
     """`max_keys` distinct keys held at once; `max_key_rate` readings/s per key (burst: 1 s)."""
 
-    def __init__(self, max_keys: int, max_key_rate: float | None) -> None:
+    def __init__(self, max_keys: int, max_key_rate: float | None, max_key_bytes: int = MAX_KEY_BYTES) -> None:
         self.max_keys = max_keys
+        self.max_key_bytes = max_key_bytes
+        # An upper bound of the characters in held key names: every admitted reading's
+        # key adds its length (known keys too), and the exact figure is asked for
+        # (`key_bytes()`, linear in the keys held) only when the bound reaches the limit.
+        self._bytes_bound = 0
         self.rate = max_key_rate
         self.burst = max(1.0, max_key_rate or 0.0)
         self._buckets: dict[str, list[float]] = {}  # key -> [tokens, last wall time]
         self.over_key_cap = 0
         self.over_key_rate = 0
+        self.over_key_bytes = 0
 
     def admit(
-        self, readings: list[Reading], wall: float, key_count: int, known: Callable[[str], bool]
+        self, readings: list[Reading], wall: float, key_count: int, known: Callable[[str], bool],
+        key_bytes: Callable[[], int] | None = None,
     ) -> list[Reading]:
-        """The readings that pass; the rest are counted by reason."""
+        """The readings that pass; the rest are counted by reason.
+
+        `key_bytes` (the characters in the names of the keys held) turns the byte
+        bound on; without it only the count is bounded.
+        """
         out = readings
-        if key_count + len(readings) > self.max_keys:
+        check_bytes = False
+        if key_bytes is not None:
+            added = sum([len(r[0]) for r in readings])
+            if self._bytes_bound + added > self.max_key_bytes:
+                self._bytes_bound = key_bytes()  # exact again
+                check_bytes = self._bytes_bound + added > self.max_key_bytes
+            if not check_bytes:
+                self._bytes_bound += added
+        if check_bytes or key_count + len(readings) > self.max_keys:
             out, seen = [], set()
             n = key_count
+            held = self._bytes_bound
             for r in readings:
                 k = r[0]
                 if known(k) or k in seen:
                     out.append(r)
-                elif n < self.max_keys:
+                elif n >= self.max_keys:
+                    self.over_key_cap += 1
+                elif check_bytes and held + len(k) > self.max_key_bytes:
+                    self.over_key_bytes += 1
+                else:
                     seen.add(k)
                     n += 1
+                    held += len(k)
                     out.append(r)
-                else:
-                    self.over_key_cap += 1
+            self._bytes_bound = held
         if self.rate is not None:
             out = self._rate(out, wall)
         return out

@@ -59,10 +59,16 @@ def filters_overlap(a: str, b: str) -> bool:
 class TopicRouter:
     """Maps a topic to the indexes of the pipelines whose filters match it."""
 
-    def __init__(self, filters: Sequence[Sequence[str]], cache_size: int = 65536) -> None:
+    def __init__(self, filters: Sequence[Sequence[str]], cache_size: int = 65536,
+                 cache_bytes: int = 4 * 1024 * 1024) -> None:
         self._filters = [tuple(f) for f in filters]
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_size = cache_size
+        # Bounded in characters too: 65,536 topics of 60 KB would be 4 GB. A topic
+        # flood past either bound clears the cache (a miss only costs a match again).
+        self._cache_bytes = cache_bytes
+        self._cached_chars = 0
+        self._first_chars = 0
         self.subscriptions = self.all_filters
         # MQTT 5 Subscription Identifiers, 1.. in subscription order; only needed when
         # two subscriptions overlap. Without them PUBLISH packets carry no properties,
@@ -88,9 +94,11 @@ class TopicRouter:
             first = min(
                 (i for f, i in self.sub_ids.items() if filter_matches(f, topic)), default=0
             )
-            if len(self._first) >= self._cache_size:
+            if len(self._first) >= self._cache_size or self._first_chars > self._cache_bytes:
                 self._first.clear()
+                self._first_chars = 0
             self._first[topic] = first
+            self._first_chars += len(topic)
         return first == 0 or first in ids
 
     def route(self, topic: str) -> tuple[int, ...]:
@@ -100,9 +108,11 @@ class TopicRouter:
         hit = tuple(
             i for i, flts in enumerate(self._filters) if any(filter_matches(f, topic) for f in flts)
         )
-        if len(self._cache) >= self._cache_size:
+        if len(self._cache) >= self._cache_size or self._cached_chars > self._cache_bytes:
             self._cache.clear()  # a topic flood cannot grow memory without bound
+            self._cached_chars = 0
         self._cache[topic] = hit
+        self._cached_chars += len(topic)
         return hit
 
     @property

@@ -209,6 +209,10 @@ class WindowEngine:
     def keys(self) -> int:
         return len(self._keys)
 
+    def key_bytes(self) -> int:
+        """Characters in the names of the keys held (the runtime's byte bound asks)."""
+        return sum(map(len, self._keys))
+
     def has_key(self, key: str) -> bool:
         """Whether the engine holds state for this key (the runtime's key cap asks)."""
         return key in self._keys
