@@ -47,9 +47,10 @@ _H = struct.Struct(">H")
 _I = struct.Struct(">I")
 _ACK4 = struct.Struct(">BBH")  # PUBACK/PUBREC/PUBREL/PUBCOMP with Success and no properties (3.4.2.1)
 
-# A packet larger than this is a protocol error (the broker would have to send
-# 256 MiB); payloads over SPEC 2's 65,536 bytes still arrive and are rejected by
-# the decoder, counted. Bounds what one connection buffers.
+# Bounds what one connection buffers. A PUBLISH larger than this is not held: its
+# payload is skipped as it streams in and the Message comes with `too_large` set and
+# an empty payload (the caller counts it; QoS 1 is still acknowledged by the caller),
+# so one oversized message can neither exhaust memory nor, redelivered, stall a session.
 MAX_PACKET = 4 * 1024 * 1024
 
 _REASONS = {
@@ -134,7 +135,7 @@ class Message:
     """One received PUBLISH."""
 
     __slots__ = ("content_type", "dup", "mid", "payload", "qos", "retain", "subscription_ids",
-                 "topic_bytes", "user_properties")
+                 "too_large", "topic_bytes", "user_properties")
 
     def __init__(self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool,
                  retain: bool) -> None:
@@ -147,6 +148,7 @@ class Message:
         self.content_type: str | None = None
         self.subscription_ids: tuple[int, ...] = ()
         self.user_properties: tuple[tuple[str, str], ...] = ()
+        self.too_large = False  # payload over MAX_PACKET: skipped, `payload` is empty
 
     @property
     def topic(self) -> str:
@@ -318,6 +320,7 @@ class MqttClient:
         self._connack: asyncio.Future[bool] | None = None
         self._disconnected: asyncio.Future[str] | None = None
         self._buf = b""
+        self._skip = 0  # bytes of an oversized packet still to discard
         self._out: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self._parse_handle: asyncio.Handle | None = None
@@ -620,6 +623,12 @@ class MqttClient:
 
     def _data_received(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
+        if self._skip:  # the rest of an oversized PUBLISH
+            cut = min(self._skip, len(data))
+            self._skip -= cut
+            data = data[cut:]
+            if not data:
+                return
         self._buf = self._buf + data if self._buf else data
         if not self._paused:
             self._parse()
@@ -673,7 +682,33 @@ class MqttClient:
                     if rl < 0:
                         break
                 if rl > MAX_PACKET:
-                    raise _ProtocolError(f"a packet of {rl} bytes (more than {MAX_PACKET})")
+                    if b0 >> 4 != _PUBLISH:
+                        raise _ProtocolError(f"a packet of {rl} bytes (more than {MAX_PACKET})")
+                    qos = (b0 >> 1) & 3
+                    if i + 2 > n:
+                        break
+                    head = i + 2 + ((buf[i] << 8) | buf[i + 1]) + (2 if qos else 0)
+                    if head > n:
+                        break  # wait for the topic and packet id (at most 64 KiB)
+                    msg = Message(buf[i + 2 : head - (2 if qos else 0)], b"", qos,
+                                  ((buf[head - 2] << 8) | buf[head - 1]) if qos else 0,
+                                  bool(b0 & 8), bool(b0 & 1))
+                    msg.too_large = True
+                    end = i + rl
+                    if end > n:
+                        self._skip = end - n
+                        end = n
+                    pos = end
+                    log.warning("%s:%d sent a PUBLISH of %d bytes on %r: payload skipped",
+                                self.host, self.port, rl, msg.topic[:200])
+                    if qos and not manual:
+                        self._send(_ACK4.pack(0x40 if qos == 1 else 0x50, 2, msg.mid))
+                    if on_message is not None:
+                        try:
+                            on_message(msg)
+                        except Exception:
+                            log.exception("message handler failed")
+                    continue
                 end = i + rl
                 if end > n:
                     break

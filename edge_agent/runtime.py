@@ -46,7 +46,7 @@ from edge_agent.health.endpoint import HealthEndpoint
 from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.broker_drops import BrokerDrops
-from edge_agent.ingest.decode import PayloadDecoder
+from edge_agent.ingest.decode import REASON_TOO_LARGE, PayloadDecoder
 from edge_agent.ingest.limits import KeyLimits
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.ingest.shed import SLICE_S, Shedder
@@ -491,6 +491,10 @@ class Agent:
                 self.messages_qos0 += 1
             idx = route(topic)
             if not idx:
+                continue
+            if msg.too_large:  # the client skipped its payload (over mqtt.MAX_PACKET)
+                for i in idx:
+                    pipelines[i].rejects[REASON_TOO_LARGE] += 1
                 continue
             ctype = msg.content_type
             for i in idx:

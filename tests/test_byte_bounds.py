@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import tracemalloc
 from pathlib import Path
 
 from edge_agent.config import load_config
 from edge_agent.ingest.limits import KeyLimits
 from edge_agent.ingest.router import TopicRouter
-from edge_agent.mqtt import Message
+from edge_agent.mqtt import MAX_PACKET, Message, MqttClient
 from edge_agent.runtime import Agent
+from tests.agent_harness import AgentProcess, pipeline, poll, write_config
+from tests.brokers import Broker
 
 LONG = 60_000  # a topic name of 60 KB (MQTT allows 65,535 bytes)
 
@@ -34,7 +37,7 @@ def test_key_names_are_bounded_in_characters_and_the_overflow_counted() -> None:
     assert lim.over_key_bytes == 24
     assert sum(map(len, held)) <= 1_000_000
     # keys already held go on; short new keys still fit in what is left
-    assert admit(long_keys[:16] + ["short/a", "short/b"]) == [*long_keys[:16], "short/a", "short/b"]
+    assert admit([*long_keys[:16], "short/a", "short/b"]) == [*long_keys[:16], "short/a", "short/b"]
     assert lim.over_key_bytes == 24
     # the common case never asks for the exact figure
     calls = []
@@ -99,3 +102,31 @@ size = "10s"
     # Key names, topic caches and window state of 1,000 keys x 60 KB: bounded near
     # the 8 MiB key budget plus the 4 MiB route cache, not 60+ MB.
     assert grown < 30_000_000, f"{grown / 1e6:.1f} MB"
+
+
+async def _publish_big(port: int) -> None:
+    pub = MqttClient(host="127.0.0.1", port=port)
+    await pub.connect()
+    await pub.publish("big/dev", b"1" + b" " * (5 * 1024 * 1024), 1)  # over MAX_PACKET
+    await pub.publish("big/dev", b"21.5", 1)
+    await pub.disconnect()
+
+
+def test_an_oversized_message_is_skipped_counted_and_acknowledged(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker,
+) -> None:
+    assert MAX_PACKET < 5 * 1024 * 1024
+    cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline("p", topics=["big/#"])])
+    with AgentProcess(cfg) as agent:
+        agent.wait_ready()
+        asyncio.run(_publish_big(broker.port))
+        h = poll(lambda: (h := agent.health())["counters"]["readings_in"] == 1 and h, 30,
+                 what="the ordinary reading after the big one")
+        assert h["rejected_by_reason"] == {"too_large": 1}
+        assert h["local"]["connected"]
+        # acknowledged: a restart does not get it again
+        agent.stop()
+        agent.start()
+        agent.wait_ready()
+        time.sleep(1.0)
+        assert agent.health()["rejected_by_reason"] == {}
