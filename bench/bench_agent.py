@@ -241,8 +241,6 @@ def agent_drain(agent: AgentProcess, consumer: UpstreamConsumer, pool: Publisher
 def prelude(args: argparse.Namespace) -> str:
     """Experiments: code run in the agent's process before its main(), changing nothing on disk."""
     lines = []
-    if args.fast_paho:
-        lines += ["from bench import paho_fast", "paho_fast.install()"]
     if args.receive_maximum:
         lines += ["import edge_agent.runtime as rt",
                   f"rt.RECEIVE_MAXIMUM = {args.receive_maximum}",
@@ -322,7 +320,7 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
     print("edge-agent end-to-end benchmark: 100 sensors, QoS 1 JSON readings, local -> agent -> upstream")
     print("brokers: mosquitto with max_queued_messages 1000000 (tests.brokers.Broker); a stock")
     print("mosquitto (1000) drops QoS 1 for an online subscriber >~1000 messages behind (docs/field-notes.md).")
-    if args.fast_paho or args.receive_maximum:
+    if args.receive_maximum:
         print(f"EXPERIMENT: agent run with {prelude(args)!r}")
     print(f"code: {args.version}")
     print(f"runs: {len(results)}, step {args.duration:g} s, {args.publishers} {args.publisher} publisher process(es),"
@@ -416,8 +414,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publisher", choices=("raw", "paho"), default="raw",
                     help="raw: QoS 1 packets built by hand on a socket (~6 us/msg); paho: ~35 us/msg")
     ap.add_argument("--profile", default="", help="run the agent under cProfile, writing this file (one run)")
-    ap.add_argument("--fast-paho", action="store_true",
-                    help="experiment: run the agent with bench/paho_fast.py installed")
     ap.add_argument("--receive-maximum", type=int, default=0,
                     help="experiment: the agent's local Receive Maximum (its _ACK_FLUSH = a quarter)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, state)")
@@ -431,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.runs = 1
         if prelude(args):
-            ap.error("--profile cannot be combined with --fast-paho / --receive-maximum (cProfile has no -c)")
+            ap.error("--profile cannot be combined with --receive-maximum (cProfile has no -c)")
     load0 = os.getloadavg()
     args.version = code_version()
     results: list[Any] = [one_run(args, k) for k in range(args.runs)]
