@@ -11,6 +11,7 @@ from edge_agent.cli.mosquitto import Broker
 from edge_agent.ingest.broker_drops import BrokerDrops
 from edge_agent.mqtt import MqttClient
 from tests.agent_harness import AgentProcess, http, pipeline, poll, write_config
+from tests.aio import run_async
 
 
 def test_counts_increases_from_the_first_value_seen_and_across_a_broker_restart() -> None:
@@ -50,7 +51,7 @@ def test_agent_reports_what_the_local_broker_dropped(tmp_path: Path) -> None:
             # and 100 queued, the broker drops the rest of 10,000 QoS 1 messages.
             agent.send(signal.SIGSTOP)
             try:
-                asyncio.run(_flood(local.port, 10_000))
+                run_async(_flood(local.port, 10_000))
             finally:
                 agent.send(signal.SIGCONT)
             h = poll(lambda: (h := agent.health())["local"]["broker_dropped"] > 0 and h, 15,

@@ -15,6 +15,7 @@ from edge_agent.ingest.router import TopicRouter
 from edge_agent.mqtt import MAX_PACKET, Message, MqttClient
 from edge_agent.runtime import Agent
 from tests.agent_harness import AgentProcess, pipeline, poll, write_config
+from tests.aio import run_async
 from tests.brokers import Broker
 
 LONG = 60_000  # a topic name of 60 KB (MQTT allows 65,535 bytes)
@@ -93,7 +94,7 @@ size = "10s"
             tracemalloc.stop()
         return grown, agent
 
-    grown, agent = asyncio.run(run())
+    grown, agent = run_async(run())
     p = agent.pipelines[0]
     held = p.engine.key_bytes()
     assert held <= 8 * 1024 * 1024
@@ -119,7 +120,7 @@ def test_an_oversized_message_is_skipped_counted_and_acknowledged(
     cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline("p", topics=["big/#"])])
     with AgentProcess(cfg) as agent:
         agent.wait_ready()
-        asyncio.run(_publish_big(broker.port))
+        run_async(_publish_big(broker.port))
         h = poll(lambda: (h := agent.health())["counters"]["readings_in"] == 1 and h, 30,
                  what="the ordinary reading after the big one")
         assert h["rejected_by_reason"] == {"too_large": 1}

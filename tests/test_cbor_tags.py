@@ -19,6 +19,7 @@ import cbor2
 from edge_agent.ingest.decode import NEUTRALIZED_TAGS, PayloadDecoder
 from edge_agent.mqtt import MqttClient
 from tests.agent_harness import REPO, agent_env, healthz, pipeline, poll, write_config
+from tests.aio import run_async
 from tests.brokers import Broker
 
 # The tags readings use (date/time for ts, bignums, string references, shared values,
@@ -116,7 +117,7 @@ def test_a_flood_of_costly_payloads_leaves_readings_flowing_and_the_watchdog_fed
         poll(lambda: any("READY=1" in m for _, m in notify.got), 15, what="READY=1")
         t0 = time.monotonic()
         costly = 400  # each took 0.3-1.2 s to decode before, on the event loop
-        asyncio.run(_publish(broker.port, costly))
+        run_async(_publish(broker.port, costly))
         h = poll(lambda: (h := healthz(cfg.base_url))["counters"]["readings_rejected"] >= costly and h,
                  60, what="every costly payload taken")
         t1 = time.monotonic()
