@@ -12,9 +12,9 @@ Receive Maximum, username/password, will with retain, content type and user
 properties), TLS through an `ssl.SSLContext`, SUBSCRIBE with Subscription
 Identifiers, UNSUBSCRIBE, PUBLISH QoS 0/1/2 both ways (content type, retain, user
 properties), acknowledgements in batches (`manual_ack`), keep-alive, and read
-backpressure. One `MqttClient` is one connection: reconnecting means a new
-`MqttClient`, so nothing queued survives a disconnect and what is resent after an
-outage is decided by the caller (the outbox).
+backpressure. `connect()` may be called again after the connection is lost (the
+bridge does); nothing queued survives a disconnect: what is resent after an outage
+is decided by the caller (the outbox).
 """
 
 from __future__ import annotations
@@ -343,6 +343,8 @@ class MqttClient:
     async def connect(self, timeout: float = 10.0) -> bool:
         """Open the connection; return the broker's session-present flag."""
         loop = self._loop = asyncio.get_running_loop()
+        self._teardown()  # what a previous connection of this client left
+        self._paused = False
         self._connack = loop.create_future()
         self._disconnected = loop.create_future()
         ctx = self._tls.context() if self._tls is not None else None
@@ -853,6 +855,7 @@ class MqttClient:
         if t is not None:
             t.abort()
         self._buf = b""
+        self._skip = 0
         self._lost("closed")
         if self._connack is not None and self._connack.done() and not self._connack.cancelled():
             self._connack.exception()  # mark retrieved

@@ -1,7 +1,7 @@
 """Readings to the local broker: a bounded queue in front of edge_agent's MQTT client.
 
-The connection is edge_agent.mqtt.MqttClient, the agent's own: paho driven by the
-event loop, its connect in an executor (never blocking the loop), PUBACKs as futures.
+The connection is edge_agent.mqtt.MqttClient, the agent's own MQTT 5 client (an
+asyncio Protocol; connect never blocks the loop), PUBACKs as futures.
 
 Flow control: frames wait in a bounded deque (queue_size, overflow per when_full,
 every drop counted) and are published only while connected, at most max_inflight

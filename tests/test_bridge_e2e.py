@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -290,8 +291,17 @@ async def test_cli_run_on_stdin_with_health_and_sigusr1(broker: Broker, sub: Sub
         p.stdin.write(b"temp=1\ntemp=2\n\xff\xff\n")
         p.stdin.flush()
         await until(lambda: len(sub) == 2, timeout=10, what="2 messages from stdin")
-        status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{hport}/healthz")
-        h = json.loads(body)
+
+        async def health() -> tuple[int, dict[str, Any]]:
+            status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{hport}/healthz")
+            return status, json.loads(body)
+
+        # The subscriber may see a message a moment before the bridge has its PUBACK.
+        for _ in range(100):
+            status, h = await health()
+            if h["published"] == 2:
+                break
+            await asyncio.sleep(0.05)
         assert status == 200 and h["published"] == 2 and h["dropped"]["noise"] == 1
         assert (await asyncio.to_thread(_get, f"http://127.0.0.1:{hport}/nope"))[0] == 404
         # the agent's HealthServer serves the bridge: /readyz too, no /metrics, HEAD works
