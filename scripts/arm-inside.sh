@@ -1,0 +1,73 @@
+#!/bin/bash
+# Run by scripts/arm-check INSIDE the emulated Debian root (never on the host):
+#   arm-inside.sh ARCH DEMO_SECONDS PYTEST_ARGS...
+# /src is a copy of the checkout, /check the tests and data files without the
+# source packages (so the tests exercise the installed wheel), /out the results.
+set -uo pipefail
+ARCH=$1; DEMO_SECONDS=$2; shift 2
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 PYTHONDONTWRITEBYTECODE=1
+mkdir -p /out
+log() { printf '%s inside %s: %s\n' "$(date -u +%H:%M:%S)" "$ARCH" "$*" >&2; }
+fail() { log "FAILED: $*"; echo "$*" > /out/failed; exit 1; }
+t() { local s=$SECONDS; "$@"; local rc=$?; echo "$((SECONDS - s))" > /out/last-seconds; return $rc; }
+
+log "$(python3 -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])')"
+
+# ---- the wheel: pip wheel of the checkout, as the README's install does ---------
+s=$SECONDS
+python3 -m venv /opt/build || fail "python3 -m venv"
+rm -rf /wheels; /opt/build/bin/python -m pip wheel --no-deps -w /wheels /src > /out/build.log 2>&1 \
+    || { tail -20 /out/build.log >&2; fail "pip wheel of the checkout"; }
+WHEEL=$(ls /wheels/edge_agent*.whl) || fail "no wheel"
+log "built $(basename "$WHEEL") in $((SECONDS - s)) s"
+
+# ---- a venv with the wheel and its dependencies from PyPI ------------------------
+s=$SECONDS
+rm -rf /opt/edge-agent; python3 -m venv /opt/edge-agent
+/opt/edge-agent/bin/pip install -q --report /out/install-report.json "$WHEEL" > /out/pip.log 2>&1 \
+    || { tail -30 /out/pip.log >&2; fail "pip install of the wheel and its dependencies"; }
+# The test extra (pytest, hypothesis, cryptography for test certificates, ...);
+# cryptography only as a wheel (from source it needs a Rust toolchain).
+/opt/edge-agent/bin/pip install -q --only-binary cryptography --report /out/test-report.json "$WHEEL[test]" >> /out/pip.log 2>&1 \
+    || { tail -30 /out/pip.log >&2; fail "pip install of the test extra"; }
+/opt/edge-agent/bin/python - <<'PY' > /out/wheels.txt
+import json
+for name in ("install-report", "test-report"):
+    for item in json.load(open(f"/out/{name}.json"))["install"]:
+        url = item["download_info"]["url"]
+        meta = item["metadata"]
+        kind = "wheel" if url.endswith(".whl") else "built from source"
+        if url.startswith("file:"):
+            kind = "this checkout"
+        print(f"{meta['name']} {meta['version']}: {kind} ({url.rsplit('/', 1)[-1]})")
+PY
+log "installed in $((SECONDS - s)) s:"; sed 's/^/    /' /out/wheels.txt >&2
+export PATH=/opt/edge-agent/bin:$PATH
+/opt/edge-agent/bin/python -c 'import edge_agent, sys; assert edge_agent.__file__.startswith("/opt/edge-agent/"), edge_agent.__file__' \
+    || fail "edge_agent does not come from the installed wheel"
+edge-agent --version > /out/version.txt 2>&1 || fail "edge-agent --version"
+log "$(cat /out/version.txt)"
+
+# ---- the demo --------------------------------------------------------------------
+s=$SECONDS
+cd /tmp
+timeout -k 10 $((DEMO_SECONDS + 120)) edge-agent demo --duration "$DEMO_SECONDS" > /out/demo.log 2>&1
+rc=$?
+echo "$rc" > /out/demo.rc
+echo "$((SECONDS - s))" > /out/demo.seconds
+tail -3 /out/demo.log >&2
+log "demo exit $rc in $((SECONDS - s)) s"
+
+# ---- memory: RSS after start and after 1,000 keys -------------------------------
+/opt/edge-agent/bin/python /src/scripts/arm-rss.py > /out/rss.json 2> /out/rss.log \
+    || { tail -20 /out/rss.log >&2; log "RSS probe failed"; }
+
+# ---- the tests, against the installed wheel -------------------------------------
+s=$SECONDS
+cd /check
+/opt/edge-agent/bin/python -m pytest -p no:cacheprovider -q --junitxml=/out/junit.xml "$@" > /out/pytest.log 2>&1
+echo "$?" > /out/pytest.rc
+echo "$((SECONDS - s))" > /out/pytest.seconds
+tail -15 /out/pytest.log >&2
+log "tests done in $((SECONDS - s)) s"
+exit 0
