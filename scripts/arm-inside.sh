@@ -22,6 +22,13 @@ WHEEL=$(ls /wheels/edge_agent*.whl) || fail "no wheel"
 log "built $(basename "$WHEEL") in $((SECONDS - s)) s"
 
 # ---- a venv with the wheel and its dependencies from PyPI ------------------------
+if [ "$(uname -m)" = armv7l ]; then
+    # PyPI has no armv7 wheel of cbor2 >= 6 and its sdist needs a Rust toolchain;
+    # cbor2 5.x comes as a pure-Python wheel. The README's armhf note says the same.
+    echo "cbor2<6" > /tmp/armv7-constraints.txt
+    export PIP_CONSTRAINT=/tmp/armv7-constraints.txt
+    log "armv7l: pip constrained to cbor2<6"
+fi
 s=$SECONDS
 rm -rf /opt/edge-agent; python3 -m venv /opt/edge-agent
 /opt/edge-agent/bin/pip install -q --report /out/install-report.json "$WHEEL" > /out/pip.log 2>&1 \
@@ -43,8 +50,12 @@ for name in ("install-report", "test-report"):
 PY
 log "installed in $((SECONDS - s)) s:"; sed 's/^/    /' /out/wheels.txt >&2
 export PATH=/opt/edge-agent/bin:$PATH
-/opt/edge-agent/bin/python -c 'import edge_agent, sys; assert edge_agent.__file__.startswith("/opt/edge-agent/"), edge_agent.__file__' \
-    || fail "edge_agent does not come from the installed wheel"
+for dir in /tmp /check; do
+    (cd $dir && /opt/edge-agent/bin/python -c 'import edge_agent, firmware_bridge as f
+for m in (edge_agent, f):
+    assert (m.__file__ or "").startswith("/opt/edge-agent/"), (m.__name__, m.__file__)') \
+        || fail "edge_agent does not come from the installed wheel (in $dir)"
+done
 edge-agent --version > /out/version.txt 2>&1 || fail "edge-agent --version"
 log "$(cat /out/version.txt)"
 

@@ -4,7 +4,7 @@ scripts/arm-inside.sh inside the emulated root; works on any Linux host too).
 Prints one JSON object. Under qemu-user the kernel's RSS of the agent process
 is the RSS of qemu: the guest's pages plus qemu's own (its translated-code
 buffer, its heap, its binary). `rss` is that figure; `guest_rss` leaves out
-qemu's own mappings (see guest_rss()), which is what the agent would use on a
+qemu's own mappings (see guest_rss()), an estimate of what the agent uses on a
 real ARM board. Natively both are the same.
 """
 
@@ -75,28 +75,21 @@ def rss(pid: int) -> int:
 def guest_rss(pid: int) -> int:
     """RSS without qemu-user's own mappings when the process runs under qemu.
 
-    Left out: mappings of the qemu binary itself, its brk heap ([heap]: the guest's
-    heap is mmap'd by qemu, never brk'd natively), its host stack, and the
-    translated-code buffer (the largest anonymous read-write-execute mapping: guest
-    pages are never mapped executable on the host). Natively nothing is left out.
+    qemu-*-static loads itself high (0x500000000000 in Debian's builds) and its
+    own heap, malloc arenas, host stack and translated-code buffer lie above
+    that; the guest's mappings (its binary, libraries, heap, stack, anonymous
+    memory) lie below it, at guest_base + guest address. So: the Rss of every
+    mapping below the lowest qemu mapping. An estimate (qemu's page-table
+    shadows and the like are not in it), checked against an idle interpreter:
+    7 MiB under qemu-aarch64 by this count, 8 MiB natively on x86_64.
+    Natively nothing is left out.
     """
     maps = smaps(pid)
-    qemu = any("qemu-" in p for _, p, _ in maps)
+    qemu = [int(h.split("-", 1)[0], 16) for h, p, _ in maps if "qemu-" in p]
     if not qemu:
         return sum(r for _, _, r in maps)
-    rwx = [(h, p, r) for h, p, r in maps if h.split()[1].startswith("rwx") and not p]
-
-    def size(h: str) -> int:
-        a, b = h.split()[0].split("-")
-        return int(b, 16) - int(a, 16)
-
-    code_buffer = max(rwx, key=lambda m: size(m[0]))[0] if rwx else None
-    total = 0
-    for h, p, r in maps:
-        if "qemu-" in p or p in ("[heap]", "[stack]", "[vvar]", "[vdso]", "[vsyscall]") or h == code_buffer:
-            continue
-        total += r
-    return total
+    qemu_base = min(qemu)
+    return sum(r for h, _, r in maps if int(h.split("-", 1)[0], 16) < qemu_base)
 
 
 def healthz(port: int) -> dict:
@@ -125,7 +118,8 @@ def main() -> int:
     cfg = tmp / "agent.toml"
     cfg.write_text(CONFIG.format(state=tmp / "state", local=local.port, upstream=upstream.port, health=health))
     exe = [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)]
-    agent = subprocess.Popen(exe, stdout=open(tmp / "agent.log", "wb"), stderr=subprocess.STDOUT)
+    with open(tmp / "agent.log", "wb") as log:
+        agent = subprocess.Popen(exe, stdout=log, stderr=subprocess.STDOUT)
     result: dict[str, object] = {"machine": os.uname().machine}
     try:
         t0 = time.monotonic()
