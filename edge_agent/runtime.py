@@ -40,6 +40,7 @@ from edge_agent.batches.builder import (
 )
 from edge_agent.buffer.outbox import Outbox
 from edge_agent.buffer.store import Checkpoint, NewBatch, Store
+from edge_agent.clock import IngestClock, WallClock
 from edge_agent.config import Config, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.health.endpoint import HealthEndpoint
@@ -167,7 +168,8 @@ class Agent:
         self.ingest_pauses = 0  # times the local socket was paused for the checkpoint to catch up
         self._over_budget = False  # uncommitted work past the budget, until the next checkpoint
         self._over_budget_at = -1e9
-        self._stalled = 0.0  # seconds ingest stood still since start (the ingest clock's offset)
+        self.ingest_clock = IngestClock()  # idle timeouts: monotonic, less ingest stalls
+        self.wall_clock = WallClock()  # whether max_future_skew applies (edge_agent.clock)
         self.loop_lag = 0.0
         self.overloaded = False
         self.probe = SystemProbe(cfg.agent.state_dir)
@@ -213,9 +215,13 @@ class Agent:
         `on_started` is called once the state database is open (the pid file).
         """
         self._loop = asyncio.get_running_loop()
+        self.wall_clock.note_seen(self.store.path)  # its last write: a wall time already seen
         restored = await self.store.open()
         try:
             self._restore(restored)
+            relaxed = self.wall_clock.behind()
+            for p in self.pipelines:
+                p.decoder.relax_future_skew(relaxed)
             if on_started is not None:
                 on_started()
             password = read_password(self.cfg.upstream.password_file)
@@ -306,7 +312,7 @@ class Agent:
             if p is None:
                 log.warning("checkpoint of pipeline %r ignored: no such pipeline now", name)
                 continue
-            used = p.engine.restore(states, wall=time.time())
+            used = p.engine.restore(states, wall=self.ingest_clock())
             if used is not None and used < len(states):
                 log.warning("pipeline %r: %d of %d checkpointed keys were saved with other window "
                             "settings and are dropped", name, len(states) - used, len(states))
@@ -501,15 +507,14 @@ class Agent:
                 p = pipelines[i]
                 p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)
                 touched.add(i)
-        wall = time.time()
-        clock = wall - self._stalled  # the ingest clock: see _idle_loop
+        clock = self.ingest_clock()  # see _idle_loop
         emitted = self._emitted
         for i in touched:
             p = pipelines[i]
             buf = p.buf
             if buf:
                 engine = p.engine
-                taken = p.limits.admit(buf, wall, engine.keys(), engine.has_key, engine.key_bytes)
+                taken = p.limits.admit(buf, clock, engine.keys(), engine.has_key, engine.key_bytes)
                 if taken is not buf:
                     for reason, n in (("over_key_cap", p.limits.over_key_cap),
                                       ("over_key_rate", p.limits.over_key_rate),
@@ -572,7 +577,9 @@ class Agent:
         could hear from it: while the local broker is away, the socket is paused by
         the ingest budget or the loop is overloaded, readings wait at the broker, and
         firing their keys' windows as idle would turn them into late drops. The
-        ingest clock is wall time less every such stall (`_stalled`).
+        ingest clock (edge_agent.clock.IngestClock) is monotonic, in wall-clock units
+        from the start, less every such stall: a wall-clock step does not move it.
+        Each tick also decides whether max_future_skew applies (WallClock.behind).
         """
         tick = 0.25
         last = time.monotonic()
@@ -583,14 +590,17 @@ class Agent:
             stalled = (not self.local_connected or local is None or local.reading_paused
                        or self.overloaded)
             if stalled:
-                self._stalled += now - last
+                self.ingest_clock.stalled += now - last
                 last = now
                 continue
             # A tick that comes late means the loop was busy (a big checkpoint, a burst):
             # no reading was processed meanwhile, so that time is a stall too.
-            self._stalled += max(0.0, now - last - 2 * tick)
+            self.ingest_clock.stalled += max(0.0, now - last - 2 * tick)
             last = now
-            clock = time.time() - self._stalled
+            relaxed = self.wall_clock.behind()
+            for p in self.pipelines:
+                p.decoder.relax_future_skew(relaxed)
+            clock = self.ingest_clock()
             for p in self.pipelines:
                 p.engine.advance_idle(clock, self._emitted)
             self._route_emitted()

@@ -293,6 +293,10 @@ class PayloadDecoder:
     def __repr__(self) -> str:
         return f"PayloadDecoder({self.fmt!r}, max_future_skew={self.max_future_skew!r})"
 
+    def relax_future_skew(self, relaxed: bool) -> None:
+        """No future-skew check while the local clock is known to be behind (edge_agent.clock)."""
+        self._skew = float("inf") if relaxed else self.max_future_skew
+
     def decode(
         self,
         topic: str,
