@@ -369,16 +369,24 @@ def bytes_run(tmp: Path, compression: str, sensors: int = 100, windows: int = 60
             pub.max_inflight_messages_set(1000)
             pub.connect("127.0.0.1", local.port)
             pub.loop_start()
-            t0 = (int(time.time()) // 10 - windows - 1) * 10.0
+            t0 = (int(time.time()) // 10 - windows - 2) * 10.0
+            import random
+
+            rng = random.Random(7)
             infos = []
             n = 0
             for w in range(windows):
                 for k in range(per_window):
                     ts = t0 + w * 10 + k * (10 / per_window)
                     for s in range(sensors):
-                        v = 21.0 + s / 10 + k / 100
+                        v = round(21.0 + s / 10 + rng.gauss(0, 0.5), 2)  # a sensor's noise
                         infos.append(pub.publish(f"s/dev{s}/temp", json.dumps({"ts": ts, "value": v}), qos=1))
                         n += 1
+            # One reading per sensor a window later moves every watermark past the last
+            # window (no waiting on idle_timeout); that window stays open, uncounted.
+            for s in range(sensors):
+                infos.append(pub.publish(f"s/dev{s}/temp", json.dumps({"ts": t0 + windows * 10 + 5, "value": 1.0}),
+                                         qos=1))
             for i in infos:
                 i.wait_for_publish(60)
             pub.loop_stop()
