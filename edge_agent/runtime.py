@@ -27,19 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
-
 from edge_agent import __version__
-from edge_agent.batches.builder import (
-    BATCH_SCHEMA,
-    LATE_SCHEMA,
-    CutBatch,
-    Stream,
-    deflate,
-    encode_batch,
-)
+from edge_agent.batches.batcher import Batcher
 from edge_agent.buffer.outbox import Outbox
-from edge_agent.buffer.store import Checkpoint, NewBatch, Store
+from edge_agent.buffer.store import Checkpoint, Store
 from edge_agent.clock import IngestClock, WallClock
 from edge_agent.config import Config, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
@@ -62,10 +53,6 @@ __all__ = ["Agent"]
 
 log = logging.getLogger("edge_agent")
 
-STREAM_BATCHES = 0
-STREAM_LATE = 1
-STREAM_PRIORITY = 2  # batches of `priority = "high"` pipelines: same schema and seq counter as 0
-_SEQ_COUNTER = {STREAM_BATCHES: STREAM_BATCHES, STREAM_LATE: STREAM_LATE, STREAM_PRIORITY: STREAM_BATCHES}
 OVERLOAD_LAG = 0.5  # event-loop lag (s) past which ingest counts as overloaded
 _HELD_BLOCK = 256  # packet ids per fingerprint row
 # The local session's Receive Maximum: how many QoS 1 messages the broker sends us
@@ -151,10 +138,7 @@ class Agent:
         self.router = TopicRouter([p.cfg.topics for p in self.pipelines])
         self.shedder = Shedder(self.router.route, self.pipelines)
         self.broker_drops = BrokerDrops()
-        self.streams: dict[int, Stream] = {}
-        self._make_streams()
-        self._high = {p.name for p in self.pipelines if p.cfg.priority == "high"}
-        self.seqs: dict[int, int] = {STREAM_BATCHES: 0, STREAM_LATE: 0}
+        self.batcher = Batcher(cfg)
         self.uplink: Uplink | None = None
         self.local: MqttClient | None = None
         self.local_connected = False
@@ -178,7 +162,6 @@ class Agent:
         self._held = array("I", bytes(4 * 65536))
         self._held_dirty: set[int] = set()
         self._acks: list[int] = []  # packet ids to acknowledge after the next commit
-        self._pending_add: list[tuple[int, int, bytes]] = []
         self._failed: Checkpoint | None = None  # a checkpoint whose commit failed, retried next
         self._failed_acks: list[int] = []
         self._emitted = Emitted()
@@ -278,34 +261,10 @@ class Agent:
 
     # -- restore ---------------------------------------------------------------
 
-    def _make_streams(self) -> None:
-        up = self.cfg.upstream
-        old = self.streams
-        self.streams = {}
-        for sid, schema in (
-            (STREAM_BATCHES, BATCH_SCHEMA),
-            (STREAM_LATE, LATE_SCHEMA),
-            (STREAM_PRIORITY, BATCH_SCHEMA),
-        ):
-            s = Stream(schema, self.cfg.agent.id, self.cfg.hash, up.max_batch_windows,
-                       up.max_batch_bytes, up.max_batch_delay)
-            if sid in old:  # a reload keeps what is waiting
-                s.adopt(old[sid])
-            self.streams[sid] = s
-
     def _restore(self, r: Any) -> None:
-        self.seqs.update(r.seqs)
+        self.batcher.restore(r.seqs, r.pending)
         with contextlib.suppress(TypeError, ValueError):
             self._subscribed_before = list(json.loads(r.meta.get("filters") or "[]"))
-        for sid, rows in r.pending.items():
-            stream = self.streams.get(sid)
-            if stream is None or not rows:
-                continue
-            stream.first_n = rows[0][0]
-            now = time.monotonic()
-            for _, raw in rows:
-                rec = cbor2.loads(raw)
-                stream.add_encoded([raw], "start" in rec, now)
         by_name = {p.name: p for p in self.pipelines}
         for name, states in r.windows.items():
             p = by_name.get(name)
@@ -525,10 +484,10 @@ class Agent:
                 if taken:
                     engine.process(taken, clock, emitted)
                 buf.clear()
-        self._route_emitted()
+        self.batcher.take(self._emitted)
         if len(acks) >= _ACK_FLUSH:
             self._commit_now.set()
-        over_records = len(self._pending_add) >= _BUDGET_RECORDS
+        over_records = self.batcher.records_waiting() >= _BUDGET_RECORDS
         if over_records or len(acks) >= _BUDGET_MESSAGES:
             # Over the ingest budget: overloaded until a checkpoint catches up. QoS 0
             # messages are shed on arrival meanwhile (counted); QoS 1 ones are held
@@ -537,38 +496,11 @@ class Agent:
             self._over_budget_at = time.monotonic()
             if not self.overloaded:
                 self._set_overloaded(True)
-            hard = len(acks) >= _BUDGET_MESSAGES or len(self._pending_add) >= 2 * _BUDGET_RECORDS
+            hard = len(acks) >= _BUDGET_MESSAGES or self.batcher.records_waiting() >= 2 * _BUDGET_RECORDS
             if hard and local is not None and not local.reading_paused:
                 local.pause_reading()
                 self.ingest_pauses += 1
             self._commit_now.set()
-
-    def _route_emitted(self) -> None:
-        e = self._emitted
-        if not (e.windows or e.readings or e.late):
-            return
-        now = time.monotonic()
-        high = self._high
-        for recs, is_window in ((e.windows, True), (e.readings, False)):
-            if not recs:
-                continue
-            if high:
-                urgent = [r for r in recs if r["pipeline"] in high]
-                if urgent:
-                    self._add_records(STREAM_PRIORITY, urgent, is_window, now)
-                    recs = [r for r in recs if r["pipeline"] not in high]
-            self._add_records(STREAM_BATCHES, recs, is_window, now)
-        if e.late and self.cfg.upstream.late_topic:
-            self._add_records(STREAM_LATE, e.late, False, now)
-        e.clear()
-
-    def _add_records(self, sid: int, recs: list[dict[str, Any]], is_window: bool, now: float) -> None:
-        if not recs:
-            return
-        s = self.streams[sid]
-        n0 = s.next_n
-        enc = s.add(recs, is_window, now)
-        self._pending_add.extend((sid, n0 + j, b) for j, b in enumerate(enc))
 
     async def _idle_loop(self) -> None:
         """Fire the windows of keys silent for idle_timeout, on the ingest clock.
@@ -603,7 +535,7 @@ class Agent:
             clock = self.ingest_clock()
             for p in self.pipelines:
                 p.engine.advance_idle(clock, self._emitted)
-            self._route_emitted()
+            self.batcher.take(self._emitted)
 
     # -- checkpoint ----------------------------------------------------------
 
@@ -619,34 +551,8 @@ class Agent:
 
     def _take_checkpoint(self, force_cut: bool = False) -> Checkpoint:
         cp = Checkpoint()
-        now_m, now_w = time.monotonic(), time.time()
-        topics = {
-            STREAM_BATCHES: self.cfg.batch_topic,
-            STREAM_LATE: self.cfg.late_topic,
-            STREAM_PRIORITY: self.cfg.batch_topic,
-        }
-        deflating = self.cfg.upstream.compression == "deflate"
-        # Priority batches are cut (and numbered) first.
-        for sid in (STREAM_PRIORITY, STREAM_BATCHES, STREAM_LATE):
-            stream = self.streams[sid]
-            cuts: list[CutBatch] = stream.cut(now_m, force=force_cut)
-            counter = _SEQ_COUNTER[sid]
-            for c in cuts:
-                seq = self.seqs[counter]
-                self.seqs[counter] = seq + 1
-                payload = encode_batch(
-                    stream.schema, self.cfg.agent.id, seq, now_w, self.cfg.hash, c.windows, c.readings
-                )
-                if deflating:
-                    payload = deflate(payload)
-                priority = 1 if sid == STREAM_PRIORITY else 0
-                cp.batches.append(NewBatch(sid, seq, topics[sid], payload, now_w, priority, now_m))
-            if cuts:
-                cp.seqs[counter] = self.seqs[counter]
-                cp.pending_done[sid] = stream.first_n
+        self.batcher.cut(cp, force_cut, self.durable)
         if self.durable:
-            first = {sid: s.first_n for sid, s in self.streams.items()}
-            cp.pending_add = [row for row in self._pending_add if row[1] >= first[row[0]]]
             for p in self.pipelines:
                 dirty = p.engine.take_dirty()
                 if dirty:
@@ -658,7 +564,6 @@ class Agent:
         else:
             for p in self.pipelines:
                 p.engine.take_dirty()
-        self._pending_add = []
         self._held_dirty = set()
         return cp
 
@@ -725,7 +630,7 @@ class Agent:
         if overloaded:
             log.warning("ingest overloaded (event loop %.1f s late, %d uncommitted records): "
                         "holding QoS 1 back at the broker",
-                        self.loop_lag, len(self._pending_add))
+                        self.loop_lag, self.batcher.records_waiting())
         else:
             log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
 
@@ -804,19 +709,18 @@ class Agent:
             log.error("reload refused, keeping the running config: %s", exc)
             self.notifier.ready()
             return
-        self._route_emitted()
+        self.batcher.take(self._emitted)
         await self.commit(force_cut=True)  # the old config's windows leave under the old config hash
         old_cfg = self.cfg
         self.cfg = new
         self.pipelines = keep
-        self._high = {p.name for p in keep if p.cfg.priority == "high"}
         old_filters = self.router.subscriptions
         self.router = TopicRouter([p.cfg.topics for p in keep])
         shed_before = self.shedder
         self.shedder = Shedder(self.router.route, keep)
         self.shedder.messages_shed = shed_before.messages_shed
         self.shedder.last_shed_at = shed_before.last_shed_at
-        self._make_streams()
+        self.batcher.reconfigure(new)
         if gone:
             cp = Checkpoint(windows_gone=gone)
             with contextlib.suppress(sqlite3.Error):
