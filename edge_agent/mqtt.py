@@ -845,9 +845,9 @@ class MqttClient:
             if not fut.done():
                 fut.set_exception(MqttError(f"connection lost before PUBACK: {why}"))
                 fut.exception()  # retrieved: a caller that gave up on it is not an error
-        for fut in self._subacks.values():
-            if not fut.done():
-                fut.set_exception(MqttError(f"connection lost before SUBACK: {why}"))
+        for suback in self._subacks.values():
+            if not suback.done():
+                suback.set_exception(MqttError(f"connection lost before SUBACK: {why}"))
 
     def _teardown(self) -> None:
         t, self._transport = self._transport, None
