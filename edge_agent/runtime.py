@@ -24,7 +24,6 @@ import zlib
 from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent import __version__
@@ -32,22 +31,22 @@ from edge_agent.batches.batcher import Batcher
 from edge_agent.buffer.outbox import Outbox
 from edge_agent.buffer.store import Checkpoint, Store
 from edge_agent.clock import IngestClock, WallClock
-from edge_agent.config import Config, PipelineConfig, load_config
+from edge_agent.config import Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.health.endpoint import HealthEndpoint
 from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.broker_drops import BrokerDrops
 from edge_agent.ingest.decode import REASON_TOO_LARGE, PayloadDecoder
-from edge_agent.ingest.limits import KeyLimits
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.ingest.shed import SLICE_S, Shedder
 from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
+from edge_agent.pipelines import COUNTER_NAMES, Pipeline, build_pipeline
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
 from edge_agent.uplink.backoff import Backoff
 from edge_agent.uplink.sender import Uplink, read_password
 from edge_agent.uplink.status import encode_status
-from edge_agent.windows.engine import Emitted, WindowEngine
+from edge_agent.windows.engine import Emitted
 
 __all__ = ["Agent"]
 
@@ -69,55 +68,6 @@ _BUDGET_RECORDS = 100_000
 # Payload bytes read from the local socket and not yet processed: QoS 0 is shed past
 # 16 MiB (ingest/shed.py); QoS 1 (never shed) pauses the socket past this.
 _INBOX_HARD_BYTES = 32 * 1024 * 1024
-COUNTER_NAMES = (
-    "readings_in",
-    "readings_rejected",
-    "readings_late",
-    "readings_shed",
-    "windows_emitted",
-    "batches_sent",
-    "batches_dropped",
-)
-
-
-@dataclass(slots=True)
-class _Pipeline:
-    cfg: PipelineConfig
-    decoder: PayloadDecoder
-    engine: WindowEngine
-    limits: KeyLimits
-    rejects: Counter[str] = field(default_factory=Counter)
-    buf: list[tuple[str, float, float]] = field(default_factory=list)
-    readings_in: int = 0
-    readings_shed: int = 0  # QoS 0 messages dropped before decoding (ingest/shed.py)
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
-    def high_priority(self) -> bool:
-        return self.cfg.priority == "high"
-
-    def counters(self) -> dict[str, int]:
-        return {
-            "readings_in": self.readings_in,
-            "readings_rejected": sum(self.rejects.values()),
-            "readings_late": self.engine.readings_late,
-            "readings_shed": self.readings_shed,
-            "windows_emitted": self.engine.windows_emitted,
-        }
-
-
-def _build_pipeline(cfg: PipelineConfig, max_future_skew: float) -> _Pipeline:
-    return _Pipeline(
-        cfg,
-        PayloadDecoder(cfg.format, max_future_skew),
-        WindowEngine(cfg),
-        KeyLimits(cfg.max_keys, cfg.max_key_rate),
-    )
-
-
 class Agent:
     """`async with`-free by design: `await agent.run()` until `request_stop()`."""
 
@@ -132,8 +82,8 @@ class Agent:
             ttl=cfg.buffer.ttl,
         )
         self.outbox = Outbox(self.store, ttl=cfg.buffer.ttl, live_share=cfg.upstream.live_share)
-        self.pipelines: list[_Pipeline] = [
-            _build_pipeline(p, cfg.local.max_future_skew) for p in cfg.pipelines
+        self.pipelines: list[Pipeline] = [
+            build_pipeline(p, cfg.local.max_future_skew) for p in cfg.pipelines
         ]
         self.router = TopicRouter([p.cfg.topics for p in self.pipelines])
         self.shedder = Shedder(self.router.route, self.pipelines)
@@ -690,14 +640,14 @@ class Agent:
         try:
             fresh = {p.name: p for p in new.pipelines}
             old = {p.name: p for p in self.pipelines}
-            keep: list[_Pipeline] = []
+            keep: list[Pipeline] = []
             gone: list[str] = []
             for np in new.pipelines:
                 op = old.get(np.name)
                 if op is not None and op.cfg == np:
                     keep.append(op)
                 else:
-                    keep.append(_build_pipeline(np, new.local.max_future_skew))
+                    keep.append(build_pipeline(np, new.local.max_future_skew))
                     if op is not None:
                         gone.append(op.name)
             for name in old:
