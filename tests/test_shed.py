@@ -134,10 +134,13 @@ class _P:
 
 def test_the_limit_follows_the_measured_cost_per_message() -> None:
     pipes = [_P(False)]
-    s = Shedder(lambda t: (0,), pipes, backlog_s=0.5)
+    s = Shedder(lambda t: (0,), pipes, backlog_s=2.0)
     for _ in range(50):
         s.note_processed(1000, 1000 * 100e-6)  # 100 us per message
-    assert 4900 <= s.limit <= 5100  # half a second of work
+    assert 19_500 <= s.limit <= 20_500  # two seconds of work
+    for _ in range(50):
+        s.note_processed(1000, 1000 * 1e-3)  # slow: the floor holds
+    assert s.limit == 8192
     assert not s.over(s.limit - 1, 0) and s.over(s.limit, 0)
     assert s.over(0, s.max_bytes)  # or bounded by bytes
     assert not s.keep(b"t", s.limit, 0) and pipes[0].readings_shed == 1 and s.messages_shed == 1

@@ -2,8 +2,10 @@
 
 The agent reads its local socket as fast as the broker sends and processes the
 inbox in time slices (`SLICE_S`). When more arrives than it can process, the inbox
-grows; once it holds `backlog_s` seconds of work (at the measured cost per
-message) or `max_bytes` of payload, further QoS 0 messages are dropped as they
+grows; once it holds `backlog_s` seconds of work (at the measured CPU cost per
+message, at least 8,192 messages: more than one 256 KiB socket read of small
+readings, so a burst after the process was descheduled is not mistaken for
+overload) or `max_bytes` of payload, further QoS 0 messages are dropped as they
 arrive and counted as `readings_shed` per pipeline. Everything already queued is
 processed, so the agent keeps working at its full rate on the readings it keeps:
 what is shed is the excess, never the stream.
@@ -25,6 +27,7 @@ from typing import Protocol
 __all__ = ["SLICE_S", "Shedder"]
 
 SLICE_S = 0.05  # processing per event-loop turn before reading the socket again
+MIN_LIMIT = 8192  # messages the inbox may always hold
 # 50 ms of processing per turn against at most one 256 KiB socket read (~5 ms of
 # parsing and shedding on this machine): >= 90 % of the time goes to readings kept.
 
@@ -46,7 +49,7 @@ class Shedder:
         route: Callable[[str], tuple[int, ...]],
         pipelines: Sequence[Sheddable],
         *,
-        backlog_s: float = 0.5,
+        backlog_s: float = 1.0,
         max_bytes: int = 16 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,7 +65,7 @@ class Shedder:
         self.last_shed_at: float | None = None
 
     def _limit(self) -> int:
-        return int(min(100_000, max(256, self.backlog_s / self.per_message)))
+        return int(min(100_000, max(MIN_LIMIT, self.backlog_s / self.per_message)))
 
     def note_processed(self, messages: int, seconds: float) -> None:
         """The cost of a processing slice: keeps `limit` at `backlog_s` of work."""
