@@ -406,3 +406,27 @@ def test_two_consumers_on_a_shared_subscription_one_killed_and_restarted(
             for p in (a, b):
                 if p.poll() is None:
                     stop(p)
+
+
+@pytest.mark.slow
+def test_bad_and_oversized_messages_are_rejected_with_a_reason_and_do_not_block(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/c.db"
+    with Broker(tmp_path / "broker") as broker:
+        log = tmp_path / "consumer.log"
+        c = start_consumer(broker.port, db, "--client-id", "poison", log=log)
+        try:
+            poll(lambda: "subscribed" in log.read_text(), 15, what="consumer subscribed")
+            pub = BatchPublisher(broker.port)
+            pub.c.publish("edge/x/batches", b"\xa1" + b"\x00" * (5 * 1024 * 1024), qos=1).wait_for_publish(30)
+            pub.c.publish("edge/x/batches", b"\xff\xfe", qos=1).wait_for_publish(30)
+            pub.send("edge/dev-1/batches", stream(1)[0])
+            pub.flush()
+            pub.close()
+            poll(lambda: stored(db) == (1, 5, 5), 20, what="the good batch stored after the bad ones")
+            text = log.read_text()
+            assert "larger than 4194304 bytes" in text and "not CBOR" in text, text
+            assert stop(c) == 0
+        finally:
+            if c.poll() is None:
+                c.kill()
+                c.wait()

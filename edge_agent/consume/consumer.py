@@ -30,7 +30,7 @@ from typing import IO
 
 from edge_agent.consume.decode import BadMessage, Decoded, decode_message
 from edge_agent.consume.storage import Storage, StorageError
-from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
+from edge_agent.mqtt import MAX_PACKET, Message, MqttClient, MqttError, TlsSettings
 from edge_agent.uplink.backoff import Backoff
 
 __all__ = ["ConsumeOptions", "Consumer", "claim_client_id"]
@@ -100,10 +100,15 @@ class Consumer:
         self.groups = 0
 
     def _on_message(self, msg: Message) -> None:
-        try:
-            item: Decoded | BadMessage = decode_message(bytes(msg.payload), _encoding(msg))
-        except BadMessage as exc:
-            item = exc
+        item: Decoded | BadMessage
+        if msg.too_large:  # the MQTT layer skipped its payload (bounded memory per connection)
+            item = BadMessage(f"larger than {MAX_PACKET} bytes, the most this consumer reads"
+                              " (keep upstream.max_batch_bytes below it)")
+        else:
+            try:
+                item = decode_message(bytes(msg.payload), _encoding(msg))
+            except BadMessage as exc:
+                item = exc
         self.pending.append((msg, item))
         self._wake.set()
 
