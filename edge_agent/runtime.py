@@ -21,7 +21,6 @@ import logging
 import sqlite3
 import time
 import zlib
-from array import array
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +37,7 @@ from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.broker_drops import BrokerDrops
 from edge_agent.ingest.decode import REASON_TOO_LARGE, PayloadDecoder
+from edge_agent.ingest.delivery import DeliveryLog
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.ingest.shed import SLICE_S, Shedder
 from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
@@ -53,7 +53,6 @@ __all__ = ["Agent"]
 log = logging.getLogger("edge_agent")
 
 OVERLOAD_LAG = 0.5  # event-loop lag (s) past which ingest counts as overloaded
-_HELD_BLOCK = 256  # packet ids per fingerprint row
 # The local session's Receive Maximum: how many QoS 1 messages the broker sends us
 # unacknowledged. Acknowledgements wait for the checkpoint, so this is also what a
 # crash can make the broker redeliver. 8192 holds ~0.3 s at 30k readings/s; the
@@ -108,9 +107,7 @@ class Agent:
         self.overloaded = False
         self.probe = SystemProbe(cfg.agent.state_dir)
         self.endpoint = HealthEndpoint(self.health, self.ready)
-        # Delivery fingerprints per packet id, and which 256-id blocks changed.
-        self._held = array("I", bytes(4 * 65536))
-        self._held_dirty: set[int] = set()
+        self.delivery = DeliveryLog()  # fingerprints of messages whose effect is durable
         self._acks: list[int] = []  # packet ids to acknowledge after the next commit
         self._failed: Checkpoint | None = None  # a checkpoint whose commit failed, retried next
         self._failed_acks: list[int] = []
@@ -225,9 +222,7 @@ class Agent:
             if used is not None and used < len(states):
                 log.warning("pipeline %r: %d of %d checkpointed keys were saved with other window "
                             "settings and are dropped", name, len(states) - used, len(states))
-        for block, fps in r.held.items():
-            if 0 <= block < 65536 // _HELD_BLOCK and len(fps) == 4 * _HELD_BLOCK:
-                self._held[block * _HELD_BLOCK : (block + 1) * _HELD_BLOCK] = array("I", fps)
+        self.delivery.restore(r.held)
         if r.outbox_batches:
             log.info("outbox holds %d batch(es) from before; draining them first", r.outbox_batches)
 
@@ -370,7 +365,7 @@ class Agent:
             self._loop.call_soon(self._process_inbox)
 
     def _process_batch(self, inbox: list[tuple[Message, float]]) -> None:
-        held, dirty, acks = self._held, self._held_dirty, self._acks
+        held, dirty, acks = self.delivery.table, self.delivery.dirty, self._acks
         route, pipelines = self.router.route, self.pipelines
         crc32 = zlib.crc32
         touched: set[int] = set()
@@ -510,14 +505,10 @@ class Agent:
                 dirty = p.engine.take_dirty()
                 if dirty:
                     cp.windows[p.name] = dirty
-            held = self._held
-            cp.held = {
-                b: held[b * _HELD_BLOCK : (b + 1) * _HELD_BLOCK].tobytes() for b in self._held_dirty
-            }
         else:
             for p in self.pipelines:
                 p.engine.take_dirty()
-        self._held_dirty = set()
+        cp.held = self.delivery.take_dirty(self.durable)
         return cp
 
     async def commit(self, force_cut: bool = False) -> bool:
