@@ -283,3 +283,50 @@ async def test_a_file_that_is_not_a_database_is_quarantined_loudly(tmp_path: Pat
         assert Path(aside).exists() and "not a database" in why
     finally:
         await store.close()
+
+
+async def test_a_read_only_database_is_an_error_with_nothing_moved(tmp_path: Path) -> None:
+    """chmod a-w on the database, opened by another user (root would write anyway):
+    SQLite says read-only, which is not corruption."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to open the file as another user")
+    top = Path(tempfile.mkdtemp(prefix="edge-agent-ro-"))
+    try:
+        top.chmod(0o777)
+        state = top / "state"
+        state.mkdir()
+        state.chmod(0o777)
+        await _store_holding(state, 4)
+        for f in state.iterdir():
+            f.chmod(0o444)
+        code = (
+            "import asyncio, sys\n"
+            "from edge_agent.buffer.store import Store\n"
+            "from edge_agent.errors import StateError\n"
+            "async def main():\n"
+            f"    s = Store({str(state)!r})\n"
+            "    await s.open(retry_for=0.5)\n"
+            "    await s.close()\n"
+            "try:\n    asyncio.run(main())\n"
+            "except StateError as e:\n    print(e); sys.exit(3)\n"
+        )
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert r.returncode == 3, (r.stdout, r.stderr)
+        assert "nothing was moved" in r.stdout, r.stdout
+        assert not list(state.glob("edge-agent.db.corrupt-*"))
+        for f in state.iterdir():
+            f.chmod(0o644)
+        store = Store(state)
+        restored = await store.open()
+        await store.close()
+        assert restored.outbox_batches == 4
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
