@@ -93,6 +93,10 @@ class Limiter:
             d = Path(base) / f"edge-bench-{pid}"
             try:
                 d.mkdir(exist_ok=True)
+                if not (d / "cgroup.procs").exists():  # not a cgroup (a v1 host's tmpfs root)
+                    for f in d.iterdir():
+                        f.unlink()
+                    raise OSError("not a cgroup")
                 if files[0] == "cpu.max":
                     (d / "cpu.max").write_text(f"{int(quota * 100000)} 100000\n")
                 else:
