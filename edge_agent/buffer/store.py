@@ -370,7 +370,13 @@ class Store:
             mono = time.monotonic()
             if now is not None:
                 mono += now - time.time()
-            return await self._commit(cp, mono, keep or {}, keep_new)
+            result = await self._commit(cp, mono, keep or {}, keep_new)
+            if result.ids and self.disk_bytes() > self.max_bytes:
+                # Free pages and a WAL grown by a big transaction still count on disk:
+                # give them back now rather than at the next idle reclaim.
+                with contextlib.suppress(sqlite3.Error):
+                    await self._reclaim()
+            return result
 
     async def _commit(self, cp: Checkpoint, mono: float, keep: dict[int, int], keep_new: bool) -> CommitResult:
         db = self._require()
@@ -567,12 +573,15 @@ class Store:
 
     async def reclaim(self) -> None:
         """Give free pages back to the file system and trim the WAL (idle moments)."""
-        db = self._require()
         async with self._lock:
-            # Each step of incremental_vacuum frees one page, and execute() steps
-            # once: executescript (sqlite3_exec) runs it to the end.
-            await db.executescript("PRAGMA incremental_vacuum;")
-            await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._reclaim()
+
+    async def _reclaim(self) -> None:
+        db = self._require()
+        # Each step of incremental_vacuum frees one page, and execute() steps
+        # once: executescript (sqlite3_exec) runs it to the end.
+        await db.executescript("PRAGMA incremental_vacuum;")
+        await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reads for the sender ----------------------------------------------
 
