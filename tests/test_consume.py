@@ -430,3 +430,33 @@ def test_bad_and_oversized_messages_are_rejected_with_a_reason_and_do_not_block(
             if c.poll() is None:
                 c.kill()
                 c.wait()
+
+
+@pytest.mark.slow
+def test_agent_to_consumer_deflated_batches_and_device_status(tmp_path: Path) -> None:
+    """The whole path: a real agent (deflate) -> upstream mosquitto -> `edge-agent consume`
+    -> SQLite: windows with their aggregates, and the device's status, online then offline."""
+    from tests.agent_harness import Publisher, running_agent, write_config
+
+    db = f"sqlite:///{tmp_path}/fleet.db"
+    with Broker(tmp_path / "local") as local, Broker(tmp_path / "up") as up:
+        log = tmp_path / "consumer.log"
+        c = start_consumer(up.port, db, "--topic", "edge/+/batches", "--topic", "edge/+/status", log=log)
+        try:
+            poll(lambda: "subscribed" in log.read_text(), 15, what="consumer subscribed")
+            cfg = write_config(tmp_path, local.port, up.port, upstream={"compression": "deflate"})
+            with running_agent(cfg) as agent, Publisher(local.port) as pub:
+                for i in range(5):
+                    pub.publish("s/a", json.dumps({"ts": 1.7e9 + i * 0.1, "value": float(i)}))
+                poll(lambda: query(db, "SELECT count(*) FROM windows") == [(1,)], 20, what="the window")
+                ((agent_id, key, n, aggs),) = query(db, "SELECT agent, key, count, aggregates FROM windows")
+                assert (agent_id, key, n) == (cfg.agent_id, "s/a", 5)
+                assert json.loads(aggs) == {"min": 0.0, "max": 4.0, "mean": 2.0}
+                poll(lambda: query(db, "SELECT state FROM devices") == [("online",)], 10, what="online")
+                assert agent.stop() == 0
+            poll(lambda: query(db, "SELECT state FROM devices") == [("offline",)], 10, what="offline")
+            ((version, cfg_hash),) = query(db, "SELECT version, config FROM devices")
+            assert version and len(cfg_hash) == 12
+            assert "rejected" not in log.read_text()
+        finally:
+            stop(c)
