@@ -215,7 +215,8 @@ class Consumer:
     async def _report(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await _wait(stop, 60.0)
-            self._log_totals()
+            if not stop.is_set():  # the last totals are logged once, when run() ends
+                self._log_totals()
 
     def _log_totals(self) -> None:
         log.info("stored %d batches (%d duplicates skipped), %d window records, %d readings, "
