@@ -36,14 +36,14 @@ from edge_agent.health.endpoint import HealthEndpoint
 from edge_agent.health.status import HealthFacts, evaluate
 from edge_agent.health.system import SystemProbe, state_dir_writable
 from edge_agent.ingest.broker_drops import BrokerDrops
+from edge_agent.ingest.connection import RECEIVE_MAXIMUM, LocalConnection
 from edge_agent.ingest.decode import REASON_TOO_LARGE, PayloadDecoder
 from edge_agent.ingest.delivery import DeliveryLog
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.ingest.shed import SLICE_S, Shedder
-from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
+from edge_agent.mqtt import Message, MqttClient, MqttError
 from edge_agent.pipelines import COUNTER_NAMES, Pipeline, build_pipeline
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
-from edge_agent.uplink.backoff import Backoff
 from edge_agent.uplink.sender import Uplink, read_password
 from edge_agent.uplink.status import encode_status
 from edge_agent.windows.engine import Emitted
@@ -53,11 +53,6 @@ __all__ = ["Agent"]
 log = logging.getLogger("edge_agent")
 
 OVERLOAD_LAG = 0.5  # event-loop lag (s) past which ingest counts as overloaded
-# The local session's Receive Maximum: how many QoS 1 messages the broker sends us
-# unacknowledged. Acknowledgements wait for the checkpoint, so this is also what a
-# crash can make the broker redeliver. 8192 holds ~0.3 s at 30k readings/s; the
-# throughput is the same as with 65535 and the worst case memory far smaller.
-RECEIVE_MAXIMUM = 8192
 _ACK_FLUSH = RECEIVE_MAXIMUM // 2  # commit early when half the window waits for its acks
 # The ingest budget: past this much uncommitted work, the local socket is not read
 # until the next checkpoint has acknowledged it, so a flood waits in the broker, not
@@ -89,11 +84,13 @@ class Agent:
         self.broker_drops = BrokerDrops()
         self.batcher = Batcher(cfg)
         self.uplink: Uplink | None = None
-        self.local: MqttClient | None = None
-        self.local_connected = False
-        self.local_ever_connected = False
-        self.local_lost_since: float | None = None
-        self.subscribed = False
+        self.conn = LocalConnection(
+            config=lambda: self.cfg,
+            router=lambda: self.router,
+            store=self.store,
+            notifier=self.notifier,
+            on_message=self._on_message,
+        )
         self.disk_full = False
         self.commit_error = ""  # the last checkpoint's failure, "" once one commits
         self.messages_qos0 = 0
@@ -120,13 +117,10 @@ class Agent:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._commit_now = asyncio.Event()
-        self._ready_notified = False
         self._closing = False
-        self._subscribed_before: list[str] = []  # filters the local session holds (from meta)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.durable = cfg.buffer.checkpoints
-        self._local_password = ""  # from local.password_file, read at start and on reload
 
     # -- public control -------------------------------------------------------
 
@@ -137,7 +131,12 @@ class Agent:
         self._reload.set()
 
     def ready(self) -> bool:
-        return self.subscribed and self.local_connected
+        return self.conn.subscribed and self.conn.connected
+
+    @property
+    def local(self) -> MqttClient | None:
+        """The live connection to the local broker, if any."""
+        return self.conn.client
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
         """Run until request_stop(); then stop in stages and return.
@@ -155,7 +154,7 @@ class Agent:
             if on_started is not None:
                 on_started()
             password = read_password(self.cfg.upstream.password_file)
-            self._local_password = read_password(self.cfg.local.password_file, "local")
+            self.conn.password = read_password(self.cfg.local.password_file, "local")
             self.uplink = Uplink(
                 self.cfg.upstream,
                 client_id=f"edge-agent-{self.cfg.agent.id}-up",
@@ -170,7 +169,7 @@ class Agent:
             await self.store.close()  # its aiosqlite thread would keep the process alive
             raise
         self._taking = True
-        self._spawn("local", self._local_loop())
+        self._spawn("local", self.conn.run())
         self._spawn("uplink", self.uplink.run())
         self._spawn("commit", self._commit_loop())
         self._spawn("idle", self._idle_loop())
@@ -211,7 +210,7 @@ class Agent:
     def _restore(self, r: Any) -> None:
         self.batcher.restore(r.seqs, r.pending)
         with contextlib.suppress(TypeError, ValueError):
-            self._subscribed_before = list(json.loads(r.meta.get("filters") or "[]"))
+            self.conn.filters_before = list(json.loads(r.meta.get("filters") or "[]"))
         by_name = {p.name: p for p in self.pipelines}
         for name, states in r.windows.items():
             p = by_name.get(name)
@@ -227,79 +226,6 @@ class Agent:
             log.info("outbox holds %d batch(es) from before; draining them first", r.outbox_batches)
 
     # -- ingest ------------------------------------------------------------------
-
-    async def _local_loop(self) -> None:
-        backoff = Backoff()
-        cfg = self.cfg.local
-        client_id = cfg.client_id or f"edge-agent-{self.cfg.agent.id}"
-        self.local_lost_since = time.monotonic()
-        last_error = ""
-        while True:
-            client = MqttClient(
-                host=cfg.host,
-                port=cfg.port,
-                client_id=client_id,
-                clean_start=False,
-                session_expiry=cfg.session_expiry,
-                receive_maximum=RECEIVE_MAXIMUM,
-                manual_ack=True,
-                on_message=self._on_message,
-                tls=TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None,
-                username=cfg.username,
-                password=self._local_password,
-            )
-            try:
-                present = await client.connect(timeout=10.0)
-                self.local = client
-                filters = await self._subscribe(client)
-            except (MqttError, OSError) as exc:
-                client.close()
-                self.local = None
-                if str(exc) != last_error:  # once per distinct cause, not per retry
-                    log.warning("local broker %s:%d unreachable: %s", cfg.host, cfg.port, exc)
-                    last_error = str(exc)
-                await asyncio.sleep(backoff.next())
-                continue
-            backoff.reset()
-            last_error = ""
-            self.local_connected = self.local_ever_connected = True
-            self.local_lost_since = None
-            self.subscribed = True
-            log.info("subscribed on %s:%d to %s (session %s)", cfg.host, cfg.port,
-                     ", ".join(filters), "resumed" if present else "new")
-            if not self._ready_notified:
-                self._ready_notified = True
-                self.notifier.ready()
-                self.notifier.status(f"subscribed to {len(filters)} filter(s)")
-            why = await client.wait_disconnected()
-            self.local_connected = self.subscribed = False
-            self.local_lost_since = time.monotonic()
-            self.local = None
-            client.close()
-            log.warning("local broker connection lost: %s", why)
-            await asyncio.sleep(backoff.next())
-
-    async def _subscribe(self, client: MqttClient) -> list[str]:
-        """Subscribe this config's filters; drop ones a resumed session kept from an older config."""
-        router = self.router
-        filters = router.subscriptions
-        await client.subscribe(
-            [(f, self.cfg.local.qos) for f in filters],
-            ids=[router.sub_ids[f] for f in filters] if router.needs_ids else None,
-        )
-        stale = [f for f in self._subscribed_before if f not in router.sub_ids]
-        if stale:
-            await client.unsubscribe(stale)
-            log.info("unsubscribed filters no longer configured: %s", ", ".join(stale))
-        try:
-            # Not part of the session's configured filters (never unsubscribed as stale).
-            await client.subscribe([(BrokerDrops.topic, 0)])
-        except MqttError as exc:  # a broker without $SYS, or an ACL that hides it
-            log.info("local broker does not report its dropped messages (%s): %s", BrokerDrops.topic, exc)
-        if set(self._subscribed_before) != set(filters):
-            self._subscribed_before = list(filters)
-            await self.store.set_meta([("filters", json.dumps(filters))])
-        return filters
 
     def _on_message(self, msg: Message) -> None:
         if not self._taking:
@@ -467,7 +393,7 @@ class Agent:
             await asyncio.sleep(tick)
             now = time.monotonic()
             local = self.local
-            stalled = (not self.local_connected or local is None or local.reading_paused
+            stalled = (not self.conn.connected or local is None or local.reading_paused
                        or self.overloaded)
             if stalled:
                 self.ingest_clock.stalled += now - last
@@ -674,13 +600,13 @@ class Agent:
             local_password = read_password(new.local.password_file, "local")
         except EdgeAgentError as exc:
             log.error("%s; keeping the running local broker settings", exc)
-            local_password = self._local_password
-        if new.local != old_cfg.local or local_password != self._local_password:
-            self._local_password = local_password
+            local_password = self.conn.password
+        if new.local != old_cfg.local or local_password != self.conn.password:
+            self.conn.password = local_password
             await self._restart_local()
         elif local is not None and self.router.subscriptions != old_filters:
             try:
-                await self._subscribe(local)
+                await self.conn.subscribe(local)
             except MqttError as exc:
                 log.error("resubscribing after reload failed: %s", exc)
         await self.endpoint.apply(self.cfg.health)
@@ -697,14 +623,10 @@ class Agent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        local, self.local = self.local, None
-        self.local_connected = self.subscribed = False
-        self.local_lost_since = time.monotonic()
-        if local is not None:
-            await local.disconnect()
+        await self.conn.drop()
         for p in self.pipelines:  # a new max_future_skew applies to every decoder
             p.decoder = PayloadDecoder(p.cfg.format, self.cfg.local.max_future_skew)
-        self._spawn("local", self._local_loop())
+        self._spawn("local", self.conn.run())
 
     def _reconfigure_uplink(self) -> None:
         """Upstream settings and the password file take effect on reload."""
@@ -738,9 +660,9 @@ class Agent:
         facts = HealthFacts(
             now=now,
             started_at=self.started,
-            local_connected=self.local_connected,
-            local_ever_connected=self.local_ever_connected,
-            local_lost_since=self.local_lost_since,
+            local_connected=self.conn.connected,
+            local_ever_connected=self.conn.ever_connected,
+            local_lost_since=self.conn.lost_since,
             upstream_connected=bool(up and up.connected),
             upstream_lost_since=up.lost_since if up else self.started,
             last_drop_at=self.outbox.last_drop_at,
@@ -790,7 +712,7 @@ class Agent:
             "version": __version__,
             "config": self.cfg.hash,
             "uptime_s": round(now - self.started, 3),
-            "local": {"connected": self.local_connected,
+            "local": {"connected": self.conn.connected,
                       "broker_dropped": self.broker_drops.dropped,
                       "broker_reports_drops": self.broker_drops.available},
             "upstream": {
