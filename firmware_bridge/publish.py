@@ -8,7 +8,7 @@ every drop counted) and are published only while connected, at most max_inflight
 (and never more than the broker's Receive Maximum) unacknowledged at once. Messages
 unacknowledged when the connection drops go back to the front of the queue, in
 order, and are sent again after the reconnect (at least once, as before).
-Reconnects back off exponentially with full jitter (edge_agent.uplink.backoff).
+Reconnects back off exponentially with full jitter (edge_agent.backoff).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import os
 from collections import deque
 from pathlib import Path
 
+from edge_agent.backoff import Backoff
 from edge_agent.mqtt import MqttClient, MqttError
-from edge_agent.uplink.backoff import Backoff
 from firmware_bridge.config import PublishSection
 
 __all__ = ["CBOR", "JSON", "Publisher"]

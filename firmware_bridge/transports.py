@@ -21,7 +21,7 @@ import termios
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.uplink.backoff import Backoff
+from edge_agent.backoff import Backoff
 from firmware_bridge.config import SourceSection
 
 __all__ = ["FdSource", "UdpSource", "configure_tty", "make_source"]

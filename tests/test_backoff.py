@@ -1,4 +1,4 @@
-"""uplink/backoff.py directly: capped exponential backoff with full jitter, the random
+"""edge_agent/backoff.py directly: capped exponential backoff with full jitter, the random
 source injected."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.uplink.backoff import Backoff
+from edge_agent.backoff import Backoff
 
 # -- backoff ------------------------------------------------------------------------------
 

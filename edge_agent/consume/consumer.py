@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from edge_agent.backoff import Backoff
 from edge_agent.consume.decode import BadMessage, Decoded, decode_message
 from edge_agent.consume.storage import Storage, StorageError
 from edge_agent.mqtt import MAX_PACKET, Message, MqttClient, MqttError, TlsSettings
-from edge_agent.uplink.backoff import Backoff
 
 __all__ = ["ConsumeOptions", "Consumer", "claim_client_id"]
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_agent.backoff import Backoff
 from edge_agent.config import HealthSection
 from edge_agent.errors import EdgeAgentError
 from edge_agent.health.server import HealthServer
-from edge_agent.uplink.backoff import Backoff
 
 __all__ = ["HealthEndpoint", "read_token"]
 

@@ -16,13 +16,13 @@ import logging
 import time
 from collections.abc import Callable
 
+from edge_agent.backoff import Backoff
 from edge_agent.buffer.store import Store
 from edge_agent.config import Config
 from edge_agent.ingest.broker_drops import BrokerDrops
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.mqtt import Message, MqttClient, MqttError, TlsSettings
 from edge_agent.sdnotify import SdNotifier
-from edge_agent.uplink.backoff import Backoff
 
 __all__ = ["RECEIVE_MAXIMUM", "LocalConnection"]
 

@@ -18,13 +18,13 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from edge_agent.backoff import Backoff
 from edge_agent.batches.builder import is_deflated
 from edge_agent.buffer.outbox import Outbox
 from edge_agent.buffer.store import OutboxRow
 from edge_agent.config import UpstreamSection
 from edge_agent.errors import EdgeAgentError
 from edge_agent.mqtt import MqttClient, MqttError, TlsSettings, Will
-from edge_agent.uplink.backoff import Backoff
 from edge_agent.uplink.throttle import AdaptiveWindow, RateLimiter
 
 __all__ = ["Uplink"]

@@ -1,4 +1,5 @@
-"""Capped exponential backoff with full jitter, for every reconnect loop."""
+"""Capped exponential backoff with full jitter, for every reconnect loop of both programs
+(local and upstream brokers, the health endpoint, the bridge's device and broker)."""
 
 from __future__ import annotations
 
