@@ -29,6 +29,7 @@ from edge_agent import __version__
 from edge_agent.batches.batcher import Batcher
 from edge_agent.buffer.outbox import Outbox
 from edge_agent.buffer.store import Checkpoint, Store
+from edge_agent.checkpoint import Checkpointer
 from edge_agent.clock import IngestClock, WallClock
 from edge_agent.config import Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
@@ -91,8 +92,6 @@ class Agent:
             notifier=self.notifier,
             on_message=self._on_message,
         )
-        self.disk_full = False
-        self.commit_error = ""  # the last checkpoint's failure, "" once one commits
         self.messages_qos0 = 0
         self.messages_duplicate = 0
         self.ingest_pauses = 0  # times the local socket was paused for the checkpoint to catch up
@@ -106,8 +105,6 @@ class Agent:
         self.endpoint = HealthEndpoint(self.health, self.ready)
         self.delivery = DeliveryLog()  # fingerprints of messages whose effect is durable
         self._acks: list[int] = []  # packet ids to acknowledge after the next commit
-        self._failed: Checkpoint | None = None  # a checkpoint whose commit failed, retried next
-        self._failed_acks: list[int] = []
         self._emitted = Emitted()
         self._inbox: list[tuple[Message, float]] = []
         self._inbox_bytes = 0
@@ -121,6 +118,14 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.durable = cfg.buffer.checkpoints
+        self.checkpointer = Checkpointer(
+            outbox=self.outbox,
+            batcher=self.batcher,
+            delivery=self.delivery,
+            pipelines=lambda: self.pipelines,
+            durable=self.durable,
+            state_dir=cfg.agent.state_dir,
+        )
 
     # -- public control -------------------------------------------------------
 
@@ -423,50 +428,17 @@ class Agent:
             if not self._closing:
                 await self.commit()
 
-    def _take_checkpoint(self, force_cut: bool = False) -> Checkpoint:
-        cp = Checkpoint()
-        self.batcher.cut(cp, force_cut, self.durable)
-        if self.durable:
-            for p in self.pipelines:
-                dirty = p.engine.take_dirty()
-                if dirty:
-                    cp.windows[p.name] = dirty
-        else:
-            for p in self.pipelines:
-                p.engine.take_dirty()
-        cp.held = self.delivery.take_dirty(self.durable)
-        return cp
-
     async def commit(self, force_cut: bool = False) -> bool:
-        """One checkpoint: make everything durable, then acknowledge and send."""
-        cp = self._take_checkpoint(force_cut)
+        """One checkpoint: make everything durable, then acknowledge what it holds."""
         acks, self._acks = self._acks, []
-        if self._failed is not None:
-            cp = _merge(self._failed, cp)
-            acks = self._failed_acks + acks
-            self._failed = None
-        if cp.empty() and not acks and not self.outbox.owes_database():
-            return True
-        try:
-            await self.outbox.commit(cp)
-        except sqlite3.Error as exc:
-            self._failed, self._failed_acks = cp, acks
-            full = "full" in str(exc).lower()
-            if full and not self.disk_full:
-                log.error("state_dir %s: disk full; readings stay unacknowledged until space returns",
-                          self.cfg.agent.state_dir)
-            elif not full and str(exc) != self.commit_error:
-                log.error("checkpoint failed (retried, nothing is dropped): %s", exc)
-            self.disk_full = full
-            self.commit_error = str(exc)
+        ok, done = await self.checkpointer.commit(acks, force_cut)
+        if not ok:
             return False
-        if self.disk_full or self.commit_error:
-            log.info("state_dir writable again: checkpoints resumed")
-        self.disk_full = False
-        self.commit_error = ""
+        if done is None:
+            return True  # nothing to commit
         local = self.local
         if local is not None:
-            local.ack_many(acks)
+            local.ack_many(done)
             if local.reading_paused and self._taking:
                 local.resume_reading()
         self._over_budget = False
@@ -667,7 +639,7 @@ class Agent:
             upstream_lost_since=up.lost_since if up else self.started,
             last_drop_at=self.outbox.last_drop_at,
             state_dir_writable=writable,
-            disk_full=self.disk_full,
+            disk_full=self.checkpointer.disk_full,
         )
         status, reasons = evaluate(facts)
         for aside, why in self.store.quarantined:
@@ -675,8 +647,8 @@ class Agent:
             reasons.append(f"state database was corrupt ({why}); moved to {aside}")
             if status == "ok":
                 status = "degraded"
-        if self.commit_error and not self.disk_full:
-            reasons.append(f"checkpoints failing, retried: {self.commit_error}")
+        if self.checkpointer.error and not self.checkpointer.disk_full:
+            reasons.append(f"checkpoints failing, retried: {self.checkpointer.error}")
             status = "failing"
         shedder = self.shedder
         if self.overloaded:
@@ -744,7 +716,7 @@ class Agent:
                 "pauses": self.ingest_pauses,
             },
             # #11.5: corrupt files moved aside (counted), and a failing checkpoint.
-            "state": {"quarantined": len(self.store.quarantined), "commit_error": self.commit_error or None},
+            "state": {"quarantined": len(self.store.quarantined), "commit_error": self.checkpointer.error or None},
             "uplink": {
                 "inflight": up.inflight if up else 0,
                 "window": up.window.limit if up else 0,
@@ -803,23 +775,6 @@ class Agent:
         await self.endpoint.close()
         await self.store.close()
         log.info("edge-agent stopped")
-
-
-def _merge(old: Checkpoint, new: Checkpoint) -> Checkpoint:
-    """A failed checkpoint followed by a newer one, as one."""
-    out = Checkpoint()
-    out.batches = old.batches + new.batches
-    out.seqs = {**old.seqs, **new.seqs}
-    out.pending_add = old.pending_add + new.pending_add
-    out.pending_done = {**old.pending_done, **new.pending_done}
-    out.windows = {k: dict(v) for k, v in old.windows.items()}
-    for k, v in new.windows.items():
-        out.windows.setdefault(k, {}).update(v)
-    out.windows_gone = old.windows_gone + new.windows_gone
-    out.held = {**old.held, **new.held}
-    out.acked = old.acked + new.acked
-    out.drops = old.drops + new.drops
-    return out
 
 
 def _keep_restart_only(old: Config, new: Config) -> Config:
