@@ -28,6 +28,12 @@ if [ "$(uname -m)" = armv7l ]; then
     echo "cbor2<6" > /tmp/armv7-constraints.txt
     export PIP_CONSTRAINT=/tmp/armv7-constraints.txt
     log "armv7l: pip constrained to cbor2<6"
+    # The test extra's cryptography needs cffi, which has no armv7 wheel either and
+    # builds only with libffi's headers (the agent itself does not need them).
+    if [ ! -e /usr/include/ffi.h ] && [ ! -e /usr/include/arm-linux-gnueabihf/ffi.h ]; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libffi-dev; } > /out/apt.log 2>&1 \
+            || { tail -5 /out/apt.log >&2; fail "apt-get install libffi-dev"; }
+    fi
 fi
 s=$SECONDS
 rm -rf /opt/edge-agent; python3 -m venv /opt/edge-agent

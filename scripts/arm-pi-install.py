@@ -137,8 +137,12 @@ def steps() -> int:
                 raise SystemExit("arm-pi-install: no edge-agent unit in /etc/systemd/system")
             unit = units[0]
             if not Path("/usr/bin/systemd-analyze").exists():
-                run("apt-get install -y -qq --download-only systemd procps >/dev/null && "
-                    'for deb in /var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" /; done',
+                # --keep-directory-symlink: /lib is a symlink to usr/lib (merged /usr);
+                # a plain extract would replace it with a directory and break the root.
+                run("mkdir -p /tmp/sd-debs/partial && "
+                    "apt-get install -y -qq --download-only -o Dir::Cache::Archives=/tmp/sd-debs "
+                    "systemd procps >/dev/null && for deb in /tmp/sd-debs/*.deb; do "
+                    'dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C /; done',
                     "systemd's files without its maintainer scripts (see the docstring)")
             run(f"systemd-analyze verify {unit}", "instead of enable --now: systemd does not run here")
             text = unit.read_text()
