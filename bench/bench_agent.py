@@ -318,7 +318,7 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
 
     print()
     print("edge-agent end-to-end benchmark: 100 sensors, QoS 1 JSON readings, local -> agent -> upstream")
-    print("brokers: mosquitto with max_queued_messages 1000000 (tests.brokers.Broker); a stock")
+    print("brokers: mosquitto with max_queued_messages 1000000 (tests.helpers.brokers.Broker); a stock")
     print("mosquitto (1000) drops QoS 1 for an online subscriber >~1000 messages behind (docs/field-notes.md).")
     if args.receive_maximum:
         print(f"EXPERIMENT: agent run with {prelude(args)!r}")

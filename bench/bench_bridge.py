@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from firmware_bridge.simulator import SimulatedBoard  # noqa: E402
-from tests.brokers import Broker, free_port  # noqa: E402
+from tests.helpers.brokers import Broker, free_port  # noqa: E402
 
 
 def _health(port: int) -> dict:

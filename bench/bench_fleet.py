@@ -44,7 +44,7 @@ from paho.mqtt.properties import Properties
 sys.path.insert(0, str(REPO))
 from edge_agent.consume.decode import decode_message
 from edge_agent.consume.storage import open_storage
-from tests.postgres import Postgres
+from tests.helpers.postgres import Postgres
 
 RECORDS_PER_BATCH = 500
 

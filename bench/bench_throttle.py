@@ -3,7 +3,7 @@
     python bench/bench_throttle.py [--rate 1000] [--limit 20KiB] [--before 10]
                                    [--throttled 20] [--after 25] [--png bench/out/throttle.png]
 
-The agent's upstream goes through tests.tcp_proxy.TcpProxy on loopback. Publishers
+The agent's upstream goes through tests.helpers.tcp_proxy.TcpProxy on loopback. Publishers
 send a steady `--rate` readings/s (QoS 1, single values) into a raw pipeline
 (`window = "none"`, `max_batch_delay = "100ms"`), so the uplink needs a steady
 ~75 bytes per reading. After `--before` s the proxy is throttled to `--limit` bytes/s
@@ -42,7 +42,7 @@ from bench.common import (
     free_port,
 )
 from edge_agent.units import parse_size
-from tests.tcp_proxy import TcpProxy
+from tests.helpers.tcp_proxy import TcpProxy
 
 MAX_INFLIGHT = 32
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.brokers import Broker, free_port  # noqa: E402
+from tests.helpers.brokers import Broker, free_port  # noqa: E402
 
 __all__ = [
     "REPO",

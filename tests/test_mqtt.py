@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from edge_agent.mqtt import Message, MqttClient, MqttError, Will
-from tests.brokers import Broker
+from tests.helpers.brokers import Broker
 
 
 async def _until(cond: object, timeout: float = 30.0) -> None:

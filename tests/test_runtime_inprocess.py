@@ -19,7 +19,7 @@ import pytest
 
 from edge_agent.config import load_config
 from edge_agent.runtime import Agent
-from tests.agent_harness import (
+from tests.helpers.agent_harness import (
     AgentConfig,
     Consumer,
     Publisher,
@@ -29,7 +29,7 @@ from tests.agent_harness import (
     pipeline,
     write_config,
 )
-from tests.brokers import Broker
+from tests.helpers.brokers import Broker
 
 pytestmark = pytest.mark.slow
 

@@ -159,7 +159,7 @@ UNSUPPORTED_TAG: Final = _UnsupportedTag()
 # bigfloat with a huge exponent computed) and would stall the event loop; here they
 # yield UNSUPPORTED_TAG without that work: the content is read as plain CBOR (linear
 # in its size) and nothing is computed from it. Tags cbor2 does not know stay CBORTag
-# objects (content read the same way). tests/test_decode.py checks this list against
+# objects (content read the same way). tests/ingest/test_decode.py checks this list against
 # every tag cbor2 decodes itself, so a cbor2 release that adds one fails the test.
 NEUTRALIZED_TAGS: Final = frozenset({4, 5, 30, 35, 36, 37, 52, 54, 100, 258, 260, 261, 1004})
 

@@ -6,7 +6,7 @@ The hot path (`add`, once per reading) must carry no branches for aggregates a
 pipeline does not use, so each combination of the five things a partial can keep
 (sum, Welford's mean and m2, min and max, first and last, values for percentiles)
 has its own straight-line `add`, `combine` and `merged`. They are written out here
-once and checked in, instead of being compiled at import; `tests/test_aggregates_kernels.py`
+once and checked in, instead of being compiled at import; `tests/windows/test_aggregates_kernels.py`
 checks that the checked-in file is what this generator writes.
 
 Keeping a slot no configured aggregate reads (max when only min is asked for) costs

@@ -58,7 +58,7 @@ async def test_bridge_health_endpoint_survives_an_idle_flood() -> None:
     """Item 5: the bridge's endpoint had no connection cap (EMFILE under a flood); it is
     the agent's HealthServer now, caps included."""
     from firmware_bridge.bridge import Bridge
-    from tests.brokers import free_port
+    from tests.helpers.brokers import free_port
 
     health_port = free_port()
     cfg = parse_config(

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from edge_agent.health.server import HealthServer
-from tests.agent_harness import AgentProcess, http, poll, write_config
-from tests.brokers import Broker
+from tests.helpers.agent_harness import AgentProcess, http, poll, write_config
+from tests.helpers.brokers import Broker
 
 
 def _health() -> dict[str, Any]:

@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import config_from_text, default_agent_id
-from tests.agent_harness import AgentProcess, agent_env, kill_from_pid_file, poll, write_config
-from tests.brokers import Broker
+from tests.helpers.agent_harness import (
+    AgentProcess,
+    agent_env,
+    kill_from_pid_file,
+    poll,
+    write_config,
+)
+from tests.helpers.brokers import Broker
 
 PIPE = '[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n'
 

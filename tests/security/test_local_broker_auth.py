@@ -21,8 +21,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.cli.scaffold import MOSQUITTO_ACL, MOSQUITTO_SNIPPET
-from tests.agent_harness import AgentProcess, Consumer, pipeline, poll, write_config
-from tests.brokers import Broker, find_mosquitto
+from tests.helpers.agent_harness import AgentProcess, Consumer, pipeline, poll, write_config
+from tests.helpers.brokers import Broker, find_mosquitto
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 pytestmark = [

@@ -13,8 +13,8 @@ import pytest
 
 from edge_agent.config import config_from_text
 from edge_agent.safety import config_warnings, is_loopback
-from tests.agent_harness import AgentProcess, cli, poll, write_config
-from tests.brokers import Broker
+from tests.helpers.agent_harness import AgentProcess, cli, poll, write_config
+from tests.helpers.brokers import Broker
 
 PIPE = '\n[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n'
 

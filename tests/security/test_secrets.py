@@ -15,8 +15,8 @@ from edge_agent.config import config_from_text
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.logs import forget_secrets, redact, register_secret
 from edge_agent.uplink.sender import read_password
-from tests.agent_harness import AgentProcess, agent_env, poll, write_config
-from tests.brokers import Broker
+from tests.helpers.agent_harness import AgentProcess, agent_env, poll, write_config
+from tests.helpers.brokers import Broker
 
 PIPE = '\n[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n'
 SECRET = "hunter2-Xq9"
