@@ -21,7 +21,6 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +33,8 @@ from edge_agent.clock import IngestClock, WallClock
 from edge_agent.config import Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.health.endpoint import HealthEndpoint
-from edge_agent.health.status import HealthFacts, evaluate
-from edge_agent.health.system import SystemProbe, state_dir_writable
+from edge_agent.health.report import HealthReport
+from edge_agent.health.system import SystemProbe
 from edge_agent.ingest.broker_drops import BrokerDrops
 from edge_agent.ingest.connection import RECEIVE_MAXIMUM, LocalConnection
 from edge_agent.ingest.decode import REASON_TOO_LARGE, PayloadDecoder
@@ -43,7 +42,7 @@ from edge_agent.ingest.delivery import DeliveryLog
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.ingest.shed import SLICE_S, Shedder
 from edge_agent.mqtt import Message, MqttClient, MqttError
-from edge_agent.pipelines import COUNTER_NAMES, Pipeline, build_pipeline
+from edge_agent.pipelines import Pipeline, build_pipeline
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
 from edge_agent.uplink.sender import Uplink, read_password
 from edge_agent.uplink.status import encode_status
@@ -102,7 +101,6 @@ class Agent:
         self.loop_lag = 0.0
         self.overloaded = False
         self.probe = SystemProbe(cfg.agent.state_dir)
-        self.endpoint = HealthEndpoint(self.health, self.ready)
         self.delivery = DeliveryLog()  # fingerprints of messages whose effect is durable
         self._acks: list[int] = []  # packet ids to acknowledge after the next commit
         self._emitted = Emitted()
@@ -126,6 +124,21 @@ class Agent:
             durable=self.durable,
             state_dir=cfg.agent.state_dir,
         )
+        self.report = HealthReport(
+            started=self.started,
+            store=self.store,
+            outbox=self.outbox,
+            probe=self.probe,
+            conn=self.conn,
+            checkpointer=self.checkpointer,
+            broker_drops=self.broker_drops,
+            ingest=self,
+            config=lambda: self.cfg,
+            uplink=lambda: self.uplink,
+            pipelines=lambda: self.pipelines,
+            shedder=lambda: self.shedder,
+        )
+        self.endpoint = HealthEndpoint(self.health, self.ready)
 
     # -- public control -------------------------------------------------------
 
@@ -615,117 +628,14 @@ class Agent:
     # -- health ----------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        totals = dict.fromkeys(COUNTER_NAMES, 0)
-        for p in self.pipelines:
-            for k, v in p.counters().items():
-                totals[k] += v
-        totals["batches_sent"] = self.outbox.batches_sent
-        totals["batches_dropped"] = self.outbox.batches_dropped
-        totals["broker_dropped"] = self.broker_drops.dropped
-        return totals
+        return self.report.counters()
 
     def health_status(self) -> tuple[str, list[str]]:
         """The /healthz status ("ok", "degraded", "failing") and its reasons (SPEC 5)."""
-        now = time.monotonic()
-        up = self.uplink
-        writable = state_dir_writable(self.cfg.agent.state_dir)
-        facts = HealthFacts(
-            now=now,
-            started_at=self.started,
-            local_connected=self.conn.connected,
-            local_ever_connected=self.conn.ever_connected,
-            local_lost_since=self.conn.lost_since,
-            upstream_connected=bool(up and up.connected),
-            upstream_lost_since=up.lost_since if up else self.started,
-            last_drop_at=self.outbox.last_drop_at,
-            state_dir_writable=writable,
-            disk_full=self.checkpointer.disk_full,
-        )
-        status, reasons = evaluate(facts)
-        for aside, why in self.store.quarantined:
-            # Loud until a restart: buffered batches in that file are not sent.
-            reasons.append(f"state database was corrupt ({why}); moved to {aside}")
-            if status == "ok":
-                status = "degraded"
-        if self.checkpointer.error and not self.checkpointer.disk_full:
-            reasons.append(f"checkpoints failing, retried: {self.checkpointer.error}")
-            status = "failing"
-        shedder = self.shedder
-        if self.overloaded:
-            reasons.append(f"ingest overloaded: event loop {self.loop_lag:.1f} s late, "
-                           f"{shedder.messages_shed} QoS 0 messages shed")
-            if status == "ok":
-                status = "degraded"
-        broker_drop = self.broker_drops.reason()
-        if broker_drop is not None:
-            reasons.append(broker_drop)
-            if status == "ok":
-                status = "degraded"
-        if shedder.shedding():
-            reasons.append(f"shedding QoS 0 readings under overload: {shedder.messages_shed} "
-                           "messages dropped before decoding (readings_shed)")
-            if status == "ok":
-                status = "degraded"
-        return status, reasons
+        return self.report.health_status()
 
     def health(self) -> dict[str, Any]:
-        shedder = self.shedder
-        now = time.monotonic()
-        up = self.uplink
-        status, reasons = self.health_status()
-        oldest = self.outbox.oldest_age()
-        rejects: Counter[str] = Counter()
-        for p in self.pipelines:
-            rejects.update(p.rejects)
-        return {
-            "status": status,
-            "reasons": reasons,
-            "agent": self.cfg.agent.id,
-            "version": __version__,
-            "config": self.cfg.hash,
-            "uptime_s": round(now - self.started, 3),
-            "local": {"connected": self.conn.connected,
-                      "broker_dropped": self.broker_drops.dropped,
-                      "broker_reports_drops": self.broker_drops.available},
-            "upstream": {
-                "connected": bool(up and up.connected),
-                "last_ack_age_s": round(now - up.last_ack, 3) if up and up.last_ack else None,
-            },
-            "buffer": {
-                "batches": self.outbox.batches,
-                "bytes": self.store.disk_bytes(),
-                "oldest_age_s": round(oldest, 3) if oldest is not None else None,
-            },
-            "counters": self.counters(),
-            "system": self.probe.sample(),
-            "pipelines": {p.name: p.counters() for p in self.pipelines},
-            "rejected_by_reason": dict(rejects),
-            "dropped_by_reason": dict(self.outbox.dropped_by_reason),
-            "messages": {
-                "qos0": self.messages_qos0,
-                "duplicates": self.messages_duplicate,
-                "shed_qos0": shedder.messages_shed,
-            },
-            "ingest": {
-                "loop_lag_s": round(self.loop_lag, 3),
-                "overloaded": self.overloaded,
-                "shedding": shedder.shedding(),
-                "inbox": len(self._inbox),
-                "shed_limit": shedder.limit,
-                "paused": bool(self.local and self.local.reading_paused),
-                "pauses": self.ingest_pauses,
-            },
-            # #11.5: corrupt files moved aside (counted), and a failing checkpoint.
-            "state": {"quarantined": len(self.store.quarantined), "commit_error": self.checkpointer.error or None},
-            "uplink": {
-                "inflight": up.inflight if up else 0,
-                "window": up.window.limit if up else 0,
-                "puback_latency_s": round(up.latency, 4) if up and up.latency is not None else None,
-                "queued": up.queued if up else 0,
-                # Why upstream is unreachable; the spec's reason string stays exactly as it is.
-                "last_error": (up.last_error or None) if up and not up.connected else None,
-            },
-        }
+        return self.report.health()
 
     # -- shutdown ----------------------------------------------------------------
 
