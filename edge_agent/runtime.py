@@ -45,7 +45,6 @@ from edge_agent.mqtt import Message, MqttClient, MqttError
 from edge_agent.pipelines import Pipeline, build_pipeline
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
 from edge_agent.uplink.sender import Uplink, read_password
-from edge_agent.uplink.status import encode_status
 from edge_agent.windows.engine import Emitted
 
 __all__ = ["Agent"]
@@ -179,7 +178,7 @@ class Agent:
                 outbox=self.outbox,
                 password=password,
                 max_inflight=self.cfg.upstream.max_inflight,
-                status=self._status_payload,
+                status=self.report.status_payload,
                 status_topic=self.cfg.status_topic,
             )
             await self.endpoint.start(self.cfg.health)
@@ -489,27 +488,11 @@ class Agent:
         else:
             log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
 
-    def status_line(self) -> str:
-        """One line for `systemctl status` (sd_notify STATUS=)."""
-        c = self.counters()
-        up = self.uplink
-        link = "upstream connected" if up and up.connected else "upstream unreachable, buffering"
-        return (f"{c['readings_in']} readings in, {c['windows_emitted']} windows, "
-                f"{c['batches_sent']} batches sent; {link}; "
-                f"{self.outbox.batches} batches buffered")
-
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(10.0)
             if self.ready():
-                self.notifier.status(self.status_line())
-
-    def _status_payload(self, state: str) -> tuple[bytes, str]:
-        """The device status map (SPEC 4) for `state` "online" or "offline", and its health."""
-        health, reasons = self.health_status()
-        payload = encode_status(self.cfg.agent.id, state, __version__, self.cfg.hash, health,
-                                reasons, time.time())
-        return payload, health
+                self.notifier.status(self.report.status_line())
 
     async def _device_status_loop(self) -> None:
         """Status over MQTT: the uplink republishes on a health change or each status_interval."""

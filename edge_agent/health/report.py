@@ -21,6 +21,7 @@ from edge_agent.ingest.shed import Shedder
 from edge_agent.mqtt import Message, MqttClient
 from edge_agent.pipelines import COUNTER_NAMES, Pipeline
 from edge_agent.uplink.sender import Uplink
+from edge_agent.uplink.status import encode_status
 
 __all__ = ["HealthReport", "IngestState"]
 
@@ -183,3 +184,20 @@ class HealthReport:
                 "last_error": (up.last_error or None) if up and not up.connected else None,
             },
         }
+
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=)."""
+        c = self.counters()
+        up = self._uplink()
+        link = "upstream connected" if up and up.connected else "upstream unreachable, buffering"
+        return (f"{c['readings_in']} readings in, {c['windows_emitted']} windows, "
+                f"{c['batches_sent']} batches sent; {link}; "
+                f"{self._outbox.batches} batches buffered")
+
+    def status_payload(self, state: str) -> tuple[bytes, str]:
+        """The device status map (SPEC 4) for `state` "online" or "offline", and its health."""
+        cfg = self._cfg()
+        health, reasons = self.health_status()
+        payload = encode_status(cfg.agent.id, state, __version__, cfg.hash, health,
+                                reasons, time.time())
+        return payload, health
