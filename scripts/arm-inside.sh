@@ -23,11 +23,11 @@ log "built $(basename "$WHEEL") in $((SECONDS - s)) s"
 
 # ---- a venv with the wheel and its dependencies from PyPI ------------------------
 if [ "$(uname -m)" = armv7l ]; then
-    # PyPI has no armv7 wheel of cbor2 >= 6 and its sdist needs a Rust toolchain;
-    # cbor2 5.x comes as a pure-Python wheel. The README's armhf note says the same.
-    echo "cbor2<6" > /tmp/armv7-constraints.txt
-    export PIP_CONSTRAINT=/tmp/armv7-constraints.txt
-    log "armv7l: pip constrained to cbor2<6"
+    # PyPI has no armv7 wheel of cbor2 6.x (edge-agent needs >= 6.2) and its sdist
+    # needs a Rust toolchain; Raspberry Pi OS's piwheels may have one (README).
+    if ! command -v cargo >/dev/null 2>&1; then
+        fail "armhf: cbor2>=6.2 has no armv7 wheel on PyPI and needs Rust to build (README, Raspberry Pi)"
+    fi
     # The test extra's cryptography needs cffi, which has no armv7 wheel either and
     # builds only with libffi's headers (the agent itself does not need them).
     if [ ! -e /usr/include/ffi.h ] && [ ! -e /usr/include/arm-linux-gnueabihf/ffi.h ]; then
