@@ -9,14 +9,15 @@ messages yields then go through each pipeline's limits into its engine.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edge_agent.config import PipelineConfig
+from edge_agent.config import Config, PipelineConfig
 from edge_agent.ingest.decode import PayloadDecoder
 from edge_agent.ingest.limits import KeyLimits
 from edge_agent.windows.engine import WindowEngine
 
-__all__ = ["COUNTER_NAMES", "Pipeline", "build_pipeline"]
+__all__ = ["COUNTER_NAMES", "Pipeline", "build_pipeline", "replan"]
 
 COUNTER_NAMES = (
     "readings_in",
@@ -68,3 +69,27 @@ def build_pipeline(cfg: PipelineConfig, max_future_skew: float) -> Pipeline:
         cfg.spec.build(cfg),
         KeyLimits(cfg.max_keys, cfg.max_key_rate),
     )
+
+
+def replan(running: Sequence[Pipeline], new: Config) -> tuple[list[Pipeline], list[Pipeline]]:
+    """A reload's pipelines: (the new list, the running ones that leave).
+
+    A pipeline whose settings did not change is kept with its windows; one that
+    changed is built afresh and its running one leaves (its open windows fire first,
+    SPEC 1), as does one that is gone from the config. Raises what building a
+    decoder raises (a custom decoder that no longer imports): nothing has changed then.
+    """
+    old = {p.name: p for p in running}
+    keep: list[Pipeline] = []
+    leaving: list[Pipeline] = []
+    for np in new.pipelines:
+        op = old.get(np.name)
+        if op is not None and op.cfg == np:
+            keep.append(op)
+        else:
+            keep.append(build_pipeline(np, new.local.max_future_skew))
+            if op is not None:
+                leaving.append(op)
+    fresh = {p.name for p in new.pipelines}
+    leaving += [p for name, p in old.items() if name not in fresh]
+    return keep, leaving

@@ -42,7 +42,7 @@ from edge_agent.ingest.delivery import DeliveryLog
 from edge_agent.ingest.router import TopicRouter
 from edge_agent.ingest.shed import SLICE_S, Shedder
 from edge_agent.mqtt import Message, MqttClient, MqttError
-from edge_agent.pipelines import Pipeline, build_pipeline
+from edge_agent.pipelines import Pipeline, build_pipeline, replan
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
 from edge_agent.uplink.sender import Uplink, read_password
 from edge_agent.windows.engine import Emitted
@@ -526,27 +526,14 @@ class Agent:
                 log.warning("agent.%s changed: takes effect after a restart", key)
         new = _keep_restart_only(self.cfg, new)
         try:
-            fresh = {p.name: p for p in new.pipelines}
-            old = {p.name: p for p in self.pipelines}
-            keep: list[Pipeline] = []
-            gone: list[str] = []
-            for np in new.pipelines:
-                op = old.get(np.name)
-                if op is not None and op.cfg == np:
-                    keep.append(op)
-                else:
-                    keep.append(build_pipeline(np, new.local.max_future_skew))
-                    if op is not None:
-                        gone.append(op.name)
-            for name in old:
-                if name not in fresh:
-                    gone.append(name)
-            for name in gone:
-                old[name].engine.flush_all(self._emitted)
+            keep, leaving = replan(self.pipelines, new)
         except (ConfigError, ImportError, ValueError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.notifier.ready()
             return
+        gone = [p.name for p in leaving]
+        for p in leaving:
+            p.engine.flush_all(self._emitted)
         self.batcher.take(self._emitted)
         await self.commit(force_cut=True)  # the old config's windows leave under the old config hash
         old_cfg = self.cfg
