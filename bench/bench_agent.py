@@ -168,8 +168,14 @@ def bare_drain(port: int, pool: PublisherPool, n: int, mode: str) -> float:
 # --------------------------------------------------------------------------- agent
 
 
-def run_step(agent: AgentProcess, consumer: UpstreamConsumer, pool: PublisherPool,
-             target: int, duration: float, keepup: float) -> Step:
+def run_step(
+    agent: AgentProcess,
+    consumer: UpstreamConsumer,
+    pool: PublisherPool,
+    target: int,
+    duration: float,
+    keepup: float,
+) -> Step:
     step = Step(target)
     c0 = consumer.stats()
     in0 = agent.counters().get("readings_in", 0)
@@ -179,8 +185,11 @@ def run_step(agent: AgentProcess, consumer: UpstreamConsumer, pool: PublisherPoo
     step.sent, step.rate = pub["sent"], pub["rate"]
     # Did the agent keep up? Its readings_in must reach what was published, soon.
     # Waited for past --keepup too: how far behind it was gives its processing rate.
-    caught = wait_for(lambda: agent.counters().get("readings_in", 0) - in0 >= step.sent,
-                      max(keepup, 5.0 + step.sent / 5000.0), 0.05)
+    caught = wait_for(
+        lambda: agent.counters().get("readings_in", 0) - in0 >= step.sent,
+        max(keepup, 5.0 + step.sent / 5000.0),
+        0.05,
+    )
     if caught:
         step.drain_s = time.monotonic() - t_end
         step.processed_rate = step.sent / (pub["elapsed"] + step.drain_s)
@@ -208,8 +217,9 @@ def run_step(agent: AgentProcess, consumer: UpstreamConsumer, pool: PublisherPoo
     return step
 
 
-def agent_drain(agent: AgentProcess, consumer: UpstreamConsumer, pool: PublisherPool,
-                n: int) -> tuple[float, int]:
+def agent_drain(
+    agent: AgentProcess, consumer: UpstreamConsumer, pool: PublisherPool, n: int
+) -> tuple[float, int]:
     """Stop the agent, queue n readings for its session, start it again: (rate, lost).
 
     Messages flow as soon as the session resumes, before /readyz can be asked, so the
@@ -242,9 +252,11 @@ def prelude(args: argparse.Namespace) -> str:
     """Experiments: code run in the agent's process before its main(), changing nothing on disk."""
     lines = []
     if args.receive_maximum:
-        lines += ["import edge_agent.runtime as rt",
-                  f"rt.RECEIVE_MAXIMUM = {args.receive_maximum}",
-                  f"rt._ACK_FLUSH = max(1, {args.receive_maximum} // 4)"]
+        lines += [
+            "import edge_agent.runtime as rt",
+            f"rt.RECEIVE_MAXIMUM = {args.receive_maximum}",
+            f"rt._ACK_FLUSH = max(1, {args.receive_maximum} // 4)",
+        ]
     return "\n".join(lines)
 
 
@@ -259,26 +271,41 @@ def one_run(args: argparse.Namespace, k: int) -> RunResult:
     try:
         log(f"run {k}: bare subscriber")
         for mode in ("auto", "manual"):
-            res.sub[f"live_{mode}"], res.sub[f"pub_{mode}"] = bare_live(local.port, pool, args.baseline_n, mode)
+            res.sub[f"live_{mode}"], res.sub[f"pub_{mode}"] = bare_live(
+                local.port, pool, args.baseline_n, mode
+            )
             res.sub[f"drain_{mode}"] = bare_drain(local.port, pool, args.baseline_n, mode)
         log("  " + ", ".join(f"{k}={v:,.0f}/s" for k, v in res.sub.items()))
 
         cfg = work / "agent.toml"
-        cfg.write_text(AGENT_TOML.format(state=work / "state", local=local.port, upstream=upstream.port,
-                                         health=free_port(), idle=IDLE_TIMEOUT))
+        cfg.write_text(
+            AGENT_TOML.format(
+                state=work / "state",
+                local=local.port,
+                upstream=upstream.port,
+                health=free_port(),
+                idle=IDLE_TIMEOUT,
+            )
+        )
         consumer = UpstreamConsumer(upstream.port)
         health = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
-        agent = AgentProcess(cfg, health, work / "agent.log",
-                             profile_out=Path(args.profile) if args.profile else None,
-                             prelude=prelude(args)).start()
+        agent = AgentProcess(
+            cfg,
+            health,
+            work / "agent.log",
+            profile_out=Path(args.profile) if args.profile else None,
+            prelude=prelude(args),
+        ).start()
         failures = 0
         for target in args.rates:
             st = run_step(agent, consumer, pool, target, args.duration, args.keepup)
             res.steps.append(st)
-            log(f"  target {target:>6,}/s: sent {st.sent:,} at {st.rate:,.0f}/s, upstream {st.upstream:,}"
+            log(
+                f"  target {target:>6,}/s: sent {st.sent:,} at {st.rate:,.0f}/s, upstream {st.upstream:,}"
                 f" (lost {st.lost}, dup {st.dups}), caught up in {st.drain_s:.2f}s,"
                 f" settled {st.settle_s:.2f}s, {st.cpu_per_1k:.3f} cpu-s/1k, rss {st.rss / 2**20:.1f} MiB"
-                f" -> {'ok' if st.ok else 'FAIL'}")
+                f" -> {'ok' if st.ok else 'FAIL'}"
+            )
             if agent.proc is not None and agent.proc.poll() is not None:
                 log(f"  agent exited {agent.proc.returncode}; see {agent.log}")
                 break
@@ -289,7 +316,9 @@ def one_run(args: argparse.Namespace, k: int) -> RunResult:
         if args.drain_n and not args.profile:
             res.agent_drain, res.agent_drain_lost = agent_drain(agent, consumer, pool, args.drain_n)
             res.drain_rss = peak_rss(agent.pid)
-            log(f"  agent drains a backlog at {res.agent_drain:,.0f}/s (lost {res.agent_drain_lost})")
+            log(
+                f"  agent drains a backlog at {res.agent_drain:,.0f}/s (lost {res.agent_drain_lost})"
+            )
         res.upstream_dup_batches = int(consumer.stats()["dup_batches"])
     finally:
         if agent is not None:
@@ -317,18 +346,30 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
         return median(xs)
 
     print()
-    print("edge-agent end-to-end benchmark: 100 sensors, QoS 1 JSON readings, local -> agent -> upstream")
-    print("brokers: mosquitto with max_queued_messages 1000000 (tests.helpers.brokers.Broker); a stock")
-    print("mosquitto (1000) drops QoS 1 for an online subscriber >~1000 messages behind (docs/field-notes.md).")
+    print(
+        "edge-agent end-to-end benchmark: 100 sensors, QoS 1 JSON readings, local -> agent -> upstream"
+    )
+    print(
+        "brokers: mosquitto with max_queued_messages 1000000 (tests.helpers.brokers.Broker); a stock"
+    )
+    print(
+        "mosquitto (1000) drops QoS 1 for an online subscriber >~1000 messages behind (docs/field-notes.md)."
+    )
     if args.receive_maximum:
         print(f"EXPERIMENT: agent run with {prelude(args)!r}")
     print(f"code: {args.version}")
-    print(f"runs: {len(results)}, step {args.duration:g} s, {args.publishers} {args.publisher} publisher process(es),"
-          f" cpus {os.cpu_count()}")
+    print(
+        f"runs: {len(results)}, step {args.duration:g} s, {args.publishers} {args.publisher} publisher process(es),"
+        f" cpus {os.cpu_count()}"
+    )
     print()
     print("bare paho subscriber (count only), msgs/s, median over runs:")
-    for key, label in (("live_auto", "live, QoS 1 auto-ack"), ("live_manual", "live, QoS 1 manual acks in batches"),
-                       ("drain_auto", "backlog drain, auto-ack"), ("drain_manual", "backlog drain, manual acks")):
+    for key, label in (
+        ("live_auto", "live, QoS 1 auto-ack"),
+        ("live_manual", "live, QoS 1 manual acks in batches"),
+        ("drain_auto", "backlog drain, auto-ack"),
+        ("drain_manual", "backlog drain, manual acks"),
+    ):
         vals = [r.sub.get(key, float("nan")) for r in results]
         extra = ""
         if key.startswith("live"):
@@ -336,52 +377,81 @@ def report(results: list[RunResult], args: argparse.Namespace, load0: tuple[floa
             extra = f"   (publishers managed {pub:,.0f}/s{'; publisher-bound' if med(vals) > 0.95 * pub else ''})"
         print(f"  {label:<38} {med(vals):>9,.0f}  [{', '.join(f'{v:,.0f}' for v in vals)}]{extra}")
     print()
-    print("agent ramp (per run; ok = zero loss and readings_in caught up within "
-          f"{args.keepup:g} s of the publishers stopping):")
-    print(f"  {'run':>3} {'target/s':>9} {'achieved/s':>10} {'published':>10} {'upstream':>10} {'lost':>6}"
-          f" {'dup':>4} {'catch-up':>8} {'took-in/s':>9} {'settle':>7} {'cpu-s/1k':>9} {'B/reading':>9} {'peakRSS':>8}  ok")
+    print(
+        "agent ramp (per run; ok = zero loss and readings_in caught up within "
+        f"{args.keepup:g} s of the publishers stopping):"
+    )
+    print(
+        f"  {'run':>3} {'target/s':>9} {'achieved/s':>10} {'published':>10} {'upstream':>10} {'lost':>6}"
+        f" {'dup':>4} {'catch-up':>8} {'took-in/s':>9} {'settle':>7} {'cpu-s/1k':>9} {'B/reading':>9} {'peakRSS':>8}  ok"
+    )
     for k, r in enumerate(results):
         for s in r.steps:
-            print(f"  {k:>3} {s.target:>9,} {s.rate:>10,.0f} {s.sent:>10,} {s.upstream:>10,} {s.lost:>6}"
-                  f" {s.dups:>4} {s.drain_s:>7.2f}s {s.processed_rate:>9,.0f} {s.settle_s:>6.2f}s {s.cpu_per_1k:>9.3f}"
-                  f" {s.bytes_per_reading:>9.2f} {s.rss / 2**20:>6.1f}Mi  {'ok' if s.ok else 'FAIL'}")
+            print(
+                f"  {k:>3} {s.target:>9,} {s.rate:>10,.0f} {s.sent:>10,} {s.upstream:>10,} {s.lost:>6}"
+                f" {s.dups:>4} {s.drain_s:>7.2f}s {s.processed_rate:>9,.0f} {s.settle_s:>6.2f}s {s.cpu_per_1k:>9.3f}"
+                f" {s.bytes_per_reading:>9.2f} {s.rss / 2**20:>6.1f}Mi  {'ok' if s.ok else 'FAIL'}"
+            )
     print()
     best = [r.best for r in results]
     best_rate = med([b.rate if b else 0.0 for b in best])
     live = med([r.sub["live_auto"] for r in results])
     drain = med([r.sub["drain_auto"] for r in results])
-    ratios = [(b.rate if b else 0.0) / r.sub["live_auto"] for b, r in zip(best, results, strict=True)]
+    ratios = [
+        (b.rate if b else 0.0) / r.sub["live_auto"] for b, r in zip(best, results, strict=True)
+    ]
     ratio = med(ratios)
     cpu = med([b.cpu_per_1k for b in best if b])
     bpr = med([b.bytes_per_reading for b in best if b])
     rss = med([float(r.peak_rss) for r in results]) / 2**20
     adrain = med([r.agent_drain for r in results])
-    took = med([max((s.processed_rate for s in r.steps if s.processed_rate == s.processed_rate),
-                    default=float("nan")) for r in results])
+    took = med(
+        [
+            max(
+                (s.processed_rate for s in r.steps if s.processed_rate == s.processed_rate),
+                default=float("nan"),
+            )
+            for r in results
+        ]
+    )
     print("agent, median over runs:")
-    print(f"  highest zero-loss rate          {best_rate:>10,.0f} readings/s  [{', '.join(f'{b.rate:,.0f}' if b else 'none' for b in best)}]")
-    print(f"  vs bare subscriber (live, auto) {ratio:>10.0%}  [{', '.join(f'{x:.0%}' for x in ratios)}]")
+    print(
+        f"  highest zero-loss rate          {best_rate:>10,.0f} readings/s  [{', '.join(f'{b.rate:,.0f}' if b else 'none' for b in best)}]"
+    )
+    print(
+        f"  vs bare subscriber (live, auto) {ratio:>10.0%}  [{', '.join(f'{x:.0%}' for x in ratios)}]"
+    )
     print(f"  CPU per 1,000 readings          {cpu:>10.3f} s (at that rate)")
     print(f"  peak RSS                        {rss:>10.1f} MiB")
     print(f"  upstream bytes per reading      {bpr:>10.2f}")
-    print(f"  highest take-in rate (any step) {took:>10,.0f} readings/s = {took / live:.0%} of the bare live rate"
-          " (published / (publishing + catch-up) time)")
+    print(
+        f"  highest take-in rate (any step) {took:>10,.0f} readings/s = {took / live:.0%} of the bare live rate"
+        " (published / (publishing + catch-up) time)"
+    )
     if adrain == adrain:
-        print(f"  backlog drain                   {adrain:>10,.0f} readings/s = {adrain / drain:.0%} of the bare"
-              f" subscriber's drain; lost {[r.agent_drain_lost for r in results]};"
-              f" peak RSS {med([float(r.drain_rss) for r in results]) / 2**20:.1f} MiB")
+        print(
+            f"  backlog drain                   {adrain:>10,.0f} readings/s = {adrain / drain:.0%} of the bare"
+            f" subscriber's drain; lost {[r.agent_drain_lost for r in results]};"
+            f" peak RSS {med([float(r.drain_rss) for r in results]) / 2**20:.1f} MiB"
+        )
     dupb = [r.upstream_dup_batches for r in results]
     if any(dupb):
         print(f"  duplicate batches upstream (same agent, seq): {dupb}")
     load1 = os.getloadavg()
-    print(f"  load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min): shared machine, expect noise")
+    print(
+        f"  load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min): shared machine, expect noise"
+    )
     passed = ratio >= 0.5 and rss <= 60
     print()
     if args.quick:
-        print("(--quick: one short run with a coarse ramp, a smoke test of the bench; not the figure)")
-    print(f"SUMMARY: agent {best_rate:,.0f} readings/s zero-loss = {ratio:.0%} of bare paho subscriber"
-          f" {live:,.0f}/s (target >= 50%), peak RSS {rss:.1f} MiB (target <= 60), {cpu:.3f} CPU-s/1k readings,"
-          f" {bpr:.1f} upstream B/reading -> {'PASS' if passed else 'FAIL'}")
+        print(
+            "(--quick: one short run with a coarse ramp, a smoke test of the bench; not the figure)"
+        )
+    print(
+        f"SUMMARY: agent {best_rate:,.0f} readings/s zero-loss = {ratio:.0%} of bare paho subscriber"
+        f" {live:,.0f}/s (target >= 50%), peak RSS {rss:.1f} MiB (target <= 60), {cpu:.3f} CPU-s/1k readings,"
+        f" {bpr:.1f} upstream B/reading -> {'PASS' if passed else 'FAIL'}"
+    )
     return 0 if passed else 1
 
 
@@ -396,28 +466,55 @@ def code_version() -> str:
         return r.stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "edge_agent")
-    return git("rev-parse", "--short", "HEAD") + (" + uncommitted edge_agent changes" if dirty else "")
+    return git("rev-parse", "--short", "HEAD") + (
+        " + uncommitted edge_agent changes" if dirty else ""
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rates", default=DEFAULT_RATES,
-                    help="comma-separated target readings/s of the ramp")
+    ap.add_argument(
+        "--rates", default=DEFAULT_RATES, help="comma-separated target readings/s of the ramp"
+    )
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of publishing per step")
-    ap.add_argument("--keepup", type=float, default=1.0,
-                    help="a step fails when readings_in lags the publishers by longer than this (s)")
-    ap.add_argument("--stop-after", type=int, default=2, help="consecutive failed steps that end the ramp")
-    ap.add_argument("--baseline-n", type=int, default=100_000, help="messages per bare-subscriber measurement")
-    ap.add_argument("--drain-n", type=int, default=100_000, help="backlog for the agent drain (0: skip)")
+    ap.add_argument(
+        "--keepup",
+        type=float,
+        default=1.0,
+        help="a step fails when readings_in lags the publishers by longer than this (s)",
+    )
+    ap.add_argument(
+        "--stop-after", type=int, default=2, help="consecutive failed steps that end the ramp"
+    )
+    ap.add_argument(
+        "--baseline-n", type=int, default=100_000, help="messages per bare-subscriber measurement"
+    )
+    ap.add_argument(
+        "--drain-n", type=int, default=100_000, help="backlog for the agent drain (0: skip)"
+    )
     ap.add_argument("--publishers", type=int, default=1, help="publisher processes")
-    ap.add_argument("--publisher", choices=("raw", "paho"), default="raw",
-                    help="raw: QoS 1 packets built by hand on a socket (~6 us/msg); paho: ~35 us/msg")
-    ap.add_argument("--profile", default="", help="run the agent under cProfile, writing this file (one run)")
-    ap.add_argument("--receive-maximum", type=int, default=0,
-                    help="experiment: the agent's local Receive Maximum (its _ACK_FLUSH = a quarter)")
+    ap.add_argument(
+        "--publisher",
+        choices=("raw", "paho"),
+        default="raw",
+        help="raw: QoS 1 packets built by hand on a socket (~6 us/msg); paho: ~35 us/msg",
+    )
+    ap.add_argument(
+        "--profile", default="", help="run the agent under cProfile, writing this file (one run)"
+    )
+    ap.add_argument(
+        "--receive-maximum",
+        type=int,
+        default=0,
+        help="experiment: the agent's local Receive Maximum (its _ACK_FLUSH = a quarter)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, state)")
-    ap.add_argument("--quick", action="store_true", help="one short run: a smoke test of the bench itself")
+    ap.add_argument(
+        "--quick", action="store_true", help="one short run: a smoke test of the bench itself"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.duration, args.baseline_n, args.drain_n = 1, 2.0, 20_000, 20_000

@@ -63,9 +63,15 @@ def one_run(broker: Broker, work: Path, frames: int, fmt: str) -> tuple[float, f
     )
     with SimulatedBoard("bench", rate=0, format=fmt, blocking=True, link=link, seed=1) as board:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen([sys.executable, "-m", "firmware_bridge", "run", "-c", str(cfg)], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "firmware_bridge", "run", "-c", str(cfg)], env=env
+        )
         try:
-            _wait(lambda: (h := _health(hport))["source"]["open"] and h["broker"]["connected"], 15, "bridge")
+            _wait(
+                lambda: (h := _health(hport))["source"]["open"] and h["broker"]["connected"],
+                15,
+                "bridge",
+            )
             ps = psutil.Process(proc.pid)
             c0 = ps.cpu_times()
             t0 = time.perf_counter()
@@ -96,18 +102,30 @@ def main() -> None:
             rate, cpu = one_run(broker, Path(tmp), args.frames, args.format)
             rates.append(rate)
             cpus.append(cpu)
-            print(f"run {i + 1}: {rate:,.0f} frames/s, {cpu * 1000:.1f} ms CPU per 1,000 frames",
-                  file=sys.stderr)
-    print(json.dumps({
-        "format": args.format,
-        "frames": args.frames,
-        "runs": args.runs,
-        "frames_per_s": {"median": round(statistics.median(rates)), "min": round(min(rates)),
-                         "max": round(max(rates))},
-        "cpu_ms_per_1000_frames": {"median": round(statistics.median(cpus) * 1000, 2),
-                                   "min": round(min(cpus) * 1000, 2),
-                                   "max": round(max(cpus) * 1000, 2)},
-    }, indent=2))
+            print(
+                f"run {i + 1}: {rate:,.0f} frames/s, {cpu * 1000:.1f} ms CPU per 1,000 frames",
+                file=sys.stderr,
+            )
+    print(
+        json.dumps(
+            {
+                "format": args.format,
+                "frames": args.frames,
+                "runs": args.runs,
+                "frames_per_s": {
+                    "median": round(statistics.median(rates)),
+                    "min": round(min(rates)),
+                    "max": round(max(rates)),
+                },
+                "cpu_ms_per_1000_frames": {
+                    "median": round(statistics.median(cpus) * 1000, 2),
+                    "min": round(min(cpus) * 1000, 2),
+                    "max": round(max(cpus) * 1000, 2),
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

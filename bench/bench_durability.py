@@ -117,15 +117,33 @@ class RunResult:
 class Agent:
     """The agent with its config, fresh state dir, health port."""
 
-    def __init__(self, work: Path, local: int, upstream: int, checkpoints: bool, size: str,
-                 batch_windows: int = 500, interval: str = "250ms") -> None:
+    def __init__(
+        self,
+        work: Path,
+        local: int,
+        upstream: int,
+        checkpoints: bool,
+        size: str,
+        batch_windows: int = 500,
+        interval: str = "250ms",
+    ) -> None:
         self.health = free_port()
         state = work / f"state-{checkpoints}-{size}"
         shutil.rmtree(state, ignore_errors=True)
         cfg = work / f"agent-{checkpoints}-{size}.toml"
-        cfg.write_text(AGENT_TOML.format(state=state, local=local, upstream=upstream, health=self.health,
-                                         checkpoints="true" if checkpoints else "false", size=size, idle=IDLE,
-                                         batch_windows=batch_windows, interval=interval))
+        cfg.write_text(
+            AGENT_TOML.format(
+                state=state,
+                local=local,
+                upstream=upstream,
+                health=self.health,
+                checkpoints="true" if checkpoints else "false",
+                size=size,
+                idle=IDLE,
+                batch_windows=batch_windows,
+                interval=interval,
+            )
+        )
         self.proc = AgentProcess(cfg, self.health, work / "agent.log")
 
     def health_doc(self) -> dict[str, Any]:
@@ -135,8 +153,14 @@ class Agent:
         return json.loads(text) if text else {}
 
 
-def step(agent: AgentProcess, consumer: UpstreamConsumer, pool: PublisherPool, rate: float | None,
-         n: int, keepup: float) -> tuple[bool, float, int, int, int]:
+def step(
+    agent: AgentProcess,
+    consumer: UpstreamConsumer,
+    pool: PublisherPool,
+    rate: float | None,
+    n: int,
+    keepup: float,
+) -> tuple[bool, float, int, int, int]:
     """(ok, achieved rate, sent, upstream, disk bytes written) for one step."""
     c0 = consumer.stats()["count"]
     in0 = agent.counters().get("readings_in", 0)
@@ -152,8 +176,14 @@ def step(agent: AgentProcess, consumer: UpstreamConsumer, pool: PublisherPool, r
     return caught and got == sent, pub["rate"], sent, got, write_bytes(agent.pid) - w0
 
 
-def ramp(work: Path, local: Broker, upstream: Broker, pool: PublisherPool, checkpoints: bool,
-         args: argparse.Namespace) -> ModeResult:
+def ramp(
+    work: Path,
+    local: Broker,
+    upstream: Broker,
+    pool: PublisherPool,
+    checkpoints: bool,
+    args: argparse.Namespace,
+) -> ModeResult:
     res = ModeResult()
     agent = Agent(work, local.port, upstream.port, checkpoints, "1s")
     consumer = UpstreamConsumer(upstream.port)
@@ -162,15 +192,22 @@ def ramp(work: Path, local: Broker, upstream: Broker, pool: PublisherPool, check
         n = int(args.wear_rate * args.duration)
         _, _, sent, got, written = step(agent.proc, consumer, pool, args.wear_rate, n, args.keepup)
         res.wear = written / max(1, sent)
-        log(f"    wear at {args.wear_rate:,.0f}/s: {written:,} B written for {sent:,} readings"
-            f" = {res.wear:.1f} B/reading (upstream {got:,})")
+        log(
+            f"    wear at {args.wear_rate:,.0f}/s: {written:,} B written for {sent:,} readings"
+            f" = {res.wear:.1f} B/reading (upstream {got:,})"
+        )
         fails = 0
         for target in args.rates:
-            ok, rate, sent, got, _ = step(agent.proc, consumer, pool, target, int(target * args.duration),
-                                          args.keepup)
-            res.steps.append(f"{target:,}->{rate:,.0f}/s {'ok' if ok else f'FAIL ({got:,}/{sent:,})'}")
-            log(f"    target {target:>6,}/s: achieved {rate:,.0f}/s, upstream {got:,} of {sent:,}"
-                f" -> {'ok' if ok else 'FAIL'}")
+            ok, rate, sent, got, _ = step(
+                agent.proc, consumer, pool, target, int(target * args.duration), args.keepup
+            )
+            res.steps.append(
+                f"{target:,}->{rate:,.0f}/s {'ok' if ok else f'FAIL ({got:,}/{sent:,})'}"
+            )
+            log(
+                f"    target {target:>6,}/s: achieved {rate:,.0f}/s, upstream {got:,} of {sent:,}"
+                f" -> {'ok' if ok else 'FAIL'}"
+            )
             if ok:
                 res.best = max(res.best, rate)
                 fails = 0
@@ -188,8 +225,9 @@ def broker_qos1_rate(port: int, size: int, n: int) -> float:
     """Messages/s one paho client gets PUBACKed at QoS 1 with MAX_INFLIGHT in flight."""
     import paho.mqtt.client as mqtt
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-q1-{os.getpid()}",
-                    protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-q1-{os.getpid()}", protocol=mqtt.MQTTv5
+    )
     c.max_inflight_messages_set(MAX_INFLIGHT)
     acked = [0]
     c.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
@@ -209,15 +247,23 @@ def broker_qos1_rate(port: int, size: int, n: int) -> float:
     return rate
 
 
-def spill_and_drain(work: Path, local: Broker, upstream: Broker, pool: PublisherPool,
-                    args: argparse.Namespace, res: RunResult) -> None:
+def spill_and_drain(
+    work: Path,
+    local: Broker,
+    upstream: Broker,
+    pool: PublisherPool,
+    args: argparse.Namespace,
+    res: RunResult,
+) -> None:
     # 20 ms windows, 10 per batch: many small batches, as a long outage of a busy agent makes.
     agent = Agent(work, local.port, upstream.port, True, "20ms", batch_windows=10)
     consumer: UpstreamConsumer | None = None
     agent.proc.start()
     try:
         upstream.stop()
-        wait_for(lambda: not agent.health_doc().get("upstream", {}).get("connected", True), 10, 0.05)
+        wait_for(
+            lambda: not agent.health_doc().get("upstream", {}).get("connected", True), 10, 0.05
+        )
         h0 = agent.health_doc()
         t0 = time.monotonic()
         pool.publish(args.spill_n, args.spill_rate)
@@ -259,12 +305,18 @@ def spill_and_drain(work: Path, local: Broker, upstream: Broker, pool: Publisher
         res.drain_windows = windows / t_drain
         wait_for(lambda: consumer.stats()["count"] >= args.spill_n, IDLE + 10, 0.1)
         c1 = consumer.stats()
-        res.lost = args.spill_n - c1["count"]  # not seen upstream (or seen before the consumer joined)
+        res.lost = (
+            args.spill_n - c1["count"]
+        )  # not seen upstream (or seen before the consumer joined)
         payload = int((c1["bytes"] - c0["bytes"]) / max(1, c1["batches"] - c0["batches"]))
-        log(f"    drained {batches:,} batches in {t_drain:.2f}s; upstream count {c1['count']:,} of"
-            f" {args.spill_n:,}; mean payload {payload} B")
+        log(
+            f"    drained {batches:,} batches in {t_drain:.2f}s; upstream count {c1['count']:,} of"
+            f" {args.spill_n:,}; mean payload {payload} B"
+        )
         res.broker_qos1 = broker_qos1_rate(upstream.port, max(64, payload), max(2000, batches))
-        log(f"    broker QoS 1 baseline ({payload} B payloads, {MAX_INFLIGHT} in flight): {res.broker_qos1:,.0f}/s")
+        log(
+            f"    broker QoS 1 baseline ({payload} B payloads, {MAX_INFLIGHT} in flight): {res.broker_qos1:,.0f}/s"
+        )
     finally:
         agent.proc.stop()
         if consumer is not None:
@@ -278,7 +330,7 @@ def one_run(args: argparse.Namespace, k: int) -> RunResult:
     upstream = Broker(work / "upstream").start()
     pool = PublisherPool(local.port, sensors=100, procs=args.publishers)
     try:
-        for checkpoints in (() if args.drain_only else (True, False)):
+        for checkpoints in () if args.drain_only else (True, False):
             name = "on" if checkpoints else "off"
             log(f"run {k}: checkpoints {name}")
             res.modes[name] = ramp(work, local, upstream, pool, checkpoints, args)
@@ -305,11 +357,13 @@ def report(results: list[RunResult], args: argparse.Namespace) -> int:
     if args.drain_only:
         drain = [r.drain_batches for r in results]
         ratio = [r.drain_batches / r.broker_qos1 for r in results]
-        print(f"\noutbox drain: {med(drain):,.0f} batches/s {vals(drain)}, "
-              f"windows/s {med([r.drain_windows for r in results]):,.0f}; broker QoS 1 "
-              f"{med([r.broker_qos1 for r in results]):,.0f} msgs/s; drain / broker {med(ratio):.0%} "
-              f"{vals(ratio, '{:.0%}')}; spill {med([r.spill_batches for r in results]):,.0f} batches/s; "
-              f"lost {[r.lost for r in results]}")
+        print(
+            f"\noutbox drain: {med(drain):,.0f} batches/s {vals(drain)}, "
+            f"windows/s {med([r.drain_windows for r in results]):,.0f}; broker QoS 1 "
+            f"{med([r.broker_qos1 for r in results]):,.0f} msgs/s; drain / broker {med(ratio):.0%} "
+            f"{vals(ratio, '{:.0%}')}; spill {med([r.spill_batches for r in results]):,.0f} batches/s; "
+            f"lost {[r.lost for r in results]}"
+        )
         return 0
     on = [r.modes["on"].best for r in results]
     off = [r.modes["off"].best for r in results]
@@ -318,27 +372,43 @@ def report(results: list[RunResult], args: argparse.Namespace) -> int:
     wear_off = [r.modes["off"].wear for r in results]
     drain_ratio = [r.drain_batches / r.broker_qos1 for r in results]
     print()
-    print(f"edge-agent durability benchmark: {len(results)} run(s), {args.duration:g} s steps, cpus {os.cpu_count()}")
+    print(
+        f"edge-agent durability benchmark: {len(results)} run(s), {args.duration:g} s steps, cpus {os.cpu_count()}"
+    )
     print(f"  zero-loss readings/s, checkpoints on   {med(on):>10,.0f}  {vals(on)}")
     print(f"  zero-loss readings/s, checkpoints off  {med(off):>10,.0f}  {vals(off)}")
     print(f"  on / off                               {med(ratio):>10.0%}  {vals(ratio, '{:.0%}')}")
-    print(f"  disk bytes written per reading, on     {med(wear_on):>10.1f}  at {args.wear_rate:,.0f} readings/s"
-          f" {vals(wear_on, '{:.1f}')}")
-    print(f"  disk bytes written per reading, off    {med(wear_off):>10.1f}  {vals(wear_off, '{:.1f}')}")
-    print(f"  outbox spill, batches/s                {med([r.spill_batches for r in results]):>10,.0f}"
-          f"  windows/s {med([r.spill_windows for r in results]):,.0f}")
-    print(f"  outbox drain, batches/s                {med([r.drain_batches for r in results]):>10,.0f}"
-          f"  windows/s {med([r.drain_windows for r in results]):,.0f}")
-    print(f"  upstream broker QoS 1, msgs/s          {med([r.broker_qos1 for r in results]):>10,.0f}"
-          f"  (mean batch on disk {med([r.batch_bytes for r in results]):,.0f} B)")
-    print(f"  drain / broker                         {med(drain_ratio):>10.0%}  {vals(drain_ratio, '{:.0%}')}")
+    print(
+        f"  disk bytes written per reading, on     {med(wear_on):>10.1f}  at {args.wear_rate:,.0f} readings/s"
+        f" {vals(wear_on, '{:.1f}')}"
+    )
+    print(
+        f"  disk bytes written per reading, off    {med(wear_off):>10.1f}  {vals(wear_off, '{:.1f}')}"
+    )
+    print(
+        f"  outbox spill, batches/s                {med([r.spill_batches for r in results]):>10,.0f}"
+        f"  windows/s {med([r.spill_windows for r in results]):,.0f}"
+    )
+    print(
+        f"  outbox drain, batches/s                {med([r.drain_batches for r in results]):>10,.0f}"
+        f"  windows/s {med([r.drain_windows for r in results]):,.0f}"
+    )
+    print(
+        f"  upstream broker QoS 1, msgs/s          {med([r.broker_qos1 for r in results]):>10,.0f}"
+        f"  (mean batch on disk {med([r.batch_bytes for r in results]):,.0f} B)"
+    )
+    print(
+        f"  drain / broker                         {med(drain_ratio):>10.0%}  {vals(drain_ratio, '{:.0%}')}"
+    )
     print(f"  readings lost in spill/drain           {[r.lost for r in results]}")
     print(f"  load average {os.getloadavg()[0]:.2f} (1 min): shared machine, expect noise")
     ok = med(ratio) >= 0.7 and med(drain_ratio) >= 0.8 and not any(r.lost for r in results)
     print()
-    print(f"SUMMARY: checkpoints on {med(on):,.0f}/s = {med(ratio):.0%} of off {med(off):,.0f}/s (target >= 70%);"
-          f" drain {med([r.drain_batches for r in results]):,.0f} batches/s = {med(drain_ratio):.0%} of the broker's"
-          f" QoS 1 rate (target >= 80%); {med(wear_on):.1f} disk B/reading -> {'PASS' if ok else 'FAIL'}")
+    print(
+        f"SUMMARY: checkpoints on {med(on):,.0f}/s = {med(ratio):.0%} of off {med(off):,.0f}/s (target >= 70%);"
+        f" drain {med([r.drain_batches for r in results]):,.0f} batches/s = {med(drain_ratio):.0%} of the broker's"
+        f" QoS 1 rate (target >= 80%); {med(wear_on):.1f} disk B/reading -> {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 
@@ -358,10 +428,14 @@ def wear_sweep(args: argparse.Namespace) -> int:
                 agent.proc.start()
                 try:
                     n = int(args.wear_rate * args.duration)
-                    _, _, sent, got, written = step(agent.proc, consumer, pool, args.wear_rate, n, args.keepup)
+                    _, _, sent, got, written = step(
+                        agent.proc, consumer, pool, args.wear_rate, n, args.keepup
+                    )
                     table[interval].append(written / max(1, sent))
-                    log(f"run {k}: checkpoint_interval {interval}: {written:,} B for {sent:,} readings "
-                        f"= {written / max(1, sent):.1f} B/reading (upstream {got:,})")
+                    log(
+                        f"run {k}: checkpoint_interval {interval}: {written:,} B for {sent:,} readings "
+                        f"= {written / max(1, sent):.1f} B/reading (upstream {got:,})"
+                    )
                 finally:
                     agent.proc.stop()
                     consumer.close()
@@ -370,15 +444,21 @@ def wear_sweep(args: argparse.Namespace) -> int:
             local.stop()
             upstream.stop()
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\ndisk bytes written per reading at {args.wear_rate:,.0f} readings/s, checkpoints on "
-          f"({args.runs} run(s), medians):")
+    print(
+        f"\ndisk bytes written per reading at {args.wear_rate:,.0f} readings/s, checkpoints on "
+        f"({args.runs} run(s), medians):"
+    )
     for interval, xs in table.items():
-        print(f"  checkpoint_interval {interval:>6}: {median(xs):7.1f} B/reading  {[round(x, 1) for x in xs]}")
+        print(
+            f"  checkpoint_interval {interval:>6}: {median(xs):7.1f} B/reading  {[round(x, 1) for x in xs]}"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rates", default="5000,10000,15000,20000,25000,30000,35000,40000")
     ap.add_argument("--duration", type=float, default=4.0)
@@ -390,8 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one short run: a smoke test of the bench")
     ap.add_argument("--drain-only", action="store_true", help="only the outbox spill and drain")
-    ap.add_argument("--wear-intervals", default="",
-                    help='only the SD-wear sweep over checkpoint intervals, e.g. "250ms,1s,5s"')
+    ap.add_argument(
+        "--wear-intervals",
+        default="",
+        help='only the SD-wear sweep over checkpoint intervals, e.g. "250ms,1s,5s"',
+    )
     args = ap.parse_args(argv)
     if args.wear_intervals:
         return wear_sweep(args)

@@ -54,11 +54,28 @@ def _batches(n: int, agents: int = 4) -> list[tuple[str, bytes]]:
     for i in range(n):
         agent = f"bench-{i % agents}"
         seq = i // agents
-        ws = [{"pipeline": "climate", "key": f"sensors/{j % 100}/t{j // 100}", "start": 1.7e9 + seq * 10.0,
-               "end": 1.7e9 + seq * 10.0 + 10.0, "rev": 0, "count": 10, "min": 20.5 + j / 1000,
-               "max": 22.25, "mean": 21.375} for j in range(RECORDS_PER_BATCH)]
-        doc = {"schema": "edge-agent/batch/1", "agent": agent, "seq": seq, "sent": time.time(),
-               "config": "0123456789ab", "windows": ws}
+        ws = [
+            {
+                "pipeline": "climate",
+                "key": f"sensors/{j % 100}/t{j // 100}",
+                "start": 1.7e9 + seq * 10.0,
+                "end": 1.7e9 + seq * 10.0 + 10.0,
+                "rev": 0,
+                "count": 10,
+                "min": 20.5 + j / 1000,
+                "max": 22.25,
+                "mean": 21.375,
+            }
+            for j in range(RECORDS_PER_BATCH)
+        ]
+        doc = {
+            "schema": "edge-agent/batch/1",
+            "agent": agent,
+            "seq": seq,
+            "sent": time.time(),
+            "config": "0123456789ab",
+            "windows": ws,
+        }
         out.append((f"edge/{agent}/batches", cbor2.dumps(doc)))
     return out
 
@@ -78,8 +95,20 @@ def _publish(port: int, msgs: list[tuple[str, bytes]]) -> None:
 
 
 def _consumer(port: int, db: str, client_id: str, share: str, log: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "edge_agent", "consume", "--broker", f"127.0.0.1:{port}", "--db", db,
-            "--client-id", client_id, "--log-level", "info"]
+    args = [
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "consume",
+        "--broker",
+        f"127.0.0.1:{port}",
+        "--db",
+        db,
+        "--client-id",
+        client_id,
+        "--log-level",
+        "info",
+    ]
     if share:
         args += ["--share", share]
     with open(log, "ab") as err:
@@ -131,7 +160,9 @@ def _fresh_db(kind: str, tmp: Path, pg: Postgres | None, tag: str) -> str:
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
-def consume_run(kind: str, consumers: int, n_batches: int, tmp: Path, pg: Postgres | None, tag: str) -> float:
+def consume_run(
+    kind: str, consumers: int, n_batches: int, tmp: Path, pg: Postgres | None, tag: str
+) -> float:
     """Window records stored per second by `consumers` consumers draining a queued backlog."""
     db = _fresh_db(kind, tmp, pg, tag)
     msgs = _batches(n_batches)
@@ -180,7 +211,7 @@ def storage_only(kind: str, n_batches: int, tmp: Path, pg: Postgres | None, tag:
         await s.open()
         t = time.perf_counter()
         for i in range(0, len(items), 20):
-            await s.write(items[i:i + 20])
+            await s.write(items[i : i + 20])
         d = time.perf_counter() - t
         await s.close()
         return len(items) * RECORDS_PER_BATCH / d
@@ -199,7 +230,7 @@ def _agent_cfg(tmp: Path, local: int, upstream: int, **up: str) -> Path:
     cfg.write_text(
         f'[agent]\nid = "bench-status"\nstate_dir = "{state}"\n'
         f"[local]\nport = {local}\n"
-        f'[upstream]\nport = {upstream}\n{extra}'
+        f"[upstream]\nport = {upstream}\n{extra}"
         f'[health]\nlisten = "127.0.0.1:{free_port()}"\n'
         f'[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n'
     )
@@ -267,7 +298,9 @@ class _StatusWatch:
     def __init__(self, port: int) -> None:
         self.got: list[tuple[float, dict[str, Any], bool]] = []
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.c.on_message = lambda _c, _u, m: self.got.append((time.time(), cbor2.loads(m.payload), m.retain))
+        self.c.on_message = lambda _c, _u, m: self.got.append(
+            (time.time(), cbor2.loads(m.payload), m.retain)
+        )
         self.c.connect("127.0.0.1", port)
         self.c.subscribe("edge/+/status", qos=1)
         self.c.loop_start()
@@ -287,7 +320,10 @@ def _log_times(log: Path, marker: str) -> list[float]:
         if marker in line:
             stamp = line.split()[0].rstrip("Z")
             whole, _, frac = stamp.partition(".")
-            out.append(calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0")))
+            out.append(
+                calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+                + float("0." + (frac or "0"))
+            )
     return out
 
 
@@ -318,8 +354,13 @@ def status_run(tmp: Path, keepalive: int, link_cut: bool) -> tuple[float, float]
         log = tmp / "agent.log"
         log.write_text("")
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-        p = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=env)  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "ab"),  # noqa: SIM115
+            env=env,
+        )
         try:
             if not wait_for(lambda: any(d["state"] == "online" for _, d, _ in watch.got), 30):
                 raise RuntimeError(f"no online status; see {log}")
@@ -333,7 +374,9 @@ def status_run(tmp: Path, keepalive: int, link_cut: bool) -> tuple[float, float]
             p.send_signal(signal.SIGKILL)
             t_kill = time.time()
             p.wait()
-            if not wait_for(lambda: watch.got[-1][1]["state"] == "offline", keepalive * 3 + 5, 0.01):
+            if not wait_for(
+                lambda: watch.got[-1][1]["state"] == "offline", keepalive * 3 + 5, 0.01
+            ):
                 raise RuntimeError("no offline status after kill -9")
             offline = (watch.got[-1][0] - t_kill) / keepalive
         finally:
@@ -348,7 +391,9 @@ def status_run(tmp: Path, keepalive: int, link_cut: bool) -> tuple[float, float]
 # ----------------------------------------------------------------------------- bytes
 
 
-def bytes_run(tmp: Path, compression: str, sensors: int = 100, windows: int = 60, per_window: int = 10) -> dict[str, float]:
+def bytes_run(
+    tmp: Path, compression: str, sensors: int = 100, windows: int = 60, per_window: int = 10
+) -> dict[str, float]:
     with Broker(tmp / "local") as local, Broker(tmp / "up") as up:
         got: list[bytes] = []
         sub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -357,12 +402,18 @@ def bytes_run(tmp: Path, compression: str, sensors: int = 100, windows: int = 60
         sub.subscribe("edge/+/batches", qos=1)
         sub.loop_start()
         cfg = _agent_cfg(tmp, local.port, up.port, compression=compression, status_topic="")
-        text = cfg.read_text().replace('topics = ["s/#"]\n', 'topics = ["s/#"]\nsize = "10s"\n'
-                                       'max_out_of_orderness = "0s"\nidle_timeout = "2s"\n')
+        text = cfg.read_text().replace(
+            'topics = ["s/#"]\n',
+            'topics = ["s/#"]\nsize = "10s"\nmax_out_of_orderness = "0s"\nidle_timeout = "2s"\n',
+        )
         cfg.write_text(text)
         log = tmp / f"agent-{compression}.log"
-        p = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=open(log, "ab"))  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "ab"),  # noqa: SIM115
+        )
         try:
             time.sleep(1.5)
             pub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -380,13 +431,20 @@ def bytes_run(tmp: Path, compression: str, sensors: int = 100, windows: int = 60
                     ts = t0 + w * 10 + k * (10 / per_window)
                     for s in range(sensors):
                         v = round(21.0 + s / 10 + rng.gauss(0, 0.5), 2)  # a sensor's noise
-                        infos.append(pub.publish(f"s/dev{s}/temp", json.dumps({"ts": ts, "value": v}), qos=1))
+                        infos.append(
+                            pub.publish(f"s/dev{s}/temp", json.dumps({"ts": ts, "value": v}), qos=1)
+                        )
                         n += 1
             # One reading per sensor a window later moves every watermark past the last
             # window (no waiting on idle_timeout); that window stays open, uncounted.
             for s in range(sensors):
-                infos.append(pub.publish(f"s/dev{s}/temp", json.dumps({"ts": t0 + windows * 10 + 5, "value": 1.0}),
-                                         qos=1))
+                infos.append(
+                    pub.publish(
+                        f"s/dev{s}/temp",
+                        json.dumps({"ts": t0 + windows * 10 + 5, "value": 1.0}),
+                        qos=1,
+                    )
+                )
             for i in infos:
                 i.wait_for_publish(60)
             pub.loop_stop()
@@ -403,8 +461,11 @@ def bytes_run(tmp: Path, compression: str, sensors: int = 100, windows: int = 60
             if not wait_for(lambda: records() >= expected_windows, 60, 0.2):
                 raise RuntimeError(f"{records()} of {expected_windows} windows upstream; see {log}")
             payload = sum(len(b) for b in got)
-            return {"bytes_per_reading": payload / n, "bytes_per_record": payload / records(),
-                    "batches": len(got)}
+            return {
+                "bytes_per_reading": payload / n,
+                "bytes_per_record": payload / records(),
+                "batches": len(got),
+            }
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(30)
@@ -416,7 +477,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["consume", "status", "bytes"], default=None)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=200, help="batches of 500 records per consume run")
+    ap.add_argument(
+        "--batches", type=int, default=200, help="batches of 500 records per consume run"
+    )
     ap.add_argument("--keepalive", type=int, default=4)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
@@ -424,34 +487,54 @@ def main() -> None:
         if a.only in (None, "consume"):
             with Postgres() as pg:
                 for kind in ("sqlite", "postgresql"):
-                    base = [storage_only(kind, a.batches, tmp, pg, f"{kind}_base{i}") for i in range(a.runs)]
-                    one = [consume_run(kind, 1, a.batches, tmp, pg, f"{kind}_one{i}") for i in range(a.runs)]
-                    two = [consume_run(kind, 2, a.batches, tmp, pg, f"{kind}_two{i}") for i in range(a.runs)]
-                    print(f"consume {kind}: storage alone {median(base):,.0f} records/s; one consumer "
-                          f"{median(one):,.0f}/s ({median(one) / median(base):.2f}x the storage alone); "
-                          f"two on $share {median(two):,.0f}/s ({median(two) / median(one):.2f}x one)  "
-                          f"runs: one {[round(x) for x in one]}, two {[round(x) for x in two]}", flush=True)
+                    base = [
+                        storage_only(kind, a.batches, tmp, pg, f"{kind}_base{i}")
+                        for i in range(a.runs)
+                    ]
+                    one = [
+                        consume_run(kind, 1, a.batches, tmp, pg, f"{kind}_one{i}")
+                        for i in range(a.runs)
+                    ]
+                    two = [
+                        consume_run(kind, 2, a.batches, tmp, pg, f"{kind}_two{i}")
+                        for i in range(a.runs)
+                    ]
+                    print(
+                        f"consume {kind}: storage alone {median(base):,.0f} records/s; one consumer "
+                        f"{median(one):,.0f}/s ({median(one) / median(base):.2f}x the storage alone); "
+                        f"two on $share {median(two):,.0f}/s ({median(two) / median(one):.2f}x one)  "
+                        f"runs: one {[round(x) for x in one]}, two {[round(x) for x in two]}",
+                        flush=True,
+                    )
         if a.only in (None, "status"):
             res = [status_run(tmp / f"s{i}", a.keepalive, False) for i in range(a.runs)]
             cut = [status_run(tmp / f"c{i}", a.keepalive, True) for i in range(a.runs)]
             lat = [r[0] for r in res + cut]
             off = [r[1] for r in res]
             offc = [r[1] for r in cut]
-            print(f"status: upstream connect -> subscriber {median(lat) * 1000:.0f} ms (runs "
-                  f"{[round(x * 1000) for x in lat]} ms); kill -9 -> offline "
-                  f"{median(off) * a.keepalive * 1000:.0f} ms ({median(off):.2f}x keep-alive: the kernel "
-                  f"closes the socket); link cut + kill -9 -> offline {median(offc):.2f}x keep-alive "
-                  f"(keep-alive {a.keepalive} s; runs {[round(x, 2) for x in offc]})", flush=True)
+            print(
+                f"status: upstream connect -> subscriber {median(lat) * 1000:.0f} ms (runs "
+                f"{[round(x * 1000) for x in lat]} ms); kill -9 -> offline "
+                f"{median(off) * a.keepalive * 1000:.0f} ms ({median(off):.2f}x keep-alive: the kernel "
+                f"closes the socket); link cut + kill -9 -> offline {median(offc):.2f}x keep-alive "
+                f"(keep-alive {a.keepalive} s; runs {[round(x, 2) for x in offc]})",
+                flush=True,
+            )
         if a.only in (None, "bytes"):
             out = {}
             for comp in ("none", "deflate"):
                 rs = [bytes_run(tmp / f"b{comp}{i}", comp) for i in range(a.runs)]
                 out[comp] = {k: median([r[k] for r in rs]) for k in rs[0]}
-                print(f"bytes upstream, compression={comp}: {out[comp]['bytes_per_reading']:.2f} B/reading, "
-                      f"{out[comp]['bytes_per_record']:.1f} B/window record ({out[comp]['batches']:.0f} batches)",
-                      flush=True)
-            print(f"deflate: {out['none']['bytes_per_reading'] / out['deflate']['bytes_per_reading']:.2f}x "
-                  "fewer bytes upstream", flush=True)
+                print(
+                    f"bytes upstream, compression={comp}: {out[comp]['bytes_per_reading']:.2f} B/reading, "
+                    f"{out[comp]['bytes_per_record']:.1f} B/window record ({out[comp]['batches']:.0f} batches)",
+                    flush=True,
+                )
+            print(
+                f"deflate: {out['none']['bytes_per_reading'] / out['deflate']['bytes_per_reading']:.2f}x "
+                "fewer bytes upstream",
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

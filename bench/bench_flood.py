@@ -78,19 +78,26 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # The local broker must hold the whole backlog: a stock limit (or even the
         # tests' 1,000,000) is smaller than a 20 s flood at 60,000/s.
-        with Broker(work / "local", max_queued_messages=100_000_000) as local, \
-                Broker(work / "upstream") as upstream:
+        with (
+            Broker(work / "local", max_queued_messages=100_000_000) as local,
+            Broker(work / "upstream") as upstream,
+        ):
             health = free_port()
             cfg = work / "agent.toml"
-            cfg.write_text(AGENT_TOML.format(state=work / "state", local=local.port, upstream=upstream.port,
-                                             health=health)
-                           + "".join(PIPELINE.format(i=i) for i in range(k)))
+            cfg.write_text(
+                AGENT_TOML.format(
+                    state=work / "state", local=local.port, upstream=upstream.port, health=health
+                )
+                + "".join(PIPELINE.format(i=i) for i in range(k))
+            )
             pubs = PublisherPool(local.port, sensors=100, procs=args.procs, inflight=2000)
             agent = AgentProcess(cfg, health, work / "agent.log").start()
             try:
                 n = int(args.rate * args.seconds)
                 result: dict[str, Any] = {}
-                load = threading.Thread(target=lambda: result.update(pubs.publish(n, args.rate)), daemon=True)
+                load = threading.Thread(
+                    target=lambda: result.update(pubs.publish(n, args.rate)), daemon=True
+                )
                 samples: list[tuple[float, dict[str, Any] | None]] = []
                 t0 = time.monotonic()
                 load.start()
@@ -104,13 +111,21 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
                 capacity = float("nan")
                 if len(half) >= 2:
                     (ta, ha), (tb, hb) = half[0], half[-1]
-                    capacity = (hb["counters"]["readings_in"] - ha["counters"]["readings_in"]) / k / (tb - ta)
+                    capacity = (
+                        (hb["counters"]["readings_in"] - ha["counters"]["readings_in"])
+                        / k
+                        / (tb - ta)
+                    )
                 recovered = None
                 deadline = time.monotonic() + args.recovery_timeout
                 while time.monotonic() < deadline:
                     h = healthz(health, 5.0)
-                    if (h is not None and h["counters"]["readings_in"] >= n * k
-                            and not h["ingest"]["overloaded"] and h["status"] == "ok"):
+                    if (
+                        h is not None
+                        and h["counters"]["readings_in"] >= n * k
+                        and not h["ingest"]["overloaded"]
+                        and h["status"] == "ok"
+                    ):
                         recovered = time.monotonic() - t_end
                         break
                     time.sleep(0.1)
@@ -119,7 +134,9 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
                 return {
                     "offered": result.get("sent", n) / flood_s,
                     "capacity": capacity,
-                    "factor": result.get("sent", n) / flood_s / capacity if capacity else float("nan"),
+                    "factor": result.get("sent", n) / flood_s / capacity
+                    if capacity
+                    else float("nan"),
                     "peak_rss_mib": peak_rss(agent.pid) / 2**20,
                     "recovery_s": recovered,
                     "overloaded_seen": any(h["ingest"]["overloaded"] for _, h in answered),
@@ -138,11 +155,17 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rate", type=float, default=60000.0, help="messages/s offered (the publishers' target)")
+    ap.add_argument(
+        "--rate", type=float, default=60000.0, help="messages/s offered (the publishers' target)"
+    )
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--pipelines", type=int, default=40, help="40: ~10x beyond capacity on a 2-core VM")
+    ap.add_argument(
+        "--pipelines", type=int, default=40, help="40: ~10x beyond capacity on a 2-core VM"
+    )
     ap.add_argument("--procs", type=int, default=2, help="publisher processes")
     ap.add_argument("--recovery-timeout", type=float, default=600.0)
     args = ap.parse_args()
@@ -150,13 +173,22 @@ def main() -> None:
     for i in range(args.runs):
         r = one_run(args)
         runs.append(r)
-        print(f"run {i + 1}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in r.items()), flush=True)
+        print(
+            f"run {i + 1}: "
+            + ", ".join(
+                f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+            ),
+            flush=True,
+        )
     for key in ("offered", "capacity", "factor", "peak_rss_mib", "recovery_s"):
         vals = [r[key] for r in runs if r[key] is not None]
         print(f"{key:<14} median {median(vals):10.1f}  {[round(v, 1) for v in vals]}")
-    print("lost readings:", [r["expected"] - (r["readings_in"] or 0) for r in runs],
-          "alive:", [r["alive"] for r in runs])
+    print(
+        "lost readings:",
+        [r["expected"] - (r["readings_in"] or 0) for r in runs],
+        "alive:",
+        [r["alive"] for r in runs],
+    )
 
 
 if __name__ == "__main__":

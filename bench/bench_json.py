@@ -29,17 +29,33 @@ from edge_agent.ingest.decode import _parse_json  # the decoder's own parser
 def payloads(n: int) -> dict[str, list[bytes]]:
     rng = random.Random(7)
     t0 = 1_700_000_000.0
-    single = [json.dumps({"ts": round(t0 + i * 0.001, 3), "value": round(rng.uniform(-20, 40), 2)}).encode()
-              for i in range(n)]
-    multi = [json.dumps({"ts": round(t0 + i * 0.001, 3), "id": f"dev{i % 100}",
-                         "temp": round(rng.uniform(-20, 40), 2), "hum": rng.randint(20, 90),
-                         "pres": round(rng.uniform(990, 1030), 2)}).encode() for i in range(n)]
+    single = [
+        json.dumps(
+            {"ts": round(t0 + i * 0.001, 3), "value": round(rng.uniform(-20, 40), 2)}
+        ).encode()
+        for i in range(n)
+    ]
+    multi = [
+        json.dumps(
+            {
+                "ts": round(t0 + i * 0.001, 3),
+                "id": f"dev{i % 100}",
+                "temp": round(rng.uniform(-20, 40), 2),
+                "hum": rng.randint(20, 90),
+                "pres": round(rng.uniform(990, 1030), 2),
+            }
+        ).encode()
+        for i in range(n)
+    ]
     bare = [b"%.2f" % rng.uniform(-20, 40) for _ in range(n)]
     return {"value object (~40 B)": single, "5 fields (~90 B)": multi, "bare number": bare}
 
 
 def parsers() -> dict[str, Callable[[bytes], object]]:
-    out: dict[str, Callable[[bytes], object]] = {"stdlib scanner": _parse_json, "json.loads": json.loads}
+    out: dict[str, Callable[[bytes], object]] = {
+        "stdlib scanner": _parse_json,
+        "json.loads": json.loads,
+    }
     try:
         import orjson
 
@@ -74,7 +90,9 @@ def main() -> int:
             med = statistics.median(times)
             rate = len(data) / med
             base = base or rate
-            print(f"{shape:<22} {name:<16} {rate:>12,.0f} {1e6 * med / len(data):>8.2f} {rate / base:>8.2f}x")
+            print(
+                f"{shape:<22} {name:<16} {rate:>12,.0f} {1e6 * med / len(data):>8.2f} {rate / base:>8.2f}x"
+            )
     return 0
 
 

@@ -48,8 +48,12 @@ def _sub_paho(port: int, qos: int, n: int, manual: bool, ready: mp.Event, out: m
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{time.monotonic_ns()}",
-                    protocol=MQTTProtocolVersion.MQTTv5, manual_ack=manual)
+    c = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"bench-paho-{time.monotonic_ns()}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+        manual_ack=manual,
+    )
     got = [0]
     pending: list[int] = []
     t = [0.0, 0.0]
@@ -101,8 +105,14 @@ def _sub_ours(port: int, qos: int, n: int, ready: mp.Event, out: mp.Queue) -> No
             if got[0] >= n and not done.done():
                 done.set_result(None)
 
-        client = MqttClient(host="127.0.0.1", port=port, client_id=f"bench-ours-{time.monotonic_ns()}",
-                            receive_maximum=8192, manual_ack=True, on_message=on_message)
+        client = MqttClient(
+            host="127.0.0.1",
+            port=port,
+            client_id=f"bench-ours-{time.monotonic_ns()}",
+            receive_maximum=8192,
+            manual_ack=True,
+            on_message=on_message,
+        )
         await client.connect()
         await client.subscribe([("b/#", qos)])
         ready.set()
@@ -120,7 +130,11 @@ def _publish(port: int, qos: int, n: int, topics: int) -> None:
         names = [f"b/dev{i}" for i in range(topics)]
         futs = []
         for i in range(n):
-            futs.append(pub.publish(names[i % topics], b'{"ts": %.3f, "value": %d.5}' % (1.7e9 + i, i % 50), qos))
+            futs.append(
+                pub.publish(
+                    names[i % topics], b'{"ts": %.3f, "value": %d.5}' % (1.7e9 + i, i % 50), qos
+                )
+            )
             if len(futs) >= 1000:
                 await asyncio.gather(*futs)
                 futs = []
@@ -153,9 +167,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--topics", type=int, default=100)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "b", max_queued_messages=10_000_000) as b:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Broker(Path(tmp) / "b", max_queued_messages=10_000_000) as b,
+    ):
         print(f"{args.messages} messages, {args.topics} topics, medians of {args.runs}")
-        print(f"{'qos':<4} {'subscriber':<18} {'CPU us/msg':>10} {'msgs/s':>10} {'CPU vs paho':>11}")
+        print(
+            f"{'qos':<4} {'subscriber':<18} {'CPU us/msg':>10} {'msgs/s':>10} {'CPU vs paho':>11}"
+        )
         for qos in (0, 1):
             who_all = ["paho", "ours"] if qos == 0 else ["paho", "paho manual ack", "ours"]
             base = None
@@ -164,7 +183,10 @@ def main() -> int:
                 cpu = statistics.median(r[0] for r in runs)
                 rate = statistics.median(r[1] for r in runs)
                 base = base or cpu
-                print(f"{qos:<4} {who:<18} {cpu:>10.2f} {rate:>10,.0f} {cpu / base:>10.2f}x", flush=True)
+                print(
+                    f"{qos:<4} {who:<18} {cpu:>10.2f} {rate:>10,.0f} {cpu / base:>10.2f}x",
+                    flush=True,
+                )
     return 0
 
 

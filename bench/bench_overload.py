@@ -88,8 +88,13 @@ class Limiter:
     def __init__(self, pid: int, quota: float = 0.5) -> None:
         self.pid, self.kind = pid, "none"
         self._stop = threading.Event()
-        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], check=False, capture_output=True)
-        for base, files in (("/sys/fs/cgroup", ("cpu.max",)), ("/sys/fs/cgroup/cpu", ("cpu.cfs_quota_us",))):
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", "0", str(pid)], check=False, capture_output=True
+        )
+        for base, files in (
+            ("/sys/fs/cgroup", ("cpu.max",)),
+            ("/sys/fs/cgroup/cpu", ("cpu.cfs_quota_us",)),
+        ):
             d = Path(base) / f"edge-bench-{pid}"
             try:
                 d.mkdir(exist_ok=True)
@@ -135,8 +140,15 @@ class Limiter:
 class Naive:
     def __init__(self, work: Path, local: int, up: int) -> None:
         self.count_file = work / "naive.count"
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "naive_forwarder.py"),
-                                      str(local), str(up), str(self.count_file)])
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "bench" / "naive_forwarder.py"),
+                str(local),
+                str(up),
+                str(self.count_file),
+            ]
+        )
         deadline = time.monotonic() + 20
         while not self.count_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -160,7 +172,9 @@ class Agent:
     def __init__(self, work: Path, local: int, up: int) -> None:
         cfg = work / "agent.toml"
         health = free_port()
-        cfg.write_text(AGENT_TOML.format(state=work / "state", local=local, upstream=up, health=health))
+        cfg.write_text(
+            AGENT_TOML.format(state=work / "state", local=local, upstream=up, health=health)
+        )
         self.agent = AgentProcess(cfg, health, work / "agent.log").start()
         self.ready_after = self.agent.ready_after
 
@@ -178,7 +192,9 @@ class Agent:
         self.agent.stop()
 
 
-def step(subject: Naive | Agent, pool: PublisherPool, rate: int, duration: float) -> dict[str, float]:
+def step(
+    subject: Naive | Agent, pool: PublisherPool, rate: int, duration: float
+) -> dict[str, float]:
     before, cpu0 = subject.count(), cpu_seconds(subject.pid)
     shed0 = subject.shed() if isinstance(subject, Agent) else 0
     t0 = time.monotonic()
@@ -194,33 +210,47 @@ def step(subject: Naive | Agent, pool: PublisherPool, rate: int, duration: float
     processed = last - before
     cpu = cpu_seconds(subject.pid) - cpu0
     goodput = processed / elapsed
-    return {"rate": pub["rate"], "sent": pub["sent"], "processed": processed, "goodput": goodput,
-            "cpu_per_1k": (cpu / elapsed) / (goodput / 1000) if goodput else float("nan"),
-            "shed": (subject.shed() - shed0) if isinstance(subject, Agent) else 0, "lag": lag}
+    return {
+        "rate": pub["rate"],
+        "sent": pub["sent"],
+        "processed": processed,
+        "goodput": goodput,
+        "cpu_per_1k": (cpu / elapsed) / (goodput / 1000) if goodput else float("nan"),
+        "shed": (subject.shed() - shed0) if isinstance(subject, Agent) else 0,
+        "lag": lag,
+    }
 
 
 def one_run(args: argparse.Namespace, k: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         work = Path(tmp)
-        with Broker(work / "local", max_queued_messages=10_000_000) as local, Broker(work / "up") as up:
+        with (
+            Broker(work / "local", max_queued_messages=10_000_000) as local,
+            Broker(work / "up") as up,
+        ):
             pool = PublisherPool(local.port, sensors=args.sensors, procs=2, qos=0)
             try:
                 for name in ("naive", "agent"):
-                    subject: Naive | Agent = Naive(work, local.port, up.port) if name == "naive" \
+                    subject: Naive | Agent = (
+                        Naive(work, local.port, up.port)
+                        if name == "naive"
                         else Agent(work, local.port, up.port)
+                    )
                     limiter = Limiter(subject.pid) if args.pi else None
                     try:
                         sustained = 0.0
                         for rate in args.rates:
                             st = step(subject, pool, rate, args.duration)
                             ok = st["processed"] >= st["sent"] and st["lag"] <= args.keepup
-                            print(f"run {k} {name:<5} {rate:>7,}/s: sent {st['sent']:,.0f} at {st['rate']:,.0f}/s,"
-                                  f" processed {st['processed']:,.0f} ({st['processed'] / st['sent']:.1%}),"
-                                  f" goodput {st['goodput']:,.0f}/s, {st['cpu_per_1k']:.3f} cpu/1k/s,"
-                                  f" shed {st['shed']:,.0f}, lag {st['lag']:.1f} s"
-                                  + (f" [{limiter.kind}]" if limiter else ""),
-                                  flush=True)
+                            print(
+                                f"run {k} {name:<5} {rate:>7,}/s: sent {st['sent']:,.0f} at {st['rate']:,.0f}/s,"
+                                f" processed {st['processed']:,.0f} ({st['processed'] / st['sent']:.1%}),"
+                                f" goodput {st['goodput']:,.0f}/s, {st['cpu_per_1k']:.3f} cpu/1k/s,"
+                                f" shed {st['shed']:,.0f}, lag {st['lag']:.1f} s"
+                                + (f" [{limiter.kind}]" if limiter else ""),
+                                flush=True,
+                            )
                             if rate == 5000:
                                 out[f"{name}_cpu_per_1k_at_5k"] = st["cpu_per_1k"]
                             if ok:
@@ -232,9 +262,12 @@ def one_run(args: argparse.Namespace, k: int) -> dict[str, float]:
                             st = step(subject, pool, int(2 * sustained), args.duration)
                             out["agent_goodput_at_2x"] = st["goodput"]
                             out["agent_shed_at_2x"] = st["shed"]
-                            print(f"run {k} agent at 2x sustained ({2 * sustained:,.0f}/s): goodput "
-                                  f"{st['goodput']:,.0f}/s = {st['goodput'] / sustained:.0%} of sustained,"
-                                  f" shed {st['shed']:,.0f}", flush=True)
+                            print(
+                                f"run {k} agent at 2x sustained ({2 * sustained:,.0f}/s): goodput "
+                                f"{st['goodput']:,.0f}/s = {st['goodput'] / sustained:.0%} of sustained,"
+                                f" shed {st['shed']:,.0f}",
+                                flush=True,
+                            )
                             out["agent_peak_rss_mib"] = peak_rss(subject.pid) / 2**20
                             out["agent_ready_s"] = subject.ready_after
                     finally:
@@ -252,23 +285,36 @@ def main() -> int:
     ap.add_argument("--rates", default="5000,10000,20000,30000,40000,60000,80000")
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--sensors", type=int, default=1000)
-    ap.add_argument("--keepup", type=float, default=1.5, help="seconds a subject may lag and still pass a step")
+    ap.add_argument(
+        "--keepup", type=float, default=1.5, help="seconds a subject may lag and still pass a step"
+    )
     ap.add_argument("--pi", action="store_true", help="one core, half of it (see the docstring)")
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     load0 = os.getloadavg()
     runs = [one_run(args, k) for k in range(args.runs)]
     med = {key: median([r[key] for r in runs if key in r]) for key in runs[0]}
-    print(f"\nmedians of {args.runs} runs ({'pinned, half a core' if args.pi else 'unpinned'};"
-          f" load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})")
+    print(
+        f"\nmedians of {args.runs} runs ({'pinned, half a core' if args.pi else 'unpinned'};"
+        f" load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})"
+    )
     print("| figure | agent | naive forwarder | ratio | target |\n|---|---|---|---|---|")
     a, n = med.get("agent_sustained", 0), med.get("naive_sustained", 0)
-    print(f"| QoS 0 sustained zero-loss rate | {a:,.0f}/s | {n:,.0f}/s | {a / n if n else float('nan'):.2f}x | >= 2x |")
+    print(
+        f"| QoS 0 sustained zero-loss rate | {a:,.0f}/s | {n:,.0f}/s | {a / n if n else float('nan'):.2f}x | >= 2x |"
+    )
     g = med.get("agent_goodput_at_2x", 0)
-    print(f"| goodput at 2x own sustained rate | {g:,.0f}/s | | {g / a if a else float('nan'):.0%} of sustained | >= 90 % |")
-    ca, cn = med.get("agent_cpu_per_1k_at_5k", float("nan")), med.get("naive_cpu_per_1k_at_5k", float("nan"))
+    print(
+        f"| goodput at 2x own sustained rate | {g:,.0f}/s | | {g / a if a else float('nan'):.0%} of sustained | >= 90 % |"
+    )
+    ca, cn = (
+        med.get("agent_cpu_per_1k_at_5k", float("nan")),
+        med.get("naive_cpu_per_1k_at_5k", float("nan")),
+    )
     print(f"| CPU-s per 1k readings/s at 5k/s | {ca:.3f} | {cn:.3f} | {ca / cn:.2f}x | <= 0.6x |")
-    print(f"| peak RSS ({args.sensors} keys) | {med.get('agent_peak_rss_mib', 0):.1f} MiB | | | <= 40 MiB |")
+    print(
+        f"| peak RSS ({args.sensors} keys) | {med.get('agent_peak_rss_mib', 0):.1f} MiB | | | <= 40 MiB |"
+    )
     print(f"| run to ready | {med.get('agent_ready_s', 0):.2f} s | | | <= 1 s |")
     return 0
 

@@ -83,12 +83,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = args.before + args.throttled + args.after
     work = Path(tempfile.mkdtemp(prefix="bench-throttle-"))
     samples: list[dict[str, Any]] = []
-    with Broker(work / "local") as local, Broker(work / "upstream") as upstream, \
-            TcpProxy(upstream.port) as proxy:
+    with (
+        Broker(work / "local") as local,
+        Broker(work / "upstream") as upstream,
+        TcpProxy(upstream.port) as proxy,
+    ):
         health = free_port()
         cfg = work / "agent.toml"
-        cfg.write_text(AGENT_TOML.format(state=work / "state", local=local.port, upstream=proxy.port,
-                                         health=health, max_inflight=MAX_INFLIGHT))
+        cfg.write_text(
+            AGENT_TOML.format(
+                state=work / "state",
+                local=local.port,
+                upstream=proxy.port,
+                health=health,
+                max_inflight=MAX_INFLIGHT,
+            )
+        )
         consumer = UpstreamConsumer(upstream.port, "edge/#")
         pubs = PublisherPool(local.port, sensors=100, procs=1, inflight=1000)
         agent = AgentProcess(cfg, health, work / "agent.log").start()
@@ -108,16 +118,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     phase = "after"
                 h = healthz(health)
                 st = consumer.stats()
-                samples.append({
-                    "t": time.monotonic() - t0,
-                    "bytes": st["bytes"],
-                    "batches": st["batches"],
-                    "dups": st["dup_batches"],
-                    "uplink": h["uplink"] if h else None,
-                    "outbox": h["buffer"]["batches"] if h else None,
-                    "oldest": h["buffer"]["oldest_age_s"] if h else None,
-                    "sent": h["counters"]["batches_sent"] if h else None,
-                })
+                samples.append(
+                    {
+                        "t": time.monotonic() - t0,
+                        "bytes": st["bytes"],
+                        "batches": st["batches"],
+                        "dups": st["dup_batches"],
+                        "uplink": h["uplink"] if h else None,
+                        "outbox": h["buffer"]["batches"] if h else None,
+                        "oldest": h["buffer"]["oldest_age_s"] if h else None,
+                        "sent": h["counters"]["batches_sent"] if h else None,
+                    }
+                )
                 time.sleep(max(0.0, 0.1 - (time.monotonic() - t0 - t)))
             load.join(60)
             # Everything the agent built must arrive: nothing lost on the congested link.
@@ -125,13 +137,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             final: dict[str, Any] | None = None
             while time.monotonic() < deadline:
                 final = healthz(health)
-                if final and final["buffer"]["batches"] == 0 and final["counters"]["readings_in"] >= n:
+                if (
+                    final
+                    and final["buffer"]["batches"] == 0
+                    and final["counters"]["readings_in"] >= n
+                ):
                     break
                 time.sleep(0.2)
             time.sleep(0.5)
             st = consumer.stats()
-            return {"samples": samples, "limit": limit, "final": final, "consumer": st,
-                    "connections": proxy.connections, "published": n}
+            return {
+                "samples": samples,
+                "limit": limit,
+                "final": final,
+                "consumer": st,
+                "connections": proxy.connections,
+                "published": n,
+            }
         finally:
             agent.stop()
             pubs.close()
@@ -149,7 +171,13 @@ def rates(samples: list[dict[str, Any]], span: float = 0.5) -> list[tuple[float,
         if i == j:
             continue
         dt = s["t"] - samples[j]["t"]
-        out.append((s["t"], (s["bytes"] - samples[j]["bytes"]) / dt, (s["batches"] - samples[j]["batches"]) / dt))
+        out.append(
+            (
+                s["t"],
+                (s["bytes"] - samples[j]["bytes"]) / dt,
+                (s["batches"] - samples[j]["batches"]) / dt,
+            )
+        )
     return out
 
 
@@ -167,16 +195,27 @@ def figures(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     during = [u for t, u in up if t_on <= t <= t_off + 2]
     lat = [u["puback_latency_s"] for u in during if u["puback_latency_s"] is not None]
     back = next((t - t_off for t, u in up if t > t_off and u["window"] == MAX_INFLIGHT), None)
-    drained = next((x["t"] - t_off for x in s if x["t"] > t_off and x["oldest"] is not None
-                    and x["oldest"] < 1.0 and (x["outbox"] or 0) < 20), None)
+    drained = next(
+        (
+            x["t"] - t_off
+            for x in s
+            if x["t"] > t_off
+            and x["oldest"] is not None
+            and x["oldest"] < 1.0
+            and (x["outbox"] or 0) < 20
+        ),
+        None,
+    )
     c, final = res["consumer"], res["final"] or {}
     return {
         "rate_before_Bps": mean_rate(1.0, t_on),
         "rate_throttled_Bps": mean_rate(t_on + 2, t_off),
         "limit_Bps": res["limit"],
         "rate_after_Bps": mean_rate(t_off, t_off + 5),
-        "latency_floor_s": min((u["puback_latency_s"] for t, u in up if t < t_on and u["puback_latency_s"]),
-                               default=None),
+        "latency_floor_s": min(
+            (u["puback_latency_s"] for t, u in up if t < t_on and u["puback_latency_s"]),
+            default=None,
+        ),
         "latency_peak_s": max(lat, default=None),
         "window_min": min((u["window"] for u in during), default=None),
         "inflight_max": max((u["inflight"] for _, u in up), default=None),
@@ -206,21 +245,44 @@ def plot(res: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     for ax in (a1, a2, a3):
         ax.axvspan(t_on, t_off, color="tab:red", alpha=0.08, lw=0)
         ax.grid(alpha=0.3)
-    a1.plot([t for t, _, _ in r], [b / 1024 for _, b, _ in r], color="tab:blue", label="received upstream")
-    a1.hlines(res["limit"] / 1024, t_on, t_off, colors="tab:red", linestyles="--",
-              label=f"link limit {res['limit'] / 1024:g} KiB/s")
+    a1.plot(
+        [t for t, _, _ in r],
+        [b / 1024 for _, b, _ in r],
+        color="tab:blue",
+        label="received upstream",
+    )
+    a1.hlines(
+        res["limit"] / 1024,
+        t_on,
+        t_off,
+        colors="tab:red",
+        linestyles="--",
+        label=f"link limit {res['limit'] / 1024:g} KiB/s",
+    )
     a1.set_ylabel("sending rate (KiB/s)")
     a1.legend(loc="upper right")
-    a1.set_title(f"edge-agent uplink through a throttled link: {args.rate:g} readings/s, "
-                 f"link {res['limit'] / 1024:g} KiB/s from {t_on:g} s to {t_off:g} s")
+    a1.set_title(
+        f"edge-agent uplink through a throttled link: {args.rate:g} readings/s, "
+        f"link {res['limit'] / 1024:g} KiB/s from {t_on:g} s to {t_off:g} s"
+    )
     lat = [(t, u["puback_latency_s"]) for t, u in up if u["puback_latency_s"] is not None]
     a2.plot([t for t, _ in lat], [v for _, v in lat], color="tab:orange")
     a2.set_yscale("log")
     a2.set_ylabel("PUBACK latency (s)")
-    a3.step([t for t, _ in up], [u["window"] for _, u in up], where="post", color="tab:green",
-            label="window (adaptive limit)")
-    a3.plot([t for t, _ in up], [u["inflight"] for _, u in up], color="tab:purple", alpha=0.7,
-            label="batches in flight")
+    a3.step(
+        [t for t, _ in up],
+        [u["window"] for _, u in up],
+        where="post",
+        color="tab:green",
+        label="window (adaptive limit)",
+    )
+    a3.plot(
+        [t for t, _ in up],
+        [u["inflight"] for _, u in up],
+        color="tab:purple",
+        alpha=0.7,
+        label="batches in flight",
+    )
     a3.set_ylabel("batches")
     a3.set_xlabel("time (s)")
     a3.legend(loc="upper right")
@@ -231,14 +293,18 @@ def plot(res: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rate", type=float, default=1000.0, help="readings/s published")
     ap.add_argument("--limit", default="20KiB", help="link bandwidth while throttled (bytes/s)")
     ap.add_argument("--before", type=float, default=10.0)
     ap.add_argument("--throttled", type=float, default=20.0)
     ap.add_argument("--after", type=float, default=25.0)
     ap.add_argument("--png", type=Path, default=REPO / "bench" / "out" / "throttle.png")
-    ap.add_argument("--no-copy", action="store_true", help="do not copy the PNG to bench/throttle.png")
+    ap.add_argument(
+        "--no-copy", action="store_true", help="do not copy the PNG to bench/throttle.png"
+    )
     args = ap.parse_args()
     res = run(args)
     figs = figures(res, args)

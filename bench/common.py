@@ -90,7 +90,9 @@ def _paho_client(client_id: str, v5: bool) -> Any:
 # --------------------------------------------------------------------------- publishers
 
 
-def _publisher_main(conn: Connection, port: int, index: int, sensors: list[int], inflight: int) -> None:
+def _publisher_main(
+    conn: Connection, port: int, index: int, sensors: list[int], inflight: int
+) -> None:
     """One publisher: QoS 1 JSON readings `{"ts": now, "value": v}` on sensors/<i>.
 
     No loop thread: publish() writes to the socket at once when no thread owns the
@@ -134,20 +136,24 @@ def _publisher_main(conn: Connection, port: int, index: int, sensors: list[int],
                 continue
             for _ in range(k):
                 v = 20.0 + (sent % 100) / 10
-                client.publish(topics[sent % nt], b'{"ts": %.6f, "value": %.1f}' % (now(), v), qos=1)
+                client.publish(
+                    topics[sent % nt], b'{"ts": %.6f, "value": %.1f}' % (now(), v), qos=1
+                )
                 sent += 1
             client.loop(0.0)
         t_pub = perf()
         deadline = t_pub + 30.0
         while acked[0] < sent and perf() < deadline:
             client.loop(0.01)
-        conn.send({
-            "sent": sent,
-            "acked": acked[0],
-            "elapsed": t_pub - t0,
-            "start_wall": t_start_wall,
-            "cpu": time.process_time() - cpu0,
-        })
+        conn.send(
+            {
+                "sent": sent,
+                "acked": acked[0],
+                "elapsed": t_pub - t0,
+                "start_wall": t_start_wall,
+                "cpu": time.process_time() - cpu0,
+            }
+        )
     client.disconnect()
     conn.close()
 
@@ -161,8 +167,9 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _raw_publisher_main(conn: Connection, port: int, index: int, sensors: list[int], inflight: int,
-                        qos: int = 1) -> None:
+def _raw_publisher_main(
+    conn: Connection, port: int, index: int, sensors: list[int], inflight: int, qos: int = 1
+) -> None:
     """Same job as _publisher_main, on a bare socket: MQTT 3.1.1 QoS 1 PUBLISH packets
     built by hand and written 64 at a time, PUBACKs counted (4 bytes each: nothing else
     arrives, keepalive is off). Several times cheaper per message than paho, so on a
@@ -241,20 +248,22 @@ def _raw_publisher_main(conn: Connection, port: int, index: int, sensors: list[i
             data = memoryview(b"".join(parts))
             while data:
                 try:
-                    data = data[sock.send(data):]
+                    data = data[sock.send(data) :]
                 except BlockingIOError:
                     read_acks(0.001)
         t_pub = perf()
         deadline = t_pub + 30.0
         while not qos0 and read_acks(0.01) - base < sent and perf() < deadline:
             pass
-        conn.send({
-            "sent": sent,
-            "acked": sent if qos0 else read_acks(0) - base,
-            "elapsed": t_pub - t0,
-            "start_wall": t_start_wall,
-            "cpu": time.process_time() - cpu0,
-        })
+        conn.send(
+            {
+                "sent": sent,
+                "acked": sent if qos0 else read_acks(0) - base,
+                "elapsed": t_pub - t0,
+                "start_wall": t_start_wall,
+                "cpu": time.process_time() - cpu0,
+            }
+        )
     sock.setblocking(True)
     sock.sendall(b"\xe0\x00")  # DISCONNECT
     sock.close()
@@ -266,15 +275,24 @@ class PublisherPool:
     sensor's readings reach the broker in order. kind "raw" (hand-built packets on a
     socket) or "paho"."""
 
-    def __init__(self, port: int, sensors: int = 100, procs: int = 2, inflight: int = 1000,
-                 kind: str = "raw", qos: int = 1) -> None:
+    def __init__(
+        self,
+        port: int,
+        sensors: int = 100,
+        procs: int = 2,
+        inflight: int = 1000,
+        kind: str = "raw",
+        qos: int = 1,
+    ) -> None:
         target = _raw_publisher_main if kind == "raw" else _publisher_main
         extra = (qos,) if kind == "raw" else ()
         self.workers: list[tuple[Any, Connection]] = []
         for j in range(procs):
             parent, child = _SPAWN.Pipe()
             mine = [i for i in range(sensors) if i % procs == j]
-            p = _SPAWN.Process(target=target, args=(child, port, j, mine, inflight, *extra), daemon=True)
+            p = _SPAWN.Process(
+                target=target, args=(child, port, j, mine, inflight, *extra), daemon=True
+            )
             p.start()
             self.workers.append((p, parent))
         for _, c in self.workers:
@@ -366,7 +384,9 @@ def _subscriber_main(conn: Connection, port: int, topic: str, mode: str, client_
         props.ReceiveMaximum = 65535
         if persistent:
             props.SessionExpiryInterval = 3600
-        client.connect("127.0.0.1", port, keepalive=60, clean_start=not persistent, properties=props)
+        client.connect(
+            "127.0.0.1", port, keepalive=60, clean_start=not persistent, properties=props
+        )
     else:
         client.connect("127.0.0.1", port, keepalive=60)
     client.loop_start()
@@ -384,8 +404,14 @@ def _subscriber_main(conn: Connection, port: int, topic: str, mode: str, client_
             pending.clear()
             for m in left:
                 client.ack(m, 1)
-        conn.send({"n": state["n"], "first": state["first"], "last": state["last"],
-                   "cpu": time.process_time()})
+        conn.send(
+            {
+                "n": state["n"],
+                "first": state["first"],
+                "last": state["last"],
+                "cpu": time.process_time(),
+            }
+        )
     client.loop_stop()
     client.disconnect()
 
@@ -394,13 +420,17 @@ def _paho_client_v311_persistent(client_id: str) -> Any:
     import paho.mqtt.client as mqtt
 
     return mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
         protocol=mqtt.MQTTv311,
     )
 
 
 class SubscriberProcess:
-    def __init__(self, port: int, topic: str = "sensors/#", mode: str = "auto", client_id: str = "") -> None:
+    def __init__(
+        self, port: int, topic: str = "sensors/#", mode: str = "auto", client_id: str = ""
+    ) -> None:
         self.conn, child = _SPAWN.Pipe()
         self.proc = _SPAWN.Process(
             target=_subscriber_main, args=(child, port, topic, mode, client_id), daemon=True
@@ -471,7 +501,9 @@ def _consumer_main(conn: Connection, port: int, topic: str) -> None:
         if cmd is None:
             break
         total = sum(c for _, c in list(windows.values())) + st["readings"]
-        conn.send({**st, "count": total, "windows": len(windows), "age": time.monotonic() - st["last"]})
+        conn.send(
+            {**st, "count": total, "windows": len(windows), "age": time.monotonic() - st["last"]}
+        )
     client.loop_stop()
     client.disconnect()
 
@@ -519,8 +551,11 @@ class AgentProcess:
         if self.profile_out is not None:
             cmd += ["-m", "cProfile", "-o", str(self.profile_out)]
         if self.prelude:
-            cmd += ["-c", f"{self.prelude}\nimport sys\nfrom edge_agent.cli.main import main\n"
-                          f"sys.exit(main(['run', '-c', {str(self.cfg)!r}]))"]
+            cmd += [
+                "-c",
+                f"{self.prelude}\nimport sys\nfrom edge_agent.cli.main import main\n"
+                f"sys.exit(main(['run', '-c', {str(self.cfg)!r}]))",
+            ]
         else:
             cmd += ["-m", "edge_agent", "run", "-c", str(self.cfg)]
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
@@ -531,7 +566,9 @@ class AgentProcess:
         if not wait_for(lambda: self.proc.poll() is not None or self.ready(), timeout, 0.05):
             raise RuntimeError(f"agent not ready within {timeout}s; log: {self.log}")
         if self.proc.poll() is not None:
-            raise RuntimeError(f"agent exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"agent exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+            )
         self.ready_after = time.monotonic() - self.started_at
         return self
 
@@ -542,7 +579,9 @@ class AgentProcess:
 
     def _get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}{path}", timeout=2
+            ) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, ""

@@ -35,8 +35,19 @@ def main() -> int:
         w = windows.get(msg.topic)
         if w is None or w[0] != now:
             if w is not None:
-                up.publish("naive/" + msg.topic, json.dumps(
-                    {"start": w[0], "count": w[1], "min": w[2], "max": w[3], "mean": w[4] / w[1]}), qos=0)
+                up.publish(
+                    "naive/" + msg.topic,
+                    json.dumps(
+                        {
+                            "start": w[0],
+                            "count": w[1],
+                            "min": w[2],
+                            "max": w[3],
+                            "mean": w[4] / w[1],
+                        }
+                    ),
+                    qos=0,
+                )
             w = windows[msg.topic] = [now, 0, value, value, 0.0]
         w[1] += 1
         w[2] = min(w[2], value)

@@ -80,8 +80,10 @@ class Checkpointer:
             self._failed, self._failed_acks = cp, acks
             full = "full" in str(exc).lower()
             if full and not self.disk_full:
-                log.error("state_dir %s: disk full; readings stay unacknowledged until space returns",
-                          self._state_dir)
+                log.error(
+                    "state_dir %s: disk full; readings stay unacknowledged until space returns",
+                    self._state_dir,
+                )
             elif not full and str(exc) != self.error:
                 log.error("checkpoint failed (retried, nothing is dropped): %s", exc)
             self.disk_full = full

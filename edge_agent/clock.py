@@ -78,9 +78,11 @@ class WallClock:
             behind = self._wall() < self.floor and self._unsynchronised()
             if behind != self._behind:
                 if behind:
-                    log.warning("the wall clock is unsynchronised and behind %s: max_future_skew is not "
-                                "applied until it is set", time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                         time.gmtime(self.floor)))
+                    log.warning(
+                        "the wall clock is unsynchronised and behind %s: max_future_skew is not "
+                        "applied until it is set",
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.floor)),
+                    )
                 else:
                     log.info("the wall clock is set: max_future_skew applies again")
             self._behind = behind

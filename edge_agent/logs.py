@@ -344,7 +344,9 @@ def setup_logging(
 
         formatter = JsonFormatter() if fmt == "json" else TextFormatter(journal=False)
         handler = RotatingFileHandler(
-            log_file, maxBytes=LOG_FILE_MAX_BYTES, backupCount=LOG_FILE_BACKUPS,
+            log_file,
+            maxBytes=LOG_FILE_MAX_BYTES,
+            backupCount=LOG_FILE_BACKUPS,
             encoding="utf-8",
         )
     else:

@@ -41,11 +41,21 @@ log = logging.getLogger("edge_agent.mqtt")
 
 # Packet types (MQTT 5 2.1.2), as the first byte's high nibble.
 _CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-_SUBSCRIBE, _SUBACK, _UNSUBSCRIBE, _UNSUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = 8, 9, 10, 11, 12, 13, 14
+_SUBSCRIBE, _SUBACK, _UNSUBSCRIBE, _UNSUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = (
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+)
 
 _H = struct.Struct(">H")
 _I = struct.Struct(">I")
-_ACK4 = struct.Struct(">BBH")  # PUBACK/PUBREC/PUBREL/PUBCOMP with Success and no properties (3.4.2.1)
+_ACK4 = struct.Struct(
+    ">BBH"
+)  # PUBACK/PUBREC/PUBREL/PUBCOMP with Success and no properties (3.4.2.1)
 
 # Bounds what one connection buffers. A PUBLISH larger than this is not held: its
 # payload is skipped as it streams in and the Message comes with `too_large` set and
@@ -54,19 +64,41 @@ _ACK4 = struct.Struct(">BBH")  # PUBACK/PUBREC/PUBREL/PUBCOMP with Success and n
 MAX_PACKET = 4 * 1024 * 1024
 
 _REASONS = {
-    0x80: "unspecified error", 0x81: "malformed packet", 0x82: "protocol error",
-    0x83: "implementation specific error", 0x84: "unsupported protocol version",
-    0x85: "client identifier not valid", 0x86: "bad user name or password",
-    0x87: "not authorized", 0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned",
-    0x8B: "server shutting down", 0x8C: "bad authentication method", 0x8D: "keep alive timeout",
-    0x8E: "session taken over", 0x8F: "topic filter invalid", 0x90: "topic name invalid",
-    0x91: "packet identifier in use", 0x92: "packet identifier not found",
-    0x93: "receive maximum exceeded", 0x94: "topic alias invalid", 0x95: "packet too large",
-    0x96: "message rate too high", 0x97: "quota exceeded", 0x98: "administrative action",
-    0x99: "payload format invalid", 0x9A: "retain not supported", 0x9B: "qos not supported",
-    0x9C: "use another server", 0x9D: "server moved", 0x9E: "shared subscriptions not supported",
-    0x9F: "connection rate exceeded", 0xA0: "maximum connect time",
-    0xA1: "subscription identifiers not supported", 0xA2: "wildcard subscriptions not supported",
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8B: "server shutting down",
+    0x8C: "bad authentication method",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x91: "packet identifier in use",
+    0x92: "packet identifier not found",
+    0x93: "receive maximum exceeded",
+    0x94: "topic alias invalid",
+    0x95: "packet too large",
+    0x96: "message rate too high",
+    0x97: "quota exceeded",
+    0x98: "administrative action",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported",
+    0x9B: "qos not supported",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9E: "shared subscriptions not supported",
+    0x9F: "connection rate exceeded",
+    0xA0: "maximum connect time",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
 }
 
 
@@ -101,12 +133,16 @@ class TlsSettings:
         except FileNotFoundError as exc:
             raise MqttError(f"ca_file {self.ca_file}: no such file") from exc
         except OSError as exc:  # SSLError included: not PEM, no certificate in it
-            raise MqttError(f"ca_file {self.ca_file}: cannot load CA certificates: {_describe_ssl(exc)}") from exc
+            raise MqttError(
+                f"ca_file {self.ca_file}: cannot load CA certificates: {_describe_ssl(exc)}"
+            ) from exc
         if self.cert_file:
             try:
                 ctx.load_cert_chain(self.cert_file, self.key_file or None)
             except FileNotFoundError as exc:
-                missing = exc.filename or (self.cert_file if not self.key_file else f"{self.cert_file} or {self.key_file}")
+                missing = exc.filename or (
+                    self.cert_file if not self.key_file else f"{self.cert_file} or {self.key_file}"
+                )
                 raise MqttError(f"client certificate: {missing}: no such file") from exc
             except ssl.SSLError as exc:
                 if "KEY_VALUES_MISMATCH" in str(exc):
@@ -115,7 +151,9 @@ class TlsSettings:
                     why = f"cert_file {self.cert_file} / key_file {self.key_file or '(in cert_file)'}: {_describe_ssl(exc)}"
                 raise MqttError(f"client certificate: {why}") from exc
             except OSError as exc:
-                raise MqttError(f"client certificate {self.cert_file}: {exc.strerror or exc}") from exc
+                raise MqttError(
+                    f"client certificate {self.cert_file}: {exc.strerror or exc}"
+                ) from exc
         return ctx
 
 
@@ -134,11 +172,22 @@ class Will:
 class Message:
     """One received PUBLISH."""
 
-    __slots__ = ("content_type", "dup", "mid", "payload", "qos", "retain", "subscription_ids",
-                 "too_large", "topic_bytes", "user_properties")
+    __slots__ = (
+        "content_type",
+        "dup",
+        "mid",
+        "payload",
+        "qos",
+        "retain",
+        "subscription_ids",
+        "too_large",
+        "topic_bytes",
+        "user_properties",
+    )
 
-    def __init__(self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool,
-                 retain: bool) -> None:
+    def __init__(
+        self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool, retain: bool
+    ) -> None:
         self.topic_bytes = topic_bytes
         self.payload = payload
         self.qos = qos
@@ -189,8 +238,11 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes((first,)) + _varint(len(body)) + body
 
 
-def _props(content_type: str | None = None, user: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
-           extra: bytes = b"") -> bytes:
+def _props(
+    content_type: str | None = None,
+    user: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+    extra: bytes = b"",
+) -> bytes:
     body = extra
     if content_type:
         body += b"\x03" + _utf8(content_type)
@@ -216,9 +268,33 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
 
 _FIXED = {
     # property id -> byte width (0 = UTF-8 string, -1 = binary, -2 = string pair, -3 = varint)
-    0x01: 1, 0x02: 4, 0x03: 0, 0x08: 0, 0x09: -1, 0x0B: -3, 0x11: 4, 0x12: 0, 0x13: 2,
-    0x15: 0, 0x16: -1, 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: 0, 0x1C: 0, 0x1F: 0, 0x21: 2,
-    0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: -2, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1,
+    0x01: 1,
+    0x02: 4,
+    0x03: 0,
+    0x08: 0,
+    0x09: -1,
+    0x0B: -3,
+    0x11: 4,
+    0x12: 0,
+    0x13: 2,
+    0x15: 0,
+    0x16: -1,
+    0x17: 1,
+    0x18: 4,
+    0x19: 1,
+    0x1A: 0,
+    0x1C: 0,
+    0x1F: 0,
+    0x21: 2,
+    0x22: 2,
+    0x23: 2,
+    0x24: 1,
+    0x25: 1,
+    0x26: -2,
+    0x27: 4,
+    0x28: 1,
+    0x29: 1,
+    0x2A: 1,
 }
 
 
@@ -249,7 +325,8 @@ def _parse_props(buf: bytes, i: int, end: int) -> dict[int, Any]:
                 val2 = buf[i + 2 : i + 2 + m]
                 i += 2 + m
                 out.setdefault(pid, []).append(
-                    (raw.decode("utf-8", "replace"), val2.decode("utf-8", "replace")))
+                    (raw.decode("utf-8", "replace"), val2.decode("utf-8", "replace"))
+                )
                 continue
             value = bytes(raw) if width == -1 else raw.decode("utf-8", "replace")
         out[pid] = value
@@ -351,8 +428,11 @@ class MqttClient:
         try:
             await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Protocol(self), self.host, self.port,
-                    ssl=ctx, server_hostname=self.host if ctx is not None else None,
+                    lambda: _Protocol(self),
+                    self.host,
+                    self.port,
+                    ssl=ctx,
+                    server_hostname=self.host if ctx is not None else None,
                 ),
                 timeout,
             )
@@ -364,7 +444,9 @@ class MqttClient:
             return await asyncio.wait_for(asyncio.shield(self._connack), timeout)
         except TimeoutError as exc:
             self._teardown()
-            raise MqttError(f"no CONNACK from {self.host}:{self.port} within {timeout:g} s") from exc
+            raise MqttError(
+                f"no CONNACK from {self.host}:{self.port} within {timeout:g} s"
+            ) from exc
         except MqttError:
             self._teardown()
             raise
@@ -380,7 +462,9 @@ class MqttClient:
         w = self._will
         if w is not None:
             flags |= 0x04 | (w.qos << 3) | (0x20 if w.retain else 0)
-            payload += _props(w.content_type, w.user_properties) + _utf8(w.topic) + _binary(w.payload)
+            payload += (
+                _props(w.content_type, w.user_properties) + _utf8(w.topic) + _binary(w.payload)
+            )
         if self._username:
             flags |= 0x80
             payload += _utf8(self._username)
@@ -512,7 +596,9 @@ class MqttClient:
             user_properties = (*user_properties, user_property)
         fut = self._future()
         first = 0x30 | (qos << 1) | (1 if retain else 0)
-        props = _props(content_type, user_properties) if (content_type or user_properties) else b"\x00"
+        props = (
+            _props(content_type, user_properties) if (content_type or user_properties) else b"\x00"
+        )
         try:
             t = _utf8(topic)
         except MqttError as exc:
@@ -617,7 +703,9 @@ class MqttClient:
     def _lost(self, why: str) -> None:
         self._transport = None
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(MqttError(f"{self.host}:{self.port} closed the connection: {why}"))
+            self._connack.set_exception(
+                MqttError(f"{self.host}:{self.port} closed the connection: {why}")
+            )
         self._fail_pending(why)
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(why)
@@ -692,17 +780,27 @@ class MqttClient:
                     head = i + 2 + ((buf[i] << 8) | buf[i + 1]) + (2 if qos else 0)
                     if head > n:
                         break  # wait for the topic and packet id (at most 64 KiB)
-                    msg = Message(buf[i + 2 : head - (2 if qos else 0)], b"", qos,
-                                  ((buf[head - 2] << 8) | buf[head - 1]) if qos else 0,
-                                  bool(b0 & 8), bool(b0 & 1))
+                    msg = Message(
+                        buf[i + 2 : head - (2 if qos else 0)],
+                        b"",
+                        qos,
+                        ((buf[head - 2] << 8) | buf[head - 1]) if qos else 0,
+                        bool(b0 & 8),
+                        bool(b0 & 1),
+                    )
                     msg.too_large = True
                     end = i + rl
                     if end > n:
                         self._skip = end - n
                         end = n
                     pos = end
-                    log.warning("%s:%d sent a PUBLISH of %d bytes on %r: payload skipped",
-                                self.host, self.port, rl, msg.topic[:200])
+                    log.warning(
+                        "%s:%d sent a PUBLISH of %d bytes on %r: payload skipped",
+                        self.host,
+                        self.port,
+                        rl,
+                        msg.topic[:200],
+                    )
                     if qos and not manual:
                         self._send(_ACK4.pack(0x40 if qos == 1 else 0x50, 2, msg.mid))
                     if on_message is not None:
@@ -772,7 +870,9 @@ class MqttClient:
                     self._connack_received(buf, i, end)
                 elif kind == _DISCONNECT:
                     code = buf[i] if rl else 0
-                    self._abort(f"the broker disconnected: {reason_name(code) if code else 'normal'}")
+                    self._abort(
+                        f"the broker disconnected: {reason_name(code) if code else 'normal'}"
+                    )
                     return
                 else:
                     raise _ProtocolError(f"unexpected packet type {kind}")
@@ -788,8 +888,11 @@ class MqttClient:
         present, code = bool(buf[i] & 1), buf[i + 1]
         props, _ = _props_at(buf, i + 2) if end > i + 2 else ({}, end)
         if code >= 0x80:
-            fut.set_exception(MqttError(
-                f"{self.host}:{self.port} refused the connection: {reason_name(code).capitalize()}"))
+            fut.set_exception(
+                MqttError(
+                    f"{self.host}:{self.port} refused the connection: {reason_name(code).capitalize()}"
+                )
+            )
             return
         self.server_receive_maximum = int(props.get(0x21, 65535)) or 65535
         self._inflight_cap = min(self._max_inflight, self.server_receive_maximum)
@@ -797,7 +900,9 @@ class MqttClient:
             self._keepalive = int(props[0x13])
         fut.set_result(present)
         if self._keepalive > 0 and self._ping_task is None and self._loop is not None:
-            self._ping_task = self._loop.create_task(self._keep_alive(), name=f"mqtt-ping-{self.host}:{self.port}")
+            self._ping_task = self._loop.create_task(
+                self._keep_alive(), name=f"mqtt-ping-{self.host}:{self.port}"
+            )
 
     def _ack_received(self, mid: int, code: int) -> None:
         fut = self._pending.pop(mid, None)

@@ -61,6 +61,8 @@ _BUDGET_RECORDS = 100_000
 # Payload bytes read from the local socket and not yet processed: QoS 0 is shed past
 # 16 MiB (ingest/shed.py); QoS 1 (never shed) pauses the socket past this.
 _INBOX_HARD_BYTES = 32 * 1024 * 1024
+
+
 class Agent:
     """`async with`-free by design: `await agent.run()` until `request_stop()`."""
 
@@ -200,7 +202,10 @@ class Agent:
             self._spawn("status", self._status_loop())
         log.info(
             "edge-agent %s started: agent %s, %d pipeline(s), config %s",
-            __version__, self.cfg.agent.id, len(self.pipelines), self.cfg.hash,
+            __version__,
+            self.cfg.agent.id,
+            len(self.pipelines),
+            self.cfg.hash,
         )
         try:
             while not self._stop.is_set():
@@ -236,8 +241,13 @@ class Agent:
                 continue
             used = p.engine.restore(states, wall=self.ingest_clock())
             if used is not None and used < len(states):
-                log.warning("pipeline %r: %d of %d checkpointed keys were saved with other window "
-                            "settings and are dropped", name, len(states) - used, len(states))
+                log.warning(
+                    "pipeline %r: %d of %d checkpointed keys were saved with other window "
+                    "settings and are dropped",
+                    name,
+                    len(states) - used,
+                    len(states),
+                )
         self.delivery.restore(r.held)
         if r.outbox_batches:
             log.info("outbox holds %d batch(es) from before; draining them first", r.outbox_batches)
@@ -253,14 +263,21 @@ class Agent:
             if msg.qos and self.local is not None:
                 self.local.ack(msg.mid, msg.qos)
             return
-        if not msg.qos and self.shedder.over(len(inbox), self._inbox_bytes) and not self.shedder.keep(
-                msg.topic_bytes, len(inbox), self._inbox_bytes):
+        if (
+            not msg.qos
+            and self.shedder.over(len(inbox), self._inbox_bytes)
+            and not self.shedder.keep(msg.topic_bytes, len(inbox), self._inbox_bytes)
+        ):
             # Load shedding, before decoding: QoS 0 cannot be held back by withheld
             # acknowledgements, QoS 1 can (the broker stops at our Receive Maximum).
             return
         inbox.append((msg, time.time()))
         self._inbox_bytes += len(msg.payload) + len(msg.topic_bytes)
-        if self._inbox_bytes > _INBOX_HARD_BYTES and self.local is not None and not self.local.reading_paused:
+        if (
+            self._inbox_bytes > _INBOX_HARD_BYTES
+            and self.local is not None
+            and not self.local.reading_paused
+        ):
             # QoS 1 messages are never shed; past this many bytes read and not yet
             # processed the socket waits (the broker holds the rest) until a slice
             # has made room.
@@ -366,9 +383,11 @@ class Agent:
                 engine = p.engine
                 taken = p.limits.admit(buf, clock, engine.keys(), engine.has_key, engine.key_bytes)
                 if taken is not buf:
-                    for reason, n in (("over_key_cap", p.limits.over_key_cap),
-                                      ("over_key_rate", p.limits.over_key_rate),
-                                      ("over_key_bytes", p.limits.over_key_bytes)):
+                    for reason, n in (
+                        ("over_key_cap", p.limits.over_key_cap),
+                        ("over_key_rate", p.limits.over_key_rate),
+                        ("over_key_bytes", p.limits.over_key_bytes),
+                    ):
                         if n:
                             p.rejects[reason] = n
                 p.readings_in += len(taken)
@@ -387,7 +406,10 @@ class Agent:
             self._over_budget_at = time.monotonic()
             if not self.overloaded:
                 self._set_overloaded(True)
-            hard = len(acks) >= _BUDGET_MESSAGES or self.batcher.records_waiting() >= 2 * _BUDGET_RECORDS
+            hard = (
+                len(acks) >= _BUDGET_MESSAGES
+                or self.batcher.records_waiting() >= 2 * _BUDGET_RECORDS
+            )
             if hard and local is not None and not local.reading_paused:
                 local.pause_reading()
                 self.ingest_pauses += 1
@@ -410,8 +432,9 @@ class Agent:
             await asyncio.sleep(tick)
             now = time.monotonic()
             local = self.local
-            stalled = (not self.conn.connected or local is None or local.reading_paused
-                       or self.overloaded)
+            stalled = (
+                not self.conn.connected or local is None or local.reading_paused or self.overloaded
+            )
             if stalled:
                 self.ingest_clock.stalled += now - last
                 last = now
@@ -482,9 +505,12 @@ class Agent:
     def _set_overloaded(self, overloaded: bool) -> None:
         self.overloaded = overloaded
         if overloaded:
-            log.warning("ingest overloaded (event loop %.1f s late, %d uncommitted records): "
-                        "holding QoS 1 back at the broker",
-                        self.loop_lag, self.batcher.records_waiting())
+            log.warning(
+                "ingest overloaded (event loop %.1f s late, %d uncommitted records): "
+                "holding QoS 1 back at the broker",
+                self.loop_lag,
+                self.batcher.records_waiting(),
+            )
         else:
             log.info("ingest keeps up again (event loop lag %.2f s)", self.loop_lag)
 
@@ -535,7 +561,9 @@ class Agent:
         for p in leaving:
             p.engine.flush_all(self._emitted)
         self.batcher.take(self._emitted)
-        await self.commit(force_cut=True)  # the old config's windows leave under the old config hash
+        await self.commit(
+            force_cut=True
+        )  # the old config's windows leave under the old config hash
         old_cfg = self.cfg
         self.cfg = new
         self.pipelines = keep
@@ -566,7 +594,9 @@ class Agent:
                 log.error("resubscribing after reload failed: %s", exc)
         await self.endpoint.apply(self.cfg.health)
         self._reconfigure_uplink()
-        log.info("config reloaded: %s (%d pipeline(s), %d restarted)", new.hash, len(keep), len(gone))
+        log.info(
+            "config reloaded: %s (%d pipeline(s), %d restarted)", new.hash, len(keep), len(gone)
+        )
         self.notifier.ready()
 
     async def _restart_local(self) -> None:
@@ -616,7 +646,9 @@ class Agent:
         """Stop taking readings, checkpoint, acknowledge, let in-flight batches finish, close."""
         self.notifier.stopping()
         self._taking = False
-        self._process_inbox(everything=True)  # what was read before the stop is processed and committed
+        self._process_inbox(
+            everything=True
+        )  # what was read before the stop is processed and committed
         self._closing = True
         self._commit_now.set()
         commit_task = self._tasks.pop("commit", None)

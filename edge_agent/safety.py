@@ -52,8 +52,10 @@ def config_warnings(cfg: Config) -> list[str]:
         section = getattr(cfg, name)
         if not section.tls and not is_loopback(section.host):
             what = "batches go" if name == "upstream" else "readings come"
-            text = (f"{name}.host {section.host}: {what} unencrypted ({name}.tls = false) "
-                    "over the network")
+            text = (
+                f"{name}.host {section.host}: {what} unencrypted ({name}.tls = false) "
+                "over the network"
+            )
             if section.username or section.password_file:
                 text += f", {name}.username and its password included"
             out.append(text)
@@ -61,11 +63,15 @@ def config_warnings(cfg: Config) -> list[str]:
             path = getattr(section, key)
             mode = _readable_by_others(path) if path else None
             if mode is not None:
-                out.append(f"{name}.{key} {path}: readable by every user (mode {mode:04o}); "
-                           f"chmod 600 it (640 for a group the agent is in)")
+                out.append(
+                    f"{name}.{key} {path}: readable by every user (mode {mode:04o}); "
+                    f"chmod 600 it (640 for a group the agent is in)"
+                )
     if cfg.health.token_file:
         mode = _readable_by_others(cfg.health.token_file)
         if mode is not None:
-            out.append(f"health.token_file {cfg.health.token_file}: readable by every user "
-                       f"(mode {mode:04o}); chmod 600 it")
+            out.append(
+                f"health.token_file {cfg.health.token_file}: readable by every user "
+                f"(mode {mode:04o}); chmod 600 it"
+            )
     return out

@@ -233,16 +233,25 @@ class Bridge:
         p, s, pub = self.path, self.source, self.publisher
         return {
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "source": {"kind": s.kind, "path": s.path, "open": s.is_open, "opens": s.opens,
-                       "bytes_in": s.bytes_in},
+            "source": {
+                "kind": s.kind,
+                "path": s.path,
+                "open": s.is_open,
+                "opens": s.opens,
+                "bytes_in": s.bytes_in,
+            },
             "broker": {"connected": pub.connected.is_set(), "connects": pub.connects},
             "frames_in": p.frames_in,
             "dropped": dict(p.dropped, queue_full=pub.dropped),
             "published": pub.published,
             "queued": pub.queued + pub.outstanding,
             "boards": {
-                b.id: {"frames": b.frames, "lost": b.lost, "resets": b.resets,
-                       "clock_relearns": b.relearns}
+                b.id: {
+                    "frames": b.frames,
+                    "lost": b.lost,
+                    "resets": b.resets,
+                    "clock_relearns": b.relearns,
+                }
                 for b in p.boards.values()
             },
         }

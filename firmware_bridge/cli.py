@@ -70,9 +70,16 @@ async def _simulate(args: argparse.Namespace) -> int:
     from firmware_bridge.simulator import SimulatedBoard
 
     board = SimulatedBoard(
-        args.id, rate=args.rate, format=args.format, checksum=not args.no_checksum,
-        clock=args.clock, noise=args.noise, dropout=args.dropout, drift_ppm=args.drift_ppm,
-        seed=args.seed, link=args.link,
+        args.id,
+        rate=args.rate,
+        format=args.format,
+        checksum=not args.no_checksum,
+        clock=args.clock,
+        noise=args.noise,
+        dropout=args.dropout,
+        drift_ppm=args.drift_ppm,
+        seed=args.seed,
+        link=args.link,
     )
     loop = asyncio.get_running_loop()
     if args.udp:
@@ -97,8 +104,17 @@ async def _simulate(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, work.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await work
-    print(json.dumps({"sent": board.sent, "lost": board.lost, "noisy": board.noisy,
-                      "overflow": board.overflow}), file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "sent": board.sent,
+                "lost": board.lost,
+                "noisy": board.noisy,
+                "overflow": board.overflow,
+            }
+        ),
+        file=sys.stderr,
+    )
     board.__exit__()
     return 0
 

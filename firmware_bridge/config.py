@@ -38,8 +38,23 @@ CLOCK_MODES = ("arrival", "board", "uptime_ms")
 PARITIES = ("none", "even", "odd")
 WHEN_FULL = ("drop_oldest", "drop_newest")
 BAUDS = (
-    1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000,
-    576000, 921600, 1000000, 1152000, 1500000, 2000000,
+    1200,
+    2400,
+    4800,
+    9600,
+    19200,
+    38400,
+    57600,
+    115200,
+    230400,
+    460800,
+    500000,
+    576000,
+    921600,
+    1000000,
+    1152000,
+    1500000,
+    2000000,
 )
 
 
@@ -66,7 +81,9 @@ class SourceSection:
 @dataclass(frozen=True, slots=True)
 class FramesSection:
     format: str = "auto"  # auto (json or kv per line), json, kv, cobs_cbor
-    checksum: str = "optional"  # "*HH" suffix checked when present; "required": lines without it drop
+    checksum: str = (
+        "optional"  # "*HH" suffix checked when present; "required": lines without it drop
+    )
     max_line: int = 1024  # bytes; longer lines (or COBS frames) are dropped
     default_id: str = ""  # id for frames without one; "" = the device name or UDP sender
     seq_field: str = "seq"
@@ -151,7 +168,7 @@ def parse_duration(value: Any) -> float:
         return units.parse_duration(value)
     except ValueError as e:
         if str(e).startswith("expected a duration"):
-            raise ValueError(f"expected a duration such as \"2s\", got {_show(value)}") from None
+            raise ValueError(f'expected a duration such as "2s", got {_show(value)}') from None
         raise
 
 

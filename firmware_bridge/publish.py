@@ -51,7 +51,9 @@ class Publisher:
         # are swept from the left, and only the newest of each pump gets a callback
         self._inflight: deque[tuple[asyncio.Future[None], _Item]] = deque()
         self._unacked: list[_Item] = []
-        self._watched: asyncio.Future[None] | None = None  # lost with a connection: sent again first
+        self._watched: asyncio.Future[None] | None = (
+            None  # lost with a connection: sent again first
+        )
         self._limit = cfg.max_inflight  # lowered to the broker's Receive Maximum on connect
         self._pump_scheduled = False
         self._client: MqttClient | None = None

@@ -207,7 +207,9 @@ class SimulatedBoard:
             self.send()
             i += 1
 
-    def start_thread(self, count: int | None = None, duration: float | None = None) -> threading.Thread:
+    def start_thread(
+        self, count: int | None = None, duration: float | None = None
+    ) -> threading.Thread:
         """Write frames at `rate` from a daemon thread; stop() ends it."""
         self._stop.clear()
 

@@ -43,8 +43,16 @@ def configure_tty(fd: int, cfg: SourceSection | None) -> None:
     """
     iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
     iflag &= ~(
-        termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR
-        | termios.IGNCR | termios.ICRNL | termios.IXON | termios.IXOFF | termios.IXANY
+        termios.IGNBRK
+        | termios.BRKINT
+        | termios.PARMRK
+        | termios.ISTRIP
+        | termios.INLCR
+        | termios.IGNCR
+        | termios.ICRNL
+        | termios.IXON
+        | termios.IXOFF
+        | termios.IXANY
     )
     oflag &= ~termios.OPOST
     lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
@@ -146,7 +154,9 @@ class FdSource:
             return
         except OSError as e:
             if self._lost is not None and not self._lost.done():
-                self._lost.set_result(errno.errorcode.get(e.errno, str(e)) if e.errno in _GONE else str(e))
+                self._lost.set_result(
+                    errno.errorcode.get(e.errno, str(e)) if e.errno in _GONE else str(e)
+                )
             return
         if not chunk:
             if self._lost is not None and not self._lost.done():

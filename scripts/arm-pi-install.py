@@ -85,7 +85,9 @@ def set_keys(path: Path, edits: dict[str, dict[str, str]]) -> None:
             continue
         m = re.match(r"(\s*)([A-Za-z_]+)(\s*=\s*)(\"[^\"]*\"|[^#\s]+)(.*)$", line)
         if m and m.group(2) in edits.get(section, {}):
-            lines[i] = f"{m.group(1)}{m.group(2)}{m.group(3)}{edits[section][m.group(2)]}{m.group(5)}"
+            lines[i] = (
+                f"{m.group(1)}{m.group(2)}{m.group(3)}{edits[section][m.group(2)]}{m.group(5)}"
+            )
             done.add((section, m.group(2)))
     missing = {(s, k) for s, kv in edits.items() for k in kv} - done
     if missing:
@@ -98,7 +100,9 @@ def steps() -> int:
     print("README recipe:\n  " + "\n  ".join(lines), flush=True)
     os.chdir("/root")
     if port_open(1883):
-        raise SystemExit("arm-pi-install: 127.0.0.1:1883 is taken on this host (proot shares its network)")
+        raise SystemExit(
+            "arm-pi-install: 127.0.0.1:1883 is taken on this host (proot shares its network)"
+        )
     run("apt-get update -qq", "the root's package lists are not cached")
     upstream_port = free_port()
     for line in lines:
@@ -110,12 +114,18 @@ def steps() -> int:
             path = Path(cmd.split()[-1])
             Path("/tmp/upstream").mkdir(exist_ok=True)
             Path("/tmp/upstream/mosquitto.conf").write_text(
-                f"listener {upstream_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-            background("mosquitto -c /tmp/upstream/mosquitto.conf",
-                       "stands in for the upstream broker a real device sends to")
+                f"listener {upstream_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            )
+            background(
+                "mosquitto -c /tmp/upstream/mosquitto.conf",
+                "stands in for the upstream broker a real device sends to",
+            )
             wait_port(upstream_port, "the upstream mosquitto")
             edits = {
-                "local": {"username": '"edge-agent"', "password_file": '"/etc/edge-agent/local.password"'},
+                "local": {
+                    "username": '"edge-agent"',
+                    "password_file": '"/etc/edge-agent/local.password"',
+                },
                 "upstream": {"port": str(upstream_port)},
             }
             print(f"\n# {line}: set {edits}", flush=True)
@@ -139,12 +149,17 @@ def steps() -> int:
             if not Path("/usr/bin/systemd-analyze").exists():
                 # --keep-directory-symlink: /lib is a symlink to usr/lib (merged /usr);
                 # a plain extract would replace it with a directory and break the root.
-                run("mkdir -p /tmp/sd-debs/partial && "
+                run(
+                    "mkdir -p /tmp/sd-debs/partial && "
                     "apt-get install -y -qq --download-only -o Dir::Cache::Archives=/tmp/sd-debs "
                     "systemd procps >/dev/null && for deb in /tmp/sd-debs/*.deb; do "
                     'dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C /; done',
-                    "systemd's files without its maintainer scripts (see the docstring)")
-            run(f"systemd-analyze verify {unit}", "instead of enable --now: systemd does not run here")
+                    "systemd's files without its maintainer scripts (see the docstring)",
+                )
+            run(
+                f"systemd-analyze verify {unit}",
+                "instead of enable --now: systemd does not run here",
+            )
             text = unit.read_text()
             (execstart,) = re.findall(r"^ExecStart=(.+)$", text, re.M)
             state = re.search(r"^StateDirectory=(\S+)", text, re.M)

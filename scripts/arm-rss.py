@@ -116,7 +116,9 @@ def main() -> int:
     local, upstream = Broker(tmp / "local").start(), Broker(tmp / "upstream").start()
     health = free_port()
     cfg = tmp / "agent.toml"
-    cfg.write_text(CONFIG.format(state=tmp / "state", local=local.port, upstream=upstream.port, health=health))
+    cfg.write_text(
+        CONFIG.format(state=tmp / "state", local=local.port, upstream=upstream.port, health=health)
+    )
     exe = [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)]
     with open(tmp / "agent.log", "wb") as log:
         agent = subprocess.Popen(exe, stdout=log, stderr=subprocess.STDOUT)
@@ -126,7 +128,9 @@ def main() -> int:
         if not wait(lambda: agent.poll() is not None or bool(healthz(health)), 180):
             raise SystemExit("agent did not answer /healthz")
         if agent.poll() is not None:
-            raise SystemExit(f"agent exited {agent.returncode}: {(tmp / 'agent.log').read_text()[-2000:]}")
+            raise SystemExit(
+                f"agent exited {agent.returncode}: {(tmp / 'agent.log').read_text()[-2000:]}"
+            )
         result["start_seconds"] = round(time.monotonic() - t0, 1)
         time.sleep(5)
         result["rss_start"] = rss(agent.pid)
@@ -153,8 +157,11 @@ def main() -> int:
         time.sleep(5)
         result["rss_1000_keys"] = rss(agent.pid)
         result["guest_rss_1000_keys"] = guest_rss(agent.pid)
-        result["counters"] = {k: v for k, v in healthz(health).get("counters", {}).items()
-                              if k in ("readings_in", "windows_open", "keys")}
+        result["counters"] = {
+            k: v
+            for k, v in healthz(health).get("counters", {}).items()
+            if k in ("readings_in", "windows_open", "keys")
+        }
     finally:
         agent.terminate()
         try:

@@ -28,7 +28,9 @@ SLOW_TIMEOUT = 300.0
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     if not pluginmanager.has_plugin("timeout"):  # a venv made before pytest-timeout joined [test]
-        parser.addini("timeout", "per-test timeout (needs pytest-timeout: pip install -e '.[test]')")
+        parser.addini(
+            "timeout", "per-test timeout (needs pytest-timeout: pip install -e '.[test]')"
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -31,7 +31,9 @@ MISSING = "/nonexistent-arm-guard-test"
 def _has_seccomp() -> bool:
     if not os.path.exists(SYSTEM_PYTHON):
         return False
-    return subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True).returncode == 0
+    return (
+        subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True).returncode == 0
+    )
 
 
 pytestmark = pytest.mark.skipif(
@@ -95,7 +97,9 @@ def syscall_numbers() -> dict[str, int]:
     )
     out = subprocess.run(
         [SYSTEM_PYTHON, "-c", code, json.dumps(list(PROBES))],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return {n: nr for n, nr in json.loads(out).items() if nr >= 0}
 
@@ -105,7 +109,10 @@ def probe(prefix: list[str], cwd: Path) -> dict[str, str]:
     probes = {n: a for n, a in PROBES.items() if n in numbers}
     proc = subprocess.run(
         [*prefix, SYSTEM_PYTHON, "-c", PROBE, json.dumps(numbers), json.dumps(probes)],
-        capture_output=True, text=True, timeout=60, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -145,8 +152,17 @@ def test_the_filter_reaches_processes_inside_proot(tmp_path: Path) -> None:
 
 def test_guard_runs_the_command_with_its_arguments_and_exit_code(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [str(GUARD), sys.executable, "-c", "import sys; print(sys.argv[1:]); sys.exit(7)", "a b", "c"],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(GUARD),
+            sys.executable,
+            "-c",
+            "import sys; print(sys.argv[1:]); sys.exit(7)",
+            "a b",
+            "c",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 7
     assert proc.stdout.strip() == "['a b', 'c']"

@@ -35,7 +35,13 @@ def test_backoff_doubles_to_the_cap_with_jitter_down_to_half() -> None:
     assert b.next() == pytest.approx(0.2)
 
 
-@given(st.floats(0.01, 5), st.floats(0.01, 120), st.floats(1.1, 4), st.integers(0, 2**32), st.integers(1, 60))
+@given(
+    st.floats(0.01, 5),
+    st.floats(0.01, 120),
+    st.floats(1.1, 4),
+    st.integers(0, 2**32),
+    st.integers(1, 60),
+)
 def test_backoff_delays_stay_within_half_and_whole_of_the_capped_ceiling(
     initial: float, cap: float, factor: float, seed: int, n: int
 ) -> None:

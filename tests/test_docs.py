@@ -54,7 +54,9 @@ def test_not_yet_accepted_list_only_shrinks() -> None:
     )
     documented = set(documented_keys())
     stray = sorted(NOT_YET_ACCEPTED - documented)
-    assert not stray, f"NOT_YET_ACCEPTED names keys docs/configuration.md does not document: {stray}"
+    assert not stray, (
+        f"NOT_YET_ACCEPTED names keys docs/configuration.md does not document: {stray}"
+    )
 
 
 def test_documented_keys_are_unique() -> None:
@@ -70,18 +72,30 @@ def test_readme_links_stay_inside_the_repository() -> None:
             if "://" in target:
                 continue
             resolved = (md.parent / target).resolve()
-            assert resolved.is_relative_to(ROOT), f"{md.name} links outside the repository: {target}"
+            assert resolved.is_relative_to(ROOT), (
+                f"{md.name} links outside the repository: {target}"
+            )
             assert resolved.exists(), f"{md.name} links to a missing file: {target}"
 
 
 def test_cited_measurements_are_kept_in_the_repository() -> None:
     # FIELD-NOTES was a file outside the repository: users could not check a figure.
-    cited = [ROOT / "README.md", ROOT / "bench" / "README.md", *DOCS.glob("*.md"),
-             *(ROOT / "bench").glob("*.py")]
+    cited = [
+        ROOT / "README.md",
+        ROOT / "bench" / "README.md",
+        *DOCS.glob("*.md"),
+        *(ROOT / "bench").glob("*.py"),
+    ]
     for path in cited:
         assert "FIELD-NOTES" not in path.read_text(encoding="utf-8"), path
     notes = (DOCS / "field-notes.md").read_text(encoding="utf-8")
     # The peers' figures the README compares with, at their source.
-    for figure in ("RSS ~23 MB", "130-345 MB RSS", "90-110 MB RSS", "~1.0-1.4% of a core",
-                   "~35-45% of a core", "max_queued_messages 1000"):
+    for figure in (
+        "RSS ~23 MB",
+        "130-345 MB RSS",
+        "90-110 MB RSS",
+        "~1.0-1.4% of a core",
+        "~35-45% of a core",
+        "max_queued_messages 1000",
+    ):
         assert figure in notes, figure

@@ -25,13 +25,22 @@ async def _until(cond: object, timeout: float = 30.0) -> None:
 
 async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
     got: list[Message] = []
-    sub = MqttClient(host="127.0.0.1", port=broker.port, client_id="rt-sub", clean_start=False,
-                     session_expiry=60, manual_ack=True, on_message=got.append)
+    sub = MqttClient(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id="rt-sub",
+        clean_start=False,
+        session_expiry=60,
+        manual_ack=True,
+        on_message=got.append,
+    )
     assert await sub.connect() is False
     await sub.subscribe([("rt/#", 1)])
     pub = MqttClient(host="127.0.0.1", port=broker.port)
     await pub.connect()
-    await asyncio.gather(*(pub.publish("rt/a", b"%d" % i, 1, "application/json") for i in range(50)))
+    await asyncio.gather(
+        *(pub.publish("rt/a", b"%d" % i, 1, "application/json") for i in range(50))
+    )
     await _until(lambda: len(got) == 50)
     assert [m.payload for m in got] == [b"%d" % i for i in range(50)]
     assert {m.content_type for m in got} == {"application/json"}
@@ -39,8 +48,15 @@ async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
     # Unacknowledged (manual ack): the session resumes and redelivers them with DUP set.
     sub.close()
     again: list[Message] = []
-    sub2 = MqttClient(host="127.0.0.1", port=broker.port, client_id="rt-sub", clean_start=False,
-                      session_expiry=60, manual_ack=True, on_message=again.append)
+    sub2 = MqttClient(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id="rt-sub",
+        clean_start=False,
+        session_expiry=60,
+        manual_ack=True,
+        on_message=again.append,
+    )
     assert await sub2.connect() is True
     await _until(lambda: len(again) == 50)
     assert len(again) == 50 and all(m.dup for m in again)
@@ -51,8 +67,16 @@ async def test_round_trip_with_content_type_and_session(broker: Broker) -> None:
 
 async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) -> None:
     got: list[Message] = []
-    sub = MqttClient(host="127.0.0.1", port=broker.port, client_id="am-sub", clean_start=False,
-                     session_expiry=60, receive_maximum=1000, manual_ack=True, on_message=got.append)
+    sub = MqttClient(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id="am-sub",
+        clean_start=False,
+        session_expiry=60,
+        receive_maximum=1000,
+        manual_ack=True,
+        on_message=got.append,
+    )
     await sub.connect()
     await sub.subscribe([("am/#", 1)])
     pub = MqttClient(host="127.0.0.1", port=broker.port)
@@ -63,8 +87,15 @@ async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) 
     sub.ack_many([m.mid for m in got])
     await sub.disconnect()
     again: list[Message] = []
-    sub2 = MqttClient(host="127.0.0.1", port=broker.port, client_id="am-sub", clean_start=False,
-                      session_expiry=60, manual_ack=True, on_message=again.append)
+    sub2 = MqttClient(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id="am-sub",
+        clean_start=False,
+        session_expiry=60,
+        manual_ack=True,
+        on_message=again.append,
+    )
     assert await sub2.connect() is True
     await asyncio.sleep(0.3)  # a redelivery would come right after CONNACK
     assert again == []
@@ -74,8 +105,9 @@ async def test_ack_many_acknowledges_every_message_in_one_write(broker: Broker) 
 
 async def test_publishes_beyond_max_inflight_wait_for_acks_and_all_arrive(broker: Broker) -> None:
     got: list[Message] = []
-    sub = MqttClient(host="127.0.0.1", port=broker.port, receive_maximum=5000,
-                     on_message=got.append)
+    sub = MqttClient(
+        host="127.0.0.1", port=broker.port, receive_maximum=5000, on_message=got.append
+    )
     await sub.connect()
     await sub.subscribe([("b", 1)])
     pub = MqttClient(host="127.0.0.1", port=broker.port, max_inflight=10)
@@ -105,14 +137,27 @@ async def test_qos2_both_ways(broker: Broker) -> None:
 
 
 async def test_retain_user_properties_and_will(broker: Broker) -> None:
-    will = Will("st/agent", b"offline", qos=1, retain=True, content_type="application/cbor",
-                user_properties=(("k", "v"),))
+    will = Will(
+        "st/agent",
+        b"offline",
+        qos=1,
+        retain=True,
+        content_type="application/cbor",
+        user_properties=(("k", "v"),),
+    )
     dying = MqttClient(host="127.0.0.1", port=broker.port, client_id="dying", will=will)
     await dying.connect()
     pub = MqttClient(host="127.0.0.1", port=broker.port)
     await pub.connect()
-    await pub.publish("st/kept", b"hello", 1, "text/plain", retain=True,
-                      user_properties=[("content-encoding", "deflate")], user_property=("a", "b"))
+    await pub.publish(
+        "st/kept",
+        b"hello",
+        1,
+        "text/plain",
+        retain=True,
+        user_properties=[("content-encoding", "deflate")],
+        user_property=("a", "b"),
+    )
     dying.close()  # no DISCONNECT: the broker publishes the will
     got: list[Message] = []
     sub = MqttClient(host="127.0.0.1", port=broker.port, on_message=got.append)
@@ -164,8 +209,13 @@ async def test_paused_reading_delivers_what_was_buffered_on_resume(broker: Broke
         if len(got) == 10:
             sub.pause_reading()  # mid-buffer: the rest waits in our buffer
 
-    sub = MqttClient(host="127.0.0.1", port=broker.port, receive_maximum=5000, manual_ack=True,
-                     on_message=on_message)
+    sub = MqttClient(
+        host="127.0.0.1",
+        port=broker.port,
+        receive_maximum=5000,
+        manual_ack=True,
+        on_message=on_message,
+    )
     await sub.connect()
     await sub.subscribe([("p", 1)])
     pub = MqttClient(host="127.0.0.1", port=broker.port, max_inflight=5000)
@@ -185,8 +235,16 @@ async def test_paused_reading_delivers_what_was_buffered_on_resume(broker: Broke
 _CONNACK = bytes([0x20, 3, 0, 0, 0])
 
 
-def _publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, props: bytes = b"\x00") -> bytes:
-    body = struct.pack(">H", len(topic)) + topic + (struct.pack(">H", mid) if qos else b"") + props + payload
+def _publish(
+    topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, props: bytes = b"\x00"
+) -> bytes:
+    body = (
+        struct.pack(">H", len(topic))
+        + topic
+        + (struct.pack(">H", mid) if qos else b"")
+        + props
+        + payload
+    )
     rl, n = b"", len(body)
     while True:
         b, n = n & 0x7F, n >> 7
@@ -197,7 +255,9 @@ def _publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, props: by
 
 
 @contextlib.asynccontextmanager
-async def _fake_broker(script: bytes, chunk: int, then: bytes = b"") -> AsyncIterator[tuple[int, list[bytes]]]:
+async def _fake_broker(
+    script: bytes, chunk: int, then: bytes = b""
+) -> AsyncIterator[tuple[int, list[bytes]]]:
     """Answers a CONNECT with `script`, written `chunk` bytes at a time, and the client's
     next packet with `then`; records what the client sent."""
     seen: list[bytes] = []
@@ -238,8 +298,14 @@ async def test_any_split_of_the_stream_gives_the_same_messages() -> None:
     # upwards: packet boundaries, remaining-length bytes and headers fall anywhere.
     for seed in range(20):
         rng = random.Random(seed)
-        msgs = [(rng.randbytes(rng.randint(1, 30)), rng.randbytes(rng.choice((0, 5, 130, 300))),
-                 rng.randint(0, 1)) for _ in range(rng.randint(1, 40))]
+        msgs = [
+            (
+                rng.randbytes(rng.randint(1, 30)),
+                rng.randbytes(rng.choice((0, 5, 130, 300))),
+                rng.randint(0, 1),
+            )
+            for _ in range(rng.randint(1, 40))
+        ]
         chunk = rng.choice((1, 2, 3, 7, 64, 1000))
         stream = _CONNACK + b"".join(_publish(t, p, q, i + 1) for i, (t, p, q) in enumerate(msgs))
         got: list[Message] = []
@@ -249,7 +315,8 @@ async def test_any_split_of_the_stream_gives_the_same_messages() -> None:
             await _until(lambda: len(got) == len(msgs))  # noqa: B023
             c.close()
         assert [(m.topic_bytes, m.payload, m.qos, m.mid) for m in got] == [
-            (t, p, q, (i + 1) if q else 0) for i, (t, p, q) in enumerate(msgs)], (seed, chunk)
+            (t, p, q, (i + 1) if q else 0) for i, (t, p, q) in enumerate(msgs)
+        ], (seed, chunk)
 
 
 @pytest.mark.parametrize(
@@ -295,9 +362,18 @@ async def test_connack_refusal_is_described() -> None:
 
 async def test_connect_packet_carries_credentials_will_and_limits() -> None:
     async with _fake_broker(_CONNACK, 64) as (port, seen):
-        c = MqttClient(host="127.0.0.1", port=port, client_id="cid", clean_start=False,
-                       session_expiry=3600, receive_maximum=8192, username="user", password="pw",
-                       keepalive=20, will=Will("w/t", b"bye", qos=1, retain=True))
+        c = MqttClient(
+            host="127.0.0.1",
+            port=port,
+            client_id="cid",
+            clean_start=False,
+            session_expiry=3600,
+            receive_maximum=8192,
+            username="user",
+            password="pw",
+            keepalive=20,
+            will=Will("w/t", b"bye", qos=1, retain=True),
+        )
         await c.connect()
         c.close()
     pkt = seen[0]
@@ -305,8 +381,12 @@ async def test_connect_packet_carries_credentials_will_and_limits() -> None:
     body = pkt[2:]
     assert body[:7] == b"\x00\x04MQTT\x05"
     flags = body[7]
-    assert flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04  # user, password, will retain, will QoS 1, will
+    assert (
+        flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04
+    )  # user, password, will retain, will QoS 1, will
     assert body[8:10] == b"\x00\x14"  # keep alive 20
-    assert b"\x11\x00\x00\x0e\x10" in body and b"\x21\x20\x00" in body  # session expiry, receive max
+    assert (
+        b"\x11\x00\x00\x0e\x10" in body and b"\x21\x20\x00" in body
+    )  # session expiry, receive max
     assert b"\x00\x03cid" in body and b"\x00\x03w/t" in body and b"\x00\x03bye" in body
     assert body.endswith(b"\x00\x04user\x00\x02pw")

@@ -64,14 +64,21 @@ def totals(consumer: Consumer) -> tuple[int, float]:
 async def test_windows_reach_upstream_and_a_second_run_carries_on_the_seq(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, health=False,
-                       pipelines=[pipeline(aggregates=["count", "sum"])])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        health=False,
+        pipelines=[pipeline(aggregates=["count", "sum"])],
+    )
     t = time.time()
     first = [(f"s/k{i % 3}", t + i * 0.01, float(i)) for i in range(30)]
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer:
         async with running(cfg) as agent:
             await asyncio.to_thread(publish_readings, broker.port, first)
-            await apoll(lambda: totals(consumer)[0] >= 30, 30, what="30 readings in windows upstream")
+            await apoll(
+                lambda: totals(consumer)[0] >= 30, 30, what="30 readings in windows upstream"
+            )
             h = agent.health()
             assert h["counters"]["readings_in"] == 30
             assert h["upstream"]["connected"] and h["status"] in ("ok", "degraded")
@@ -90,20 +97,34 @@ async def test_windows_reach_upstream_and_a_second_run_carries_on_the_seq(
 async def test_upstream_outage_buffers_in_the_store_then_drains_in_seq_order(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, health=False,
-                       pipelines=[pipeline(window="none")],
-                       upstream={"max_batch_windows": 1, "max_batch_delay": "0s"})
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        health=False,
+        pipelines=[pipeline(window="none")],
+        upstream={"max_batch_windows": 1, "max_batch_delay": "0s"},
+    )
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer:
         async with running(cfg) as agent:
             upstream_broker.stop()
-            await apoll(lambda: not agent.health()["upstream"]["connected"], 30, what="upstream lost")
+            await apoll(
+                lambda: not agent.health()["upstream"]["connected"], 30, what="upstream lost"
+            )
             t = time.time()
-            await asyncio.to_thread(publish_readings, broker.port, [(f"s/r{i}", t, float(i)) for i in range(12)])
-            h = await apoll(lambda: (d := agent.health())["buffer"]["batches"] >= 12 and d, 30,
-                            what="12 batches buffered")
+            await asyncio.to_thread(
+                publish_readings, broker.port, [(f"s/r{i}", t, float(i)) for i in range(12)]
+            )
+            h = await apoll(
+                lambda: (d := agent.health())["buffer"]["batches"] >= 12 and d,
+                30,
+                what="12 batches buffered",
+            )
             assert h["status"] == "degraded" and h["buffer"]["bytes"] > 0
             upstream_broker.start()
-            await apoll(lambda: len(consumer.records("readings")) >= 12, 60, what="the backlog upstream")
+            await apoll(
+                lambda: len(consumer.records("readings")) >= 12, 60, what="the backlog upstream"
+            )
             await apoll(lambda: agent.health()["buffer"]["batches"] == 0, 30, what="buffer empty")
             assert agent.health()["counters"]["batches_dropped"] == 0
     arrival = []
@@ -117,13 +138,22 @@ async def test_upstream_outage_buffers_in_the_store_then_drains_in_seq_order(
 async def test_reload_takes_a_new_pipeline_and_the_batches_say_which_config(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, health=False,
-                       pipelines=[pipeline("a", topics=["a/#"], window="none")])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        health=False,
+        pipelines=[pipeline("a", topics=["a/#"], window="none")],
+    )
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer:
         async with running(cfg) as agent:
             old = agent.health()["config"]
-            cfg.rewrite(pipelines=[pipeline("a", topics=["a/#"], window="none"),
-                                   pipeline("b", topics=["b/#"], window="none")])
+            cfg.rewrite(
+                pipelines=[
+                    pipeline("a", topics=["a/#"], window="none"),
+                    pipeline("b", topics=["b/#"], window="none"),
+                ]
+            )
             agent.request_reload()
             await apoll(lambda: agent.health()["config"] != old, 30, what="the new config in force")
             new = agent.health()["config"]
@@ -134,7 +164,9 @@ async def test_reload_takes_a_new_pipeline_and_the_batches_say_which_config(
         assert {b.doc["config"] for b in consumer.unique()} == {new}
 
 
-async def test_a_config_the_store_cannot_open_fails_run_and_leaves_nothing_running(tmp_path: Path) -> None:
+async def test_a_config_the_store_cannot_open_fails_run_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
     cfg = write_config(tmp_path, 1, 1, health=False)
     cfg.state_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg.state_dir.write_text("a file where the state dir should be")

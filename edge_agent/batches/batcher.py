@@ -32,8 +32,16 @@ __all__ = ["STREAM_BATCHES", "STREAM_LATE", "STREAM_PRIORITY", "Batcher"]
 STREAM_BATCHES = 0
 STREAM_LATE = 1
 STREAM_PRIORITY = 2  # batches of `priority = "high"` pipelines: same schema and seq counter as 0
-_SEQ_COUNTER = {STREAM_BATCHES: STREAM_BATCHES, STREAM_LATE: STREAM_LATE, STREAM_PRIORITY: STREAM_BATCHES}
-_SCHEMAS = ((STREAM_BATCHES, BATCH_SCHEMA), (STREAM_LATE, LATE_SCHEMA), (STREAM_PRIORITY, BATCH_SCHEMA))
+_SEQ_COUNTER = {
+    STREAM_BATCHES: STREAM_BATCHES,
+    STREAM_LATE: STREAM_LATE,
+    STREAM_PRIORITY: STREAM_BATCHES,
+}
+_SCHEMAS = (
+    (STREAM_BATCHES, BATCH_SCHEMA),
+    (STREAM_LATE, LATE_SCHEMA),
+    (STREAM_PRIORITY, BATCH_SCHEMA),
+)
 
 
 class Batcher:
@@ -43,7 +51,9 @@ class Batcher:
         self.cfg = cfg
         self.streams: dict[int, Stream] = {}
         self.seqs: dict[int, int] = {STREAM_BATCHES: 0, STREAM_LATE: 0}
-        self.pending: list[tuple[int, int, bytes]] = []  # (stream, n, record) since the last checkpoint
+        self.pending: list[
+            tuple[int, int, bytes]
+        ] = []  # (stream, n, record) since the last checkpoint
         self._high: set[str] = set()
         self.reconfigure(cfg)
 
@@ -54,13 +64,21 @@ class Batcher:
         up = cfg.upstream
         old, self.streams = self.streams, {}
         for sid, schema in _SCHEMAS:
-            s = Stream(schema, cfg.agent.id, cfg.hash, up.max_batch_windows,
-                       up.max_batch_bytes, up.max_batch_delay)
+            s = Stream(
+                schema,
+                cfg.agent.id,
+                cfg.hash,
+                up.max_batch_windows,
+                up.max_batch_bytes,
+                up.max_batch_delay,
+            )
             if sid in old:
                 s.adopt(old[sid])
             self.streams[sid] = s
 
-    def restore(self, seqs: Mapping[int, int], pending: Mapping[int, list[tuple[int, bytes]]]) -> None:
+    def restore(
+        self, seqs: Mapping[int, int], pending: Mapping[int, list[tuple[int, bytes]]]
+    ) -> None:
         """The seq counters and the records waiting at the last checkpoint."""
         self.seqs.update(seqs)
         for sid, rows in pending.items():
@@ -105,8 +123,11 @@ class Batcher:
         (when `durable`) the records still waiting."""
         now_m, now_w = time.monotonic(), time.time()
         cfg = self.cfg
-        topics = {STREAM_BATCHES: cfg.batch_topic, STREAM_LATE: cfg.late_topic,
-                  STREAM_PRIORITY: cfg.batch_topic}
+        topics = {
+            STREAM_BATCHES: cfg.batch_topic,
+            STREAM_LATE: cfg.late_topic,
+            STREAM_PRIORITY: cfg.batch_topic,
+        }
         deflating = cfg.upstream.compression == "deflate"
         for sid in (STREAM_PRIORITY, STREAM_BATCHES, STREAM_LATE):  # priority first
             stream = self.streams[sid]

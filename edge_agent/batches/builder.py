@@ -19,7 +19,15 @@ from typing import Any
 
 import cbor2
 
-__all__ = ["BATCH_SCHEMA", "LATE_SCHEMA", "CutBatch", "Stream", "deflate", "encode_batch", "is_deflated"]
+__all__ = [
+    "BATCH_SCHEMA",
+    "LATE_SCHEMA",
+    "CutBatch",
+    "Stream",
+    "deflate",
+    "encode_batch",
+    "is_deflated",
+]
 
 BATCH_SCHEMA = "edge-agent/batch/1"
 LATE_SCHEMA = "edge-agent/late/1"
@@ -81,8 +89,12 @@ def is_deflated(payload: bytes) -> bool:
     CMF*256+FLG is a multiple of 31 (RFC 1950 2.2); a batch's CBOR map head is
     0xa0-0xbf. Batches buffered before a reload changed `compression` keep theirs.
     """
-    return (len(payload) >= 2 and payload[0] & 0x0F == 8 and payload[0] >> 4 <= 7
-            and (payload[0] << 8 | payload[1]) % 31 == 0)
+    return (
+        len(payload) >= 2
+        and payload[0] & 0x0F == 8
+        and payload[0] >> 4 <= 7
+        and (payload[0] << 8 | payload[1]) % 31 == 0
+    )
 
 
 def envelope_size(schema: str, agent: str, config_hash: str) -> int:

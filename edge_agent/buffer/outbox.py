@@ -94,12 +94,23 @@ class Outbox:
         if result.dropped_ids:
             self._forget(result.dropped_ids)
             self._count_drops(result.dropped)
-            log.warning("buffer dropped %d batch(es): %s", len(result.dropped_ids),
-                        ", ".join(f"{k} {v}" for k, v in result.dropped.items()))
+            log.warning(
+                "buffer dropped %d batch(es): %s",
+                len(result.dropped_ids),
+                ", ".join(f"{k} {v}" for k, v in result.dropped.items()),
+            )
         dropped = set(result.dropped_ids)
         rows = [
-            OutboxRow(i, b.stream, b.seq, b.topic, b.payload, b.sent, b.priority,
-                      b.born if b.born is not None else self._clock())
+            OutboxRow(
+                i,
+                b.stream,
+                b.seq,
+                b.topic,
+                b.payload,
+                b.sent,
+                b.priority,
+                b.born if b.born is not None else self._clock(),
+            )
             for i, b in zip(result.ids, cp.batches, strict=True)
             if i not in dropped
         ]
@@ -181,7 +192,9 @@ class Outbox:
             self._drops.append((row.id, len(row.payload)))
             self._gone.add(row.id)
             self._count_drops({"ttl": 1})
-            log.warning("buffer dropped batch seq %d: ttl (%.0f s old)", row.seq, self._clock() - row.born)
+            log.warning(
+                "buffer dropped batch seq %d: ttl (%.0f s old)", row.seq, self._clock() - row.born
+            )
 
     def published(self, row: OutboxRow) -> None:
         """`row` (from next_batch) was handed to the connection."""
@@ -236,8 +249,11 @@ class Outbox:
     async def _split_backlog(self) -> None:
         """On connect (live_share > 0): what is committed now is the backlog, what is
         built from here on is live. Both were rewound, so nothing is queued twice."""
-        self._boundary = max(await self.store.max_outbox_id(), self._live.offered,
-                             *(q.offered for q in self._classes.values()))
+        self._boundary = max(
+            await self.store.max_outbox_id(),
+            self._live.offered,
+            *(q.offered for q in self._classes.values()),
+        )
         self._classes[0].upper = self._boundary
         self._live.cursor = self._live.offered = self._boundary
         self._live.backlog = False

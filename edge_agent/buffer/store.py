@@ -59,7 +59,14 @@ import aiosqlite
 from edge_agent.errors import StateError
 
 __all__ = [
-    "Checkpoint", "CommitResult", "NewBatch", "OutboxRow", "Restored", "Store", "boot_id", "wal_limit",
+    "Checkpoint",
+    "CommitResult",
+    "NewBatch",
+    "OutboxRow",
+    "Restored",
+    "Store",
+    "boot_id",
+    "wal_limit",
 ]
 
 log = logging.getLogger("edge_agent.buffer")
@@ -84,6 +91,7 @@ def boot_id() -> str:
 def wal_limit(max_bytes: int) -> int:
     """Bytes the WAL may keep on disk for a buffer bounded by max_bytes."""
     return min(4 * 1024 * 1024, max(64 * 1024, max_bytes // 8))
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
@@ -129,7 +137,9 @@ class Checkpoint:
     seqs: dict[int, int] = field(default_factory=dict)  # stream -> next seq
     pending_add: list[tuple[int, int, bytes]] = field(default_factory=list)  # (stream, n, record)
     pending_done: dict[int, int] = field(default_factory=dict)  # stream -> first n still pending
-    windows: dict[str, dict[str, bytes | None]] = field(default_factory=dict)  # pipeline -> key -> state
+    windows: dict[str, dict[str, bytes | None]] = field(
+        default_factory=dict
+    )  # pipeline -> key -> state
     windows_gone: list[str] = field(default_factory=list)  # pipelines removed by a reload
     held: dict[int, bytes] = field(default_factory=dict)  # block -> 1 KiB of fingerprints
     acked: list[tuple[int, int]] = field(default_factory=list)  # (outbox id, payload size) PUBACKed
@@ -225,7 +235,9 @@ class Store:
             # 0700/0600: readings and batches are nobody else's business (issue 13)
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StateError(f"state_dir {self.state_dir}: cannot create it: {exc.strerror}") from exc
+            raise StateError(
+                f"state_dir {self.state_dir}: cannot create it: {exc.strerror}"
+            ) from exc
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise StateError(f"state_dir {self.state_dir}: not writable by this user")
         self._seq_floor = self._read_seq_floor()
@@ -241,10 +253,15 @@ class Store:
                 self.last_error = str(exc)
                 if time.monotonic() >= deadline:
                     what = "disk full" if _is_disk_full(exc) else str(exc)
-                    raise StateError(f"state_dir {self.state_dir}: {what} (nothing was moved)") from exc
+                    raise StateError(
+                        f"state_dir {self.state_dir}: {what} (nothing was moved)"
+                    ) from exc
                 if delay == 0.1:
-                    log.error("state database %s cannot be opened: %s; retrying, nothing is moved",
-                              self.path, exc)
+                    log.error(
+                        "state database %s cannot be opened: %s; retrying, nothing is moved",
+                        self.path,
+                        exc,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -255,8 +272,12 @@ class Store:
         seqs = _salvage_seqs(aside)
         for k, v in self._seq_floor.items():
             seqs[k] = max(seqs.get(k, 0), v)
-        log.error("state database %s is unreadable, corrupt (%s); moved it to %s and started a fresh one",
-                  self.path, exc, aside)
+        log.error(
+            "state database %s is unreadable, corrupt (%s); moved it to %s and started a fresh one",
+            self.path,
+            exc,
+            aside,
+        )
         try:
             restored = await self._open_once()
             if seqs:
@@ -267,7 +288,9 @@ class Store:
             return restored
         except sqlite3.Error as again:
             await self._close_quietly()
-            raise StateError(f"state_dir {self.state_dir}: cannot start a fresh database: {again}") from again
+            raise StateError(
+                f"state_dir {self.state_dir}: cannot start a fresh database: {again}"
+            ) from again
 
     async def _open_once(self) -> Restored:
         # SQLite creates a new file 0644 (less the umask) and gives its -wal and -shm
@@ -302,7 +325,9 @@ class Store:
         if meta.get("boot") != boot or not boot:
             # Another boot: monotonic times from it mean nothing now. Each batch's age
             # restarts from what its wall-clock `sent` shows (never below 0).
-            await db.execute("UPDATE outbox SET born = ? - max(0.0, ? - sent)", (time.monotonic(), time.time()))
+            await db.execute(
+                "UPDATE outbox SET born = ? - max(0.0, ? - sent)", (time.monotonic(), time.time())
+            )
             await db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('boot', ?)", (boot,))
         pending: dict[int, list[tuple[int, bytes]]] = {}
         async with db.execute("SELECT stream, n, record FROM pending ORDER BY stream, n") as cur:
@@ -316,13 +341,19 @@ class Store:
         async with db.execute("SELECT block, fps FROM held") as cur:
             async for b, f in cur:
                 held[b] = f
-        async with db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox") as cur:
+        async with db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
+        ) as cur:
             n, size = await cur.fetchone()  # type: ignore[misc]
         async with db.execute("SELECT sent, born FROM outbox ORDER BY id LIMIT 1") as cur:
             row = await cur.fetchone()
         oldest = row[0] if row else None
         self.outbox_oldest_born = row[1] if row else None
-        self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = int(n), int(size), oldest
+        self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = (
+            int(n),
+            int(size),
+            oldest,
+        )
         return Restored(seqs, pending, windows, held, int(n), int(size), oldest, meta)
 
     def _move_aside(self, reason: str) -> Path:
@@ -378,7 +409,9 @@ class Store:
                     await self._reclaim()
             return result
 
-    async def _commit(self, cp: Checkpoint, mono: float, keep: dict[int, int], keep_new: bool) -> CommitResult:
+    async def _commit(
+        self, cp: Checkpoint, mono: float, keep: dict[int, int], keep_new: bool
+    ) -> CommitResult:
         db = self._require()
         ids: list[int] = []
         dropped: dict[str, int] = {}
@@ -414,7 +447,9 @@ class Store:
                 # (what still does not fit is dropped by the fit after the insert,
                 # lowest priority first).
                 top = max(b.priority for b in cp.batches)
-                await self._fit(db, self.file_budget - incoming, dropped, victims, max_priority=top, keep=keep)
+                await self._fit(
+                    db, self.file_budget - incoming, dropped, victims, max_priority=top, keep=keep
+                )
             skip: set[int] = set()
             if cp.batches and self.when_full == "drop_newest" and not keep_new:
                 # The incoming batches are the newest: the ones that do not fit are
@@ -432,7 +467,11 @@ class Store:
                     ids.append(_NOT_STORED)
                     dropped_ids.append(_NOT_STORED)
                     continue
-                born = b.born if b.born is not None else time.monotonic() - max(0.0, time.time() - b.sent)
+                born = (
+                    b.born
+                    if b.born is not None
+                    else time.monotonic() - max(0.0, time.time() - b.sent)
+                )
                 cur = await db.execute(
                     "INSERT INTO outbox (stream, seq, topic, payload, sent, priority, born) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (b.stream, b.seq, b.topic, b.payload, b.sent, b.priority, born),
@@ -450,7 +489,9 @@ class Store:
             for stream, first in cp.pending_done.items():
                 await db.execute("DELETE FROM pending WHERE stream = ? AND n < ?", (stream, first))
             if cp.pending_add:
-                await db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", cp.pending_add)
+                await db.executemany(
+                    "INSERT OR REPLACE INTO pending VALUES (?, ?, ?)", cp.pending_add
+                )
             for pipeline in cp.windows_gone:
                 await db.execute("DELETE FROM windows WHERE pipeline = ?", (pipeline,))
             for pipeline, states in cp.windows.items():
@@ -461,7 +502,9 @@ class Store:
                 if gone:
                     await db.executemany("DELETE FROM windows WHERE pipeline = ? AND key = ?", gone)
             if cp.held:
-                await db.executemany("INSERT OR REPLACE INTO held VALUES (?, ?)", list(cp.held.items()))
+                await db.executemany(
+                    "INSERT OR REPLACE INTO held VALUES (?, ?)", list(cp.held.items())
+                )
             if cp.batches:
                 await self._fit(db, self.file_budget, dropped, victims, keep=keep)
             dropped_ids.extend(i for i, _ in victims)
@@ -482,7 +525,11 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 await db.execute("ROLLBACK")
             raise
-        self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = batches, size, oldest
+        self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = (
+            batches,
+            size,
+            oldest,
+        )
         self.outbox_oldest_born = oldest_born
         return CommitResult(ids, dropped, dropped_ids)
 
@@ -501,7 +548,9 @@ class Store:
         oldest = self.outbox_oldest_born
         if self.ttl <= 0 or oldest is None or oldest >= mono - self.ttl:
             return
-        async with db.execute("SELECT id, length(payload) FROM outbox WHERE born < ?", (mono - self.ttl,)) as cur:
+        async with db.execute(
+            "SELECT id, length(payload) FROM outbox WHERE born < ?", (mono - self.ttl,)
+        ) as cur:
             old = [(r[0], r[1]) async for r in cur if r[0] not in keep]
         if old:
             await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in old])
@@ -592,7 +641,9 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def outbox_after(self, after_id: int, limit: int, priority: int | None = None) -> list[OutboxRow]:
+    async def outbox_after(
+        self, after_id: int, limit: int, priority: int | None = None
+    ) -> list[OutboxRow]:
         """Outbox rows with id > after_id in id order (of one priority, when given)."""
         db = self._require()
         args: tuple[int, ...]
@@ -638,8 +689,11 @@ class Store:
             os.replace(tmp, path)
         except OSError as exc:
             # Reported like SQLite's own failures, so the caller retries the checkpoint.
-            raise sqlite3.OperationalError(f"{path}: {exc.strerror or exc}: database or disk is full"
-                                           if exc.errno == errno.ENOSPC else f"{path}: {exc}") from exc
+            raise sqlite3.OperationalError(
+                f"{path}: {exc.strerror or exc}: database or disk is full"
+                if exc.errno == errno.ENOSPC
+                else f"{path}: {exc}"
+            ) from exc
         self._seq_floor = new
 
     def disk_bytes(self) -> int:

@@ -230,8 +230,17 @@ def start(config_path: str, timeout: float = START_TIMEOUT) -> int:
         # to the same file through a size-bounded rotating handler; its stdout and
         # stderr (a crash before logging is set up) go there too.
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "edge_agent", "run", "-c", config_path,
-             "--log-file", str(log_path)],
+            [
+                sys.executable,
+                "-I",
+                "-m",
+                "edge_agent",
+                "run",
+                "-c",
+                config_path,
+                "--log-file",
+                str(log_path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log_out,
             stderr=subprocess.STDOUT,

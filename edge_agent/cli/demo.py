@@ -101,8 +101,11 @@ class _Stop:
         if self.requested.is_set():
             self.now.set()
             return
-        print("\n>>> stopping: the sensors stop, the agent sends its last windows, the consumer "
-              "catches up (Ctrl-C again to quit at once)\n", flush=True)
+        print(
+            "\n>>> stopping: the sensors stop, the agent sends its last windows, the consumer "
+            "catches up (Ctrl-C again to quit at once)\n",
+            flush=True,
+        )
         self.requested.set()
 
     async def sleep(self, seconds: float) -> bool:
@@ -128,20 +131,35 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         stack.callback(upstream.stop)
 
         cfg_path = tmp / "agent.toml"
-        cfg_path.write_text(_CONFIG.format(state=tmp / "state", local=local.port,
-                                           upstream=upstream.port, idle=max(3.0, 3.0 / rate)))
+        cfg_path.write_text(
+            _CONFIG.format(
+                state=tmp / "state",
+                local=local.port,
+                upstream=upstream.port,
+                idle=max(3.0, 3.0 / rate),
+            )
+        )
         agent = Agent(load_config(cfg_path))
         db_path = tmp / "fleet.db"
         print(f"edge-agent demo: local broker :{local.port}, upstream broker :{upstream.port}")
-        print(f"{sensors} sensors x {rate:g} readings/s -> 5 s tumbling windows -> CBOR batches upstream"
-              f" -> edge-agent consume -> SQLite {db_path.name}")
+        print(
+            f"{sensors} sensors x {rate:g} readings/s -> 5 s tumbling windows -> CBOR batches upstream"
+            f" -> edge-agent consume -> SQLite {db_path.name}"
+        )
         print("Ctrl-C to stop.\n")
         storage = SqliteStorage(str(db_path))
         await storage.open()
         stack.push_async_callback(storage.close)
-        consumer = Consumer(ConsumeOptions(host="127.0.0.1", port=upstream.port, db=str(db_path),
-                                           topics=("edge/+/batches", "edge/+/status")),
-                            storage, "demo-consumer")
+        consumer = Consumer(
+            ConsumeOptions(
+                host="127.0.0.1",
+                port=upstream.port,
+                db=str(db_path),
+                topics=("edge/+/batches", "edge/+/status"),
+            ),
+            storage,
+            "demo-consumer",
+        )
         consumer_stop = asyncio.Event()
         consumer_task = asyncio.create_task(consumer.run(consumer_stop), name="consumer")
         stack.push_async_callback(_stop_consumer, consumer_stop, consumer_task)
@@ -176,13 +194,18 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         totals["published"] += 2 * int(bridge.health().get("published", 0))  # two fields a frame
         await outage_task  # the upstream broker is back
         deadline = time.monotonic() + DRAIN_TIMEOUT
-        while (totals["counted"] < totals["published"] and time.monotonic() < deadline
-               and not stop.now.is_set()):
+        while (
+            totals["counted"] < totals["published"]
+            and time.monotonic() < deadline
+            and not stop.now.is_set()
+        ):
             await asyncio.sleep(0.1)
         await shown.refresh(totals, consumer)
     lost = totals["published"] - totals["counted"]
-    print(f"\nstored in {db_path.name}: try  SELECT key, window_start, rev, count, aggregates "
-          f"FROM windows  (the file is removed when the demo ends; `edge-agent consume --db` keeps yours)")
+    print(
+        f"\nstored in {db_path.name}: try  SELECT key, window_start, rev, count, aggregates "
+        f"FROM windows  (the file is removed when the demo ends; `edge-agent consume --db` keeps yours)"
+    )
     print(
         f"\npublished {totals['published']} readings; upstream counted {totals['counted']} "
         f"in {totals['batches']} batches; lost {lost}"
@@ -208,8 +231,9 @@ async def _start_board(tmp: Path, port: int, rate: float) -> tuple[Any, Any]:
     from firmware_bridge.simulator import SimulatedBoard
 
     link = str(tmp / "ttyDEMO")
-    board = SimulatedBoard("mcu1", rate=rate, format="kv", clock="uptime_ms", noise=0.02,
-                           seed=3, link=link)
+    board = SimulatedBoard(
+        "mcu1", rate=rate, format="kv", clock="uptime_ms", noise=0.02, seed=3, link=link
+    )
     board.open()
     cfg = parse_config(
         f'[source]\nkind = "pty"\npath = "{link}"\n'
@@ -220,8 +244,10 @@ async def _start_board(tmp: Path, port: int, rate: float) -> tuple[Any, Any]:
     bridge = Bridge(cfg)
     await bridge.start()
     board.start_thread()
-    print(f"microcontroller mcu1 on {link} (key=value frames with *HH checksums, some line noise)"
-          " -> firmware_bridge -> sensors/mcu1")
+    print(
+        f"microcontroller mcu1 on {link} (key=value frames with *HH checksums, some line noise)"
+        " -> firmware_bridge -> sensors/mcu1"
+    )
     return board, bridge
 
 
@@ -240,10 +266,13 @@ class _Shown:
         with contextlib.closing(sqlite3.connect(self.path, timeout=5)) as db:
             rows = db.execute(
                 "SELECT seq, key, window_start, window_end, rev, count, aggregates FROM windows"
-                " WHERE seq > ? ORDER BY seq, key", (self.seq,)).fetchall()
+                " WHERE seq > ? ORDER BY seq, key",
+                (self.seq,),
+            ).fetchall()
             counted, batches = db.execute(
                 "SELECT (SELECT coalesce(sum(count), 0) FROM windows),"
-                " (SELECT count(*) FROM batches WHERE schema = 'edge-agent/batch/1')").fetchone()
+                " (SELECT count(*) FROM batches WHERE schema = 'edge-agent/batch/1')"
+            ).fetchone()
             device = db.execute("SELECT agent, state, health, reasons FROM devices").fetchone()
         return rows, counted, batches, device
 
@@ -252,11 +281,16 @@ class _Shown:
         if device is not None and device != self.device:
             agent, state, health, reasons = device
             why = json.loads(reasons)
-            print(f"device {agent}: {state}, health {health}" + (f" ({'; '.join(why)})" if why else ""))
+            print(
+                f"device {agent}: {state}, health {health}"
+                + (f" ({'; '.join(why)})" if why else "")
+            )
             self.device = device
         if consumer.duplicates > self.duplicates:
-            print(f"{consumer.duplicates - self.duplicates} batch(es) delivered again after the "
-                  "outage: stored once (deduplicated on agent and seq)")
+            print(
+                f"{consumer.duplicates - self.duplicates} batch(es) delivered again after the "
+                "outage: stored once (deduplicated on agent and seq)"
+            )
             self.duplicates = consumer.duplicates
         by_seq: dict[int, list[tuple[Any, ...]]] = {}
         for r in rows:
@@ -266,8 +300,10 @@ class _Shown:
             for _, key, start, end, rev, count, aggs in ws[:6]:
                 a = json.loads(aggs)
                 t = time.strftime("%H:%M:%S", time.localtime(start))
-                print(f"   {key:<24} [{t} +{end - start:g}s) rev={rev} count={count:<3} "
-                      f"min={a['min']:.2f} max={a['max']:.2f} mean={a['mean']:.2f} p95={a['p95']:.2f}")
+                print(
+                    f"   {key:<24} [{t} +{end - start:g}s) rev={rev} count={count:<3} "
+                    f"min={a['min']:.2f} max={a['max']:.2f} mean={a['mean']:.2f} p95={a['p95']:.2f}"
+                )
             if len(ws) > 6:
                 print(f"   ... and {len(ws) - 6} more")
             self.seq = max(self.seq, seq)
@@ -302,8 +338,12 @@ async def _sensors(port: int, n: int, rate: float, totals: dict[str, int], stop:
             now = time.time()
             for i in range(n):
                 temp = 21 + 2 * math.sin((now - t0) / 20 + i) + rng.gauss(0, 0.2)
-                payload = {"ts": round(now, 3), "id": f"s{i}", "temp": round(temp, 2),
-                           "hum": round(45 + 5 * math.cos((now - t0) / 30 + i), 1)}
+                payload = {
+                    "ts": round(now, 3),
+                    "id": f"s{i}",
+                    "temp": round(temp, 2),
+                    "hum": round(45 + 5 * math.cos((now - t0) / 30 + i), 1),
+                }
                 await pub.publish(f"sensors/s{i}", json.dumps(payload).encode(), 1)
                 totals["published"] += 2  # two number fields: two readings
             await stop.sleep(1.0 / rate)

@@ -21,7 +21,9 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse exits 2 on usage errors, as the spec wants
+    def error(
+        self, message: str
+    ) -> NoReturn:  # argparse exits 2 on usage errors, as the spec wants
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -60,38 +62,67 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":  # what `start` passes its child: log there, rotated by size
             c.add_argument("--log-file", default=None, metavar="FILE", help=argparse.SUPPRESS)
         if name == "start":
-            c.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
-                           help="how long to wait for the agent to be ready (default 30)")
+            c.add_argument(
+                "--timeout",
+                type=_seconds,
+                default=30.0,
+                metavar="SECONDS",
+                help="how long to wait for the agent to be ready (default 30)",
+            )
 
     h = sub.add_parser("health", help="fetch /healthz and print it")
     h.add_argument("url", nargs="?", default=None)
     h.add_argument("-c", "--config", metavar="FILE", default=None)
-    h.add_argument("--token-file", default=None, metavar="FILE",
-                   help="a file holding the bearer token (or set EDGE_HEALTH_TOKEN; with -c, "
-                        "the config's health.token_file is used)")
-    h.add_argument("--token", default=None,
-                   help="the bearer token itself; avoid: every user sees it in the process "
-                        "list (use --token-file or EDGE_HEALTH_TOKEN)")
+    h.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="a file holding the bearer token (or set EDGE_HEALTH_TOKEN; with -c, "
+        "the config's health.token_file is used)",
+    )
+    h.add_argument(
+        "--token",
+        default=None,
+        help="the bearer token itself; avoid: every user sees it in the process "
+        "list (use --token-file or EDGE_HEALTH_TOKEN)",
+    )
     h.add_argument("--timeout", type=float, default=5.0)
 
-    k = sub.add_parser("consume", help="store upstream batches and device status in SQLite or PostgreSQL")
+    k = sub.add_parser(
+        "consume", help="store upstream batches and device status in SQLite or PostgreSQL"
+    )
     k.add_argument("--broker", required=True, metavar="HOST:PORT", type=_host_port)
-    k.add_argument("--db", required=True, metavar="URL",
-                   help="a file path, sqlite:///path or postgresql://user@host:port/db")
-    k.add_argument("--topic", action="append", metavar="FILTER",
-                   help="topic filter, repeatable (default edge/+/batches); add the late and "
-                        "status topics (e.g. edge/+/status) to store those too")
-    k.add_argument("--share", default="", metavar="GROUP",
-                   help="subscribe as $share/GROUP/<filter>: consumers in a group split the load")
+    k.add_argument(
+        "--db",
+        required=True,
+        metavar="URL",
+        help="a file path, sqlite:///path or postgresql://user@host:port/db",
+    )
+    k.add_argument(
+        "--topic",
+        action="append",
+        metavar="FILTER",
+        help="topic filter, repeatable (default edge/+/batches); add the late and "
+        "status topics (e.g. edge/+/status) to store those too",
+    )
+    k.add_argument(
+        "--share",
+        default="",
+        metavar="GROUP",
+        help="subscribe as $share/GROUP/<filter>: consumers in a group split the load",
+    )
     k.add_argument("--username", default="")
     k.add_argument("--password-file", default="", metavar="FILE")
     k.add_argument("--tls", action="store_true")
     k.add_argument("--ca-file", default="", metavar="FILE")
     k.add_argument("--cert-file", default="", metavar="FILE")
     k.add_argument("--key-file", default="", metavar="FILE")
-    k.add_argument("--client-id", default="",
-                   help="MQTT client id (default: derived from host, broker, topics and db, "
-                        "one per running consumer); its session survives restarts")
+    k.add_argument(
+        "--client-id",
+        default="",
+        help="MQTT client id (default: derived from host, broker, topics and db, "
+        "one per running consumer); its session survives restarts",
+    )
     k.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     d = sub.add_parser("demo", help="simulated sensors -> agent -> upstream, printing batches")
@@ -166,8 +197,10 @@ def _consume(args: argparse.Namespace) -> int:
             print(f"edge-agent consume: --topic {f!r}: {why}", file=sys.stderr)
             return EXIT_USAGE
     if args.share and any(c in args.share for c in "/+#"):
-        print(f"edge-agent consume: --share {args.share!r}: a group name cannot hold / + or #",
-              file=sys.stderr)
+        print(
+            f"edge-agent consume: --share {args.share!r}: a group name cannot hold / + or #",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     password = ""
     if args.password_file:
@@ -177,14 +210,21 @@ def _consume(args: argparse.Namespace) -> int:
             with open(args.password_file, encoding="utf-8") as f:
                 password = f.read().strip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
-            print(f"edge-agent consume: --password-file {args.password_file}: {exc}", file=sys.stderr)
+            print(
+                f"edge-agent consume: --password-file {args.password_file}: {exc}", file=sys.stderr
+            )
             return EXIT_USAGE
         register_secret(password)
     setup_logging(args.log_level)
     host, port = args.broker
     opts = ConsumeOptions(
-        host=host, port=port, db=args.db, topics=tuple(args.topic or (DEFAULT_TOPIC,)),
-        share=args.share, username=args.username, password=password,
+        host=host,
+        port=port,
+        db=args.db,
+        topics=tuple(args.topic or (DEFAULT_TOPIC,)),
+        share=args.share,
+        username=args.username,
+        password=password,
         tls=TlsSettings(args.ca_file, args.cert_file, args.key_file) if args.tls else None,
         client_id=args.client_id,
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 
 __all__ = ["scaffold"]
 
-MOSQUITTO_SNIPPET = """\
+MOSQUITTO_SNIPPET = (
+    """\
 # mosquitto settings edge-agent relies on for "nothing lost" (written by edge-agent scaffold).
 # Install: sudo cp mosquitto-edge-agent.conf /etc/mosquitto/conf.d/edge-agent.conf
 #          sudo systemctl restart mosquitto
@@ -37,7 +38,8 @@ max_queued_bytes 0
 # Let the client's Receive Maximum (edge-agent asks for 8192) set the in-flight
 # window: acknowledgements come in groups, after each checkpoint.
 max_inflight_messages 0
-""" + """
+"""
+    + """
 # No anonymous clients. Without this, anyone who reaches the broker can read every
 # reading, inject fake ones, and take over edge-agent's persistent session by
 # connecting with its client id. Create the users BEFORE restarting mosquitto (it
@@ -59,6 +61,7 @@ password_file /etc/mosquitto/edge-agent.passwd
 # Who may do what: sensors publish to their own topics, only edge-agent reads them.
 acl_file /etc/mosquitto/edge-agent.acl
 """
+)
 
 MOSQUITTO_ACL = """\
 # mosquitto ACL for edge-agent (written by edge-agent scaffold), for acl_file in
@@ -96,11 +99,16 @@ def scaffold(dir_arg: str) -> int:
     }
     existing = [str(target / name) for name in files if (target / name).exists()]
     if existing:
-        found = (f"{existing[0]} exists" if len(existing) == 1
-                 else f"{', '.join(existing[:-1])} and {existing[-1]} exist")
-        print(f"edge-agent: {found}; wrote none of {', '.join(files)} (move "
-              f"{'it' if len(existing) == 1 else 'them'} away, or scaffold into another directory)",
-              file=sys.stderr)
+        found = (
+            f"{existing[0]} exists"
+            if len(existing) == 1
+            else f"{', '.join(existing[:-1])} and {existing[-1]} exist"
+        )
+        print(
+            f"edge-agent: {found}; wrote none of {', '.join(files)} (move "
+            f"{'it' if len(existing) == 1 else 'them'} away, or scaffold into another directory)",
+            file=sys.stderr,
+        )
         return 1
     templates = resources.files("edge_agent.cli") / "templates"
     config_text = (templates / "agent.toml").read_text(encoding="utf-8")
@@ -120,7 +128,9 @@ def scaffold(dir_arg: str) -> int:
     except OSError as exc:
         print(f"edge-agent: cannot write into {target}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"wrote {target / 'agent.toml'}, {target / 'edge-agent.service'}, "
-          f"{target / 'mosquitto-edge-agent.conf'} and {target / 'mosquitto-edge-agent.acl'}")
+    print(
+        f"wrote {target / 'agent.toml'}, {target / 'edge-agent.service'}, "
+        f"{target / 'mosquitto-edge-agent.conf'} and {target / 'mosquitto-edge-agent.acl'}"
+    )
     print(f"next: edge-agent check -c {target / 'agent.toml'}")
     return 0

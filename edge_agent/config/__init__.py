@@ -16,7 +16,6 @@ converters, `converters`), `positions` (key lines and syntax errors, shared with
 firmware bridge) and `loader` (text -> Config). Import from here.
 """
 
-
 from __future__ import annotations
 
 from edge_agent.config.converters import _topic_filter_problem as _topic_filter_problem

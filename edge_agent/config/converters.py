@@ -31,8 +31,13 @@ class _Problem(Exception):
 
 def _kind(v: object) -> str:
     """A value's TOML type in words, for messages that must not show the value."""
-    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (list, "an array"),
-             (dict, "a table"))
+    kinds = (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (list, "an array"),
+        (dict, "a table"),
+    )
     return next((name for t, name in kinds if isinstance(v, t)), "a date or time")
 
 

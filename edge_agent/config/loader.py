@@ -100,7 +100,6 @@ def config_from_text(
     return _Validator(doc, name, locs, environ or {}).config()
 
 
-
 def restart_needed(old: Config, new: Config) -> list[str]:
     """Keys whose change a SIGHUP reload cannot apply (SPEC 1): they need a restart."""
     out = []
@@ -126,7 +125,6 @@ def _config_hash(cfg: Config) -> str:
     }
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
 
 
 def _env_value(raw: str) -> object:
@@ -354,7 +352,8 @@ class _Validator:
         least = min_buffer_bytes(upstream.max_batch_bytes)
         if buffer.max_bytes < least:
             self.conflict(
-                ("buffer", "max_bytes"), ("upstream", "max_batch_bytes"),
+                ("buffer", "max_bytes"),
+                ("upstream", "max_batch_bytes"),
                 f"too small to work: the minimum is {format_size(least)} "
                 f"(128KiB + 2 x upstream.max_batch_bytes), got {format_size(buffer.max_bytes)}",
             )
@@ -447,6 +446,7 @@ class _Validator:
         if v is None or any(k not in v for k in given if k in _PIPELINE):
             return None  # a key failed; dependent checks would only add noise
         window = v.get("window", "tumbling")
+
         def kp(k: str) -> tuple[Any, ...]:
             return (*path, k)
 

@@ -58,7 +58,9 @@ class UpstreamSection:
     max_batch_bytes: int = 64 * 1024
     max_batch_delay: float = 1.0
     rate_limit: RateLimit | None = None
-    max_inflight: int = 64  # extension: unacknowledged batches at most (the adaptive window's ceiling)
+    max_inflight: int = (
+        64  # extension: unacknowledged batches at most (the adaptive window's ceiling)
+    )
     live_share: float = 0.0  # extension: share of sends for new batches while a backlog drains
     compression: str = "none"  # or "deflate": payload is the zlib stream of the CBOR map (SPEC 4)
     status_topic: str = "edge/{agent}/status"  # retained device status (SPEC 4); "" = none

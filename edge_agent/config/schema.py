@@ -126,12 +126,20 @@ _STRINGISH = {
     for s, keys in _SCHEMA.items()
     for k, c in keys.items()
     if c in (_PATH, _FILE, _string, _nonempty, _host, _agent_id, _listen, _rate_limit)
-    or k in ("log_level", "log_format", "topic", "late_topic", "status_topic", "when_full", "compression")
+    or k
+    in (
+        "log_level",
+        "log_format",
+        "topic",
+        "late_topic",
+        "status_topic",
+        "when_full",
+        "compression",
+    )
 }
 # Read by the `health` command as a client, not config: the loader leaves them alone.
 NON_CONFIG_ENV: frozenset[str] = frozenset()  # every EDGE_AGENT_ variable is a config key (SPEC 1)
 _ENV_LINE = 1 << 62  # an environment override sorts after every line of the file
-
 
 
 def accepted_keys() -> tuple[str, ...]:

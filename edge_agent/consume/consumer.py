@@ -102,8 +102,10 @@ class Consumer:
     def _on_message(self, msg: Message) -> None:
         item: Decoded | BadMessage
         if msg.too_large:  # the MQTT layer skipped its payload (bounded memory per connection)
-            item = BadMessage(f"larger than {MAX_PACKET} bytes, the most this consumer reads"
-                              " (keep upstream.max_batch_bytes below it)")
+            item = BadMessage(
+                f"larger than {MAX_PACKET} bytes, the most this consumer reads"
+                " (keep upstream.max_batch_bytes below it)"
+            )
         else:
             try:
                 item = decode_message(bytes(msg.payload), _encoding(msg))
@@ -119,11 +121,18 @@ class Consumer:
         try:
             while not stop.is_set():
                 client = MqttClient(
-                    host=self.opts.host, port=self.opts.port, client_id=self.client_id,
-                    clean_start=False, session_expiry=self.opts.session_expiry,
-                    receive_maximum=self.opts.receive_maximum, manual_ack=True,
-                    tls=self.opts.tls, username=self.opts.username, password=self.opts.password,
-                    keepalive=self.opts.keepalive, on_message=self._on_message,
+                    host=self.opts.host,
+                    port=self.opts.port,
+                    client_id=self.client_id,
+                    clean_start=False,
+                    session_expiry=self.opts.session_expiry,
+                    receive_maximum=self.opts.receive_maximum,
+                    manual_ack=True,
+                    tls=self.opts.tls,
+                    username=self.opts.username,
+                    password=self.opts.password,
+                    keepalive=self.opts.keepalive,
+                    on_message=self._on_message,
                 )
                 self.pending = []  # what the last connection delivered unacked comes again
                 try:
@@ -139,8 +148,13 @@ class Consumer:
                 last_error = ""
                 backoff.reset()
                 self.subscribed.set()
-                log.info("subscribed to %s on %s:%d as %s", ", ".join(self.opts.filters),
-                         self.opts.host, self.opts.port, self.client_id)
+                log.info(
+                    "subscribed to %s on %s:%d as %s",
+                    ", ".join(self.opts.filters),
+                    self.opts.host,
+                    self.opts.port,
+                    self.client_id,
+                )
                 try:
                     await self._serve(client, stop)
                 finally:
@@ -150,7 +164,9 @@ class Consumer:
                     else:
                         client.close()
                 if not stop.is_set():
-                    log.warning("lost the broker %s:%d; reconnecting", self.opts.host, self.opts.port)
+                    log.warning(
+                        "lost the broker %s:%d; reconnecting", self.opts.host, self.opts.port
+                    )
                     await _wait(stop, backoff.next())
         finally:
             reporter.cancel()
@@ -185,7 +201,9 @@ class Consumer:
             for f in (lost, stopping):
                 f.cancel()
 
-    async def _store(self, group: list[tuple[Message, Decoded | BadMessage]], stop: asyncio.Event) -> None:
+    async def _store(
+        self, group: list[tuple[Message, Decoded | BadMessage]], stop: asyncio.Event
+    ) -> None:
         items: list[Decoded] = []
         for m, item in group:
             if isinstance(item, BadMessage):
@@ -219,9 +237,16 @@ class Consumer:
                 self._log_totals()
 
     def _log_totals(self) -> None:
-        log.info("stored %d batches (%d duplicates skipped), %d window records, %d readings, "
-                 "%d statuses; %d messages rejected", self.batches, self.duplicates, self.windows,
-                 self.readings, self.statuses, self.rejected)
+        log.info(
+            "stored %d batches (%d duplicates skipped), %d window records, %d readings, "
+            "%d statuses; %d messages rejected",
+            self.batches,
+            self.duplicates,
+            self.windows,
+            self.readings,
+            self.statuses,
+            self.rejected,
+        )
 
 
 def _encoding(m: Message) -> str | None:

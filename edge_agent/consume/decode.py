@@ -183,7 +183,9 @@ def decode_message(payload: bytes, encoding: str | None = None) -> Decoded:
             for b in rep:
                 if not isinstance(b, list | tuple) or len(b) != 2:
                     raise BadMessage(f"windows[{i}].replaces: expected [start, end] pairs")
-                out.replaced.append((agent, pipeline, key, _num(b[0], "replaces"), _num(b[1], "replaces")))
+                out.replaced.append(
+                    (agent, pipeline, key, _num(b[0], "replaces"), _num(b[1], "replaces"))
+                )
     late = schema == LATE_SCHEMA
     for i, r in enumerate(readings):
         if not isinstance(r, dict):
@@ -191,8 +193,17 @@ def decode_message(payload: bytes, encoding: str | None = None) -> Decoded:
         pipeline, key = r.get("pipeline"), r.get("key")
         if type(pipeline) is not str or type(key) is not str:
             raise BadMessage(f"readings[{i}]: pipeline and key must be strings")
-        out.readings.append((agent, pipeline, key, _num(r.get("ts"), f"readings[{i}].ts"),
-                             _num(r.get("value"), f"readings[{i}].value"), late, seq))
+        out.readings.append(
+            (
+                agent,
+                pipeline,
+                key,
+                _num(r.get("ts"), f"readings[{i}].ts"),
+                _num(r.get("value"), f"readings[{i}].value"),
+                late,
+                seq,
+            )
+        )
     return out
 
 
@@ -209,5 +220,13 @@ def _status(doc: dict[str, Any], agent: str) -> Decoded:
             raise BadMessage(f"{k}: expected a string")
         return v
 
-    row = (agent, state, text("health"), text("version"), text("config"), time_, json.dumps(list(reasons)))
+    row = (
+        agent,
+        state,
+        text("health"),
+        text("version"),
+        text("config"),
+        time_,
+        json.dumps(list(reasons)),
+    )
     return Decoded(STATUS_SCHEMA, agent, device=row)

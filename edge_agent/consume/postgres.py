@@ -90,12 +90,15 @@ _FROM_STAGE = (
     "INSERT INTO windows SELECT * FROM windows_in"
     " ORDER BY agent, pipeline, key, window_start, window_end" + _UPSERT_TAIL
 )
-_WINDOW_GUARDED = """
+_WINDOW_GUARDED = (
+    """
 INSERT INTO windows (agent, pipeline, key, window_start, window_end, rev, count, aggregates, seq)
 SELECT $1::text, $2::text, $3::text, $4::float8, $5::float8, $6::bigint, $7::bigint, $8::jsonb, $9::bigint
 WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.agent = $1 AND r.pipeline = $2 AND r.key = $3
                   AND r.window_start = $4 AND r.window_end = $5)
-""" + _UPSERT_TAIL
+"""
+    + _UPSERT_TAIL
+)
 # Per (agent, pipeline): writers of tombstones take an exclusive transaction lock,
 # every other writer a shared one, in key order (no deadlock between them). So plain
 # writers never wait for each other, and a tombstone and a window it names are never
@@ -178,7 +181,9 @@ class PostgresStorage:
             if batches:
                 rows = await conn.fetch(
                     _BATCHES,
-                    [b.schema for b in batches], [b.agent for b in batches], [b.seq for b in batches],
+                    [b.schema for b in batches],
+                    [b.agent for b in batches],
+                    [b.seq for b in batches],
                     time.time(),
                 )
                 new = {(r[0], r[1], r[2]) for r in rows}
@@ -209,8 +214,12 @@ class PostgresStorage:
                 # by window, revisions in order: same row lock order in every consumer
                 windows.sort(key=lambda w: (w[0], w[1], w[2], w[3], w[4], w[5]))
                 plist = sorted({(w[0], w[1]) for w in windows})
-                guarded = {(r[0], r[1]) for r in await conn.fetch(
-                    _HAS_TOMBSTONES, [a for a, _ in plist], [p for _, p in plist])}
+                guarded = {
+                    (r[0], r[1])
+                    for r in await conn.fetch(
+                        _HAS_TOMBSTONES, [a for a, _ in plist], [p for _, p in plist]
+                    )
+                }
                 plain = [w for w in windows if (w[0], w[1]) not in guarded] if guarded else windows
                 if len(plain) > _COPY_FROM:
                     # COPY into a temp table, then one upsert: one statement may touch a
@@ -223,9 +232,13 @@ class PostgresStorage:
                 elif plain:
                     await conn.executemany(_WINDOW, plain)
                 if guarded:
-                    await conn.executemany(_WINDOW_GUARDED, [w for w in windows if (w[0], w[1]) in guarded])
+                    await conn.executemany(
+                        _WINDOW_GUARDED, [w for w in windows if (w[0], w[1]) in guarded]
+                    )
             if readings:
-                await conn.copy_records_to_table("readings", records=readings, columns=_READING_COLUMNS)
+                await conn.copy_records_to_table(
+                    "readings", records=readings, columns=_READING_COLUMNS
+                )
             if devices:
                 await conn.executemany(_DEVICE, devices)
         res.windows, res.readings, res.statuses = len(windows), len(readings), len(devices)

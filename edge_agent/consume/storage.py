@@ -113,9 +113,7 @@ _SQLITE_BATCH = (
     "INSERT INTO batches (schema, agent, seq, received) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _SQLITE_REPLACED = "INSERT OR IGNORE INTO replaced VALUES (?, ?, ?, ?, ?)"
-_SQLITE_DELETE = (
-    "DELETE FROM windows WHERE agent = ? AND pipeline = ? AND key = ? AND window_start = ? AND window_end = ?"
-)
+_SQLITE_DELETE = "DELETE FROM windows WHERE agent = ? AND pipeline = ? AND key = ? AND window_start = ? AND window_end = ?"
 _UPSERT_TAIL = """
 ON CONFLICT (agent, pipeline, key, window_start, window_end) DO UPDATE SET
     rev = excluded.rev, count = excluded.count, aggregates = excluded.aggregates, seq = excluded.seq
@@ -127,12 +125,15 @@ _SQLITE_WINDOW = (
 )
 # For (agent, pipeline) pairs that have tombstones: a window named in `replaced` stays out.
 # The WHERE makes SQLite parse ON CONFLICT as the upsert clause (sqlite.org/lang_upsert.html).
-_SQLITE_WINDOW_GUARDED = """
+_SQLITE_WINDOW_GUARDED = (
+    """
 INSERT INTO windows (agent, pipeline, key, window_start, window_end, rev, count, aggregates, seq)
 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
 WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.agent = ?1 AND r.pipeline = ?2 AND r.key = ?3
                   AND r.window_start = ?4 AND r.window_end = ?5)
-""" + _UPSERT_TAIL
+"""
+    + _UPSERT_TAIL
+)
 _SQLITE_HAS_TOMBSTONES = "SELECT 1 FROM replaced WHERE agent = ? AND pipeline = ? LIMIT 1"
 _SQLITE_READING = "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)"
 _SQLITE_DEVICE = """
@@ -163,7 +164,9 @@ class SqliteStorage:
         try:
             parent = Path(self.path).parent
             parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before the broker gets its PUBACK (a power cut
             # after the ack loses nothing). Group commits keep the fsyncs few.
@@ -205,13 +208,18 @@ class SqliteStorage:
                     # Only pipelines with merged sessions have tombstones: the rest (all
                     # but session windows) take the plain upsert. Writers are serialized
                     # (BEGIN IMMEDIATE), so the check cannot race another consumer.
-                    guarded = {pair for pair in {(w[0], w[1]) for w in windows}
-                               if db.execute(_SQLITE_HAS_TOMBSTONES, pair).fetchone()}
+                    guarded = {
+                        pair
+                        for pair in {(w[0], w[1]) for w in windows}
+                        if db.execute(_SQLITE_HAS_TOMBSTONES, pair).fetchone()
+                    }
                     if guarded:
-                        db.executemany(_SQLITE_WINDOW_GUARDED,
-                                       [w for w in windows if (w[0], w[1]) in guarded])
-                        db.executemany(_SQLITE_WINDOW,
-                                       [w for w in windows if (w[0], w[1]) not in guarded])
+                        db.executemany(
+                            _SQLITE_WINDOW_GUARDED, [w for w in windows if (w[0], w[1]) in guarded]
+                        )
+                        db.executemany(
+                            _SQLITE_WINDOW, [w for w in windows if (w[0], w[1]) not in guarded]
+                        )
                     else:
                         db.executemany(_SQLITE_WINDOW, windows)
                 if readings:

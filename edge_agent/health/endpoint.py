@@ -43,8 +43,12 @@ class HealthEndpoint:
         try:
             await server.start()
         except OSError as exc:
-            log.warning("health.listen %s: cannot listen (%s); running without the health "
-                        "endpoint and retrying", cfg.listen, exc.strerror or exc)
+            log.warning(
+                "health.listen %s: cannot listen (%s); running without the health "
+                "endpoint and retrying",
+                cfg.listen,
+                exc.strerror or exc,
+            )
             self._retry = asyncio.get_running_loop().create_task(
                 self._keep_trying(server, cfg.listen), name="health"
             )

@@ -110,8 +110,10 @@ class HealthReport:
             status = "failing"
         shedder = self._shedder()
         if self._ingest.overloaded:
-            reasons.append(f"ingest overloaded: event loop {self._ingest.loop_lag:.1f} s late, "
-                           f"{shedder.messages_shed} QoS 0 messages shed")
+            reasons.append(
+                f"ingest overloaded: event loop {self._ingest.loop_lag:.1f} s late, "
+                f"{shedder.messages_shed} QoS 0 messages shed"
+            )
             if status == "ok":
                 status = "degraded"
         broker_drop = self._broker_drops.reason()
@@ -120,8 +122,10 @@ class HealthReport:
             if status == "ok":
                 status = "degraded"
         if shedder.shedding():
-            reasons.append(f"shedding QoS 0 readings under overload: {shedder.messages_shed} "
-                           "messages dropped before decoding (readings_shed)")
+            reasons.append(
+                f"shedding QoS 0 readings under overload: {shedder.messages_shed} "
+                "messages dropped before decoding (readings_shed)"
+            )
             if status == "ok":
                 status = "degraded"
         return status, reasons
@@ -142,9 +146,11 @@ class HealthReport:
             "version": __version__,
             "config": self._cfg().hash,
             "uptime_s": round(now - self._started, 3),
-            "local": {"connected": self._conn.connected,
-                      "broker_dropped": self._broker_drops.dropped,
-                      "broker_reports_drops": self._broker_drops.available},
+            "local": {
+                "connected": self._conn.connected,
+                "broker_dropped": self._broker_drops.dropped,
+                "broker_reports_drops": self._broker_drops.available,
+            },
             "upstream": {
                 "connected": bool(up and up.connected),
                 "last_ack_age_s": round(now - up.last_ack, 3) if up and up.last_ack else None,
@@ -174,7 +180,10 @@ class HealthReport:
                 "pauses": self._ingest.ingest_pauses,
             },
             # #11.5: corrupt files moved aside (counted), and a failing checkpoint.
-            "state": {"quarantined": len(self._store.quarantined), "commit_error": self._checkpointer.error or None},
+            "state": {
+                "quarantined": len(self._store.quarantined),
+                "commit_error": self._checkpointer.error or None,
+            },
             "uplink": {
                 "inflight": up.inflight if up else 0,
                 "window": up.window.limit if up else 0,
@@ -190,14 +199,17 @@ class HealthReport:
         c = self.counters()
         up = self._uplink()
         link = "upstream connected" if up and up.connected else "upstream unreachable, buffering"
-        return (f"{c['readings_in']} readings in, {c['windows_emitted']} windows, "
-                f"{c['batches_sent']} batches sent; {link}; "
-                f"{self._outbox.batches} batches buffered")
+        return (
+            f"{c['readings_in']} readings in, {c['windows_emitted']} windows, "
+            f"{c['batches_sent']} batches sent; {link}; "
+            f"{self._outbox.batches} batches buffered"
+        )
 
     def status_payload(self, state: str) -> tuple[bytes, str]:
         """The device status map (SPEC 4) for `state` "online" or "offline", and its health."""
         cfg = self._cfg()
         health, reasons = self.health_status()
-        payload = encode_status(cfg.agent.id, state, __version__, cfg.hash, health,
-                                reasons, time.time())
+        payload = encode_status(
+            cfg.agent.id, state, __version__, cfg.hash, health, reasons, time.time()
+        )
         return payload, health

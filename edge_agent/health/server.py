@@ -360,6 +360,7 @@ class HealthServer:
             return False
         self._drop(min(idle, key=lambda c: c.opened_at))
         return True
+
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """At the cap with nobody to evict: 503 at once rather than queue. Refusals get
         their own bounded set of slots and a short drain; past that, a plain reset."""

@@ -53,5 +53,7 @@ class BrokerDrops:
         at = self.grew_at
         if at is None or self._clock() - at >= DEGRADED_FOR:
             return None
-        return (f"local broker dropped {self.dropped} message(s) before they reached the agent "
-                "(its queue limit: raise max_queued_messages in mosquitto.conf)")
+        return (
+            f"local broker dropped {self.dropped} message(s) before they reached the agent "
+            "(its queue limit: raise max_queued_messages in mosquitto.conf)"
+        )

@@ -100,8 +100,13 @@ class LocalConnection:
             self.connected = self.ever_connected = True
             self.lost_since = None
             self.subscribed = True
-            log.info("subscribed on %s:%d to %s (session %s)", cfg.host, cfg.port,
-                     ", ".join(filters), "resumed" if present else "new")
+            log.info(
+                "subscribed on %s:%d to %s (session %s)",
+                cfg.host,
+                cfg.port,
+                ", ".join(filters),
+                "resumed" if present else "new",
+            )
             if not self._ready_notified:
                 self._ready_notified = True
                 self._notifier.ready()
@@ -130,7 +135,9 @@ class LocalConnection:
             # Not part of the session's configured filters (never unsubscribed as stale).
             await client.subscribe([(BrokerDrops.topic, 0)])
         except MqttError as exc:  # a broker without $SYS, or an ACL that hides it
-            log.info("local broker does not report its dropped messages (%s): %s", BrokerDrops.topic, exc)
+            log.info(
+                "local broker does not report its dropped messages (%s): %s", BrokerDrops.topic, exc
+            )
         if set(self.filters_before) != set(filters):
             self.filters_before = list(filters)
             await self._store.set_meta([("filters", json.dumps(filters))])

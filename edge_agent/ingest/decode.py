@@ -171,7 +171,9 @@ def _unsupported_tag(_decoder: Any, _value: Any) -> _UnsupportedTag:
 def _new_cbor_decoder() -> cbor2.CBORDecoder:
     # strict_hashable_types: integer/tuple map keys would allow hash-collision floods.
     return cbor2.CBORDecoder(
-        io.BytesIO(b""), strict_hashable_types=True, max_depth=64,
+        io.BytesIO(b""),
+        strict_hashable_types=True,
+        max_depth=64,
         semantic_decoders=dict.fromkeys(NEUTRALIZED_TAGS, _unsupported_tag),
     )
 

@@ -23,7 +23,9 @@ Reading = tuple[str, float, float]
 class KeyLimits:
     """`max_keys` distinct keys held at once; `max_key_rate` readings/s per key (burst: 1 s)."""
 
-    def __init__(self, max_keys: int, max_key_rate: float | None, max_key_bytes: int = MAX_KEY_BYTES) -> None:
+    def __init__(
+        self, max_keys: int, max_key_rate: float | None, max_key_bytes: int = MAX_KEY_BYTES
+    ) -> None:
         self.max_keys = max_keys
         self.max_key_bytes = max_key_bytes
         # An upper bound of the characters in held key names: every admitted reading's
@@ -38,7 +40,11 @@ class KeyLimits:
         self.over_key_bytes = 0
 
     def admit(
-        self, readings: list[Reading], wall: float, key_count: int, known: Callable[[str], bool],
+        self,
+        readings: list[Reading],
+        wall: float,
+        key_count: int,
+        known: Callable[[str], bool],
         key_bytes: Callable[[], int] | None = None,
     ) -> list[Reading]:
         """The readings that pass; the rest are counted by reason.

@@ -59,8 +59,12 @@ def filters_overlap(a: str, b: str) -> bool:
 class TopicRouter:
     """Maps a topic to the indexes of the pipelines whose filters match it."""
 
-    def __init__(self, filters: Sequence[Sequence[str]], cache_size: int = 65536,
-                 cache_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        filters: Sequence[Sequence[str]],
+        cache_size: int = 65536,
+        cache_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._filters = [tuple(f) for f in filters]
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_size = cache_size
@@ -91,9 +95,7 @@ class TopicRouter:
         """
         first = self._first.get(topic)
         if first is None:
-            first = min(
-                (i for f, i in self.sub_ids.items() if filter_matches(f, topic)), default=0
-            )
+            first = min((i for f, i in self.sub_ids.items() if filter_matches(f, topic)), default=0)
             if len(self._first) >= self._cache_size or self._first_chars > self._cache_bytes:
                 self._first.clear()
                 self._first_chars = 0
@@ -131,6 +133,8 @@ class TopicRouter:
         return [
             f
             for i, f in enumerate(distinct)
-            if not any(j != i and filter_covers(g, f) and not (filter_covers(f, g) and j > i)
-                       for j, g in enumerate(distinct))
+            if not any(
+                j != i and filter_covers(g, f) and not (filter_covers(f, g) and j > i)
+                for j, g in enumerate(distinct)
+            )
         ]

@@ -84,8 +84,12 @@ class Shedder:
             topic = ""
         idx = self._route(topic)
         high = self._high
-        if (idx and queued < 2 * self.limit and queued_bytes < 2 * self.max_bytes
-                and any(high[i] for i in idx)):
+        if (
+            idx
+            and queued < 2 * self.limit
+            and queued_bytes < 2 * self.max_bytes
+            and any(high[i] for i in idx)
+        ):
             return True
         pipelines = self._pipelines
         for i in idx:

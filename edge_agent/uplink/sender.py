@@ -113,8 +113,13 @@ class Uplink:
             tls = TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None
             will = None
             if self.status is not None and self.status_topic:
-                will = Will(self.status_topic, self.status("offline")[0], qos=1, retain=True,
-                            content_type=CONTENT_TYPE)
+                will = Will(
+                    self.status_topic,
+                    self.status("offline")[0],
+                    qos=1,
+                    retain=True,
+                    content_type=CONTENT_TYPE,
+                )
             client = MqttClient(
                 host=cfg.host,
                 port=cfg.port,
@@ -174,7 +179,10 @@ class Uplink:
 
     def status_tick(self, health: str) -> None:
         """Called about once a second: republish on a health change or when the interval is up."""
-        if health != self._status_health or time.monotonic() - self._status_at >= self.cfg.status_interval:
+        if (
+            health != self._status_health
+            or time.monotonic() - self._status_at >= self.cfg.status_interval
+        ):
             self.publish_status()
 
     async def say_offline(self, timeout: float = 2.0) -> None:
@@ -187,8 +195,9 @@ class Uplink:
             return
         if self.status is not None and self.status_topic:
             try:
-                fut = client.publish(self.status_topic, self.status("offline")[0], 1, CONTENT_TYPE,
-                                     retain=True)
+                fut = client.publish(
+                    self.status_topic, self.status("offline")[0], 1, CONTENT_TYPE, retain=True
+                )
                 await asyncio.wait_for(asyncio.shield(fut), timeout)
             except (MqttError, TimeoutError) as exc:
                 log.warning("offline status not acknowledged: %s", exc)

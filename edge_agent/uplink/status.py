@@ -19,16 +19,23 @@ STATUS_SCHEMA = "edge-agent/status/1"
 
 
 def encode_status(
-    agent: str, state: str, version: str, config_hash: str, health: str,
-    reasons: Sequence[str], now: float,
+    agent: str,
+    state: str,
+    version: str,
+    config_hash: str,
+    health: str,
+    reasons: Sequence[str],
+    now: float,
 ) -> bytes:
-    return cbor2.dumps({
-        "schema": STATUS_SCHEMA,
-        "agent": agent,
-        "state": state,
-        "version": version,
-        "config": config_hash,
-        "health": health,
-        "reasons": list(reasons),
-        "time": now,
-    })
+    return cbor2.dumps(
+        {
+            "schema": STATUS_SCHEMA,
+            "agent": agent,
+            "state": state,
+            "version": version,
+            "config": config_hash,
+            "health": health,
+            "reasons": list(reasons),
+            "time": now,
+        }
+    )

@@ -66,7 +66,9 @@ class RateLimiter:
 
     __slots__ = ("_batches", "_bytes")
 
-    def __init__(self, limit: RateLimit | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: RateLimit | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._batches: TokenBucket | None = None
         self._bytes: TokenBucket | None = None
         if limit is not None and limit.batches_per_s:

@@ -165,7 +165,12 @@ def _make_record(
         ) -> dict[str, object]:
             n = p[N]
             rec: dict[str, object] = {
-                "pipeline": pl, "key": key, "start": start, "end": end, "rev": rev, "count": n
+                "pipeline": pl,
+                "key": key,
+                "start": start,
+                "end": end,
+                "rev": rev,
+                "count": n,
             }
             for name, i in fields:
                 rec[name] = p[i] if i >= 0 else p[SUM] / n if i == _MEAN_OF_SUM else _stddev(p)
@@ -182,7 +187,12 @@ def _make_record(
         vals = p[VALS]
         srt = sorted(vals) if vals.__class__ is array else None
         rec: dict[str, object] = {
-            "pipeline": pl, "key": key, "start": start, "end": end, "rev": rev, "count": n
+            "pipeline": pl,
+            "key": key,
+            "start": start,
+            "end": end,
+            "rev": rev,
+            "count": n,
         }
         for name, i, q in mixed:
             if i >= 0:

@@ -41,13 +41,19 @@ def test_ready_status_watchdog_reloading_stopping(
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     notify = NotifySocket(tmp_path / "notify")
     env = {**agent_env(), "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(cfg.path)],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg.path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         poll(lambda: notify.seen("READY=1"), 15, what="READY=1")
         # READY only once subscribed: /readyz agrees at that moment.
         assert http(cfg.base_url + "/readyz")[0] == 200
         assert any(m.startswith("STATUS=") for m in notify.drain())
+
         # Watchdog pings from the event loop at half the interval (0.2 s): they keep coming,
         # and never faster than that (a loaded machine may send fewer, never more).
         def pings() -> int:
@@ -63,7 +69,9 @@ def test_ready_status_watchdog_reloading_stopping(
 
         n_ready = readies()
         proc.send_signal(signal.SIGHUP)
-        poll(lambda: any(m.startswith("RELOADING=1") for m in notify.drain()), 10, what="RELOADING=1")
+        poll(
+            lambda: any(m.startswith("RELOADING=1") for m in notify.drain()), 10, what="RELOADING=1"
+        )
         poll(lambda: readies() > n_ready, 10, what="READY=1 after the reload")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

@@ -67,7 +67,7 @@ def test_agent_with_1000_keys_of_60_kb_names_stays_bounded(tmp_path: Path) -> No
     cfg.write_text(f"""
 [agent]
 id = "bytes"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 [health]
 listen = ""
 [[pipeline]]
@@ -85,7 +85,9 @@ size = "10s"
             before = tracemalloc.get_traced_memory()[0]
             for i in range(1000):
                 topic = (f"{i:04d}/" + "k" * LONG).encode()
-                agent._on_message(Message(topic, json.dumps({"value": i}).encode(), 0, 0, False, False))
+                agent._on_message(
+                    Message(topic, json.dumps({"value": i}).encode(), 0, 0, False, False)
+                )
                 if i % 50 == 49:
                     agent._process_inbox(everything=True)
             agent._process_inbox(everything=True)
@@ -114,15 +116,22 @@ async def _publish_big(port: int) -> None:
 
 
 def test_an_oversized_message_is_skipped_counted_and_acknowledged(
-    tmp_path: Path, broker: Broker, upstream_broker: Broker,
+    tmp_path: Path,
+    broker: Broker,
+    upstream_broker: Broker,
 ) -> None:
     assert MAX_PACKET < 5 * 1024 * 1024
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline("p", topics=["big/#"])])
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline("p", topics=["big/#"])]
+    )
     with AgentProcess(cfg) as agent:
         agent.wait_ready()
         run_async(_publish_big(broker.port))
-        h = poll(lambda: (h := agent.health())["counters"]["readings_in"] == 1 and h, 30,
-                 what="the ordinary reading after the big one")
+        h = poll(
+            lambda: (h := agent.health())["counters"]["readings_in"] == 1 and h,
+            30,
+            what="the ordinary reading after the big one",
+        )
         assert h["rejected_by_reason"] == {"too_large": 1}
         assert h["local"]["connected"]
         # acknowledged: a restart does not get it again

@@ -50,8 +50,12 @@ def test_chaos_kills_and_broker_restarts_lose_and_double_nothing(
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(1 << 30)))
     print(f"CHAOS_SEED={seed}  (set it to replay these moments)")  # shown on any failure
     rng = random.Random(seed)
-    pipe = pipeline(topics=["s/#"], aggregates=["count", "sum"], idle_timeout=f"{IDLE}s",
-                    max_out_of_orderness=ORDER)
+    pipe = pipeline(
+        topics=["s/#"],
+        aggregates=["count", "sum"],
+        idle_timeout=f"{IDLE}s",
+        max_out_of_orderness=ORDER,
+    )
     cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[pipe])
     faults = ["kill", "kill", "upstream", "kill", "local", "kill", "upstream+kill"]
     with Consumer(upstream_broker.port) as consumer, AgentProcess(cfg) as agent:
@@ -85,8 +89,10 @@ def test_chaos_kills_and_broker_restarts_lose_and_double_nothing(
             count, total = settle(consumer, agent, published, timeout=40, idle=IDLE)
         except AssertionError as exc:
             h = agent.health()
-            raise AssertionError(f"seed {seed}: {exc}; counters {h['counters']}, {h['messages']}, "
-                                 f"{h['rejected_by_reason']}, {h['dropped_by_reason']}") from None
+            raise AssertionError(
+                f"seed {seed}: {exc}; counters {h['counters']}, {h['messages']}, "
+                f"{h['rejected_by_reason']}, {h['dropped_by_reason']}"
+            ) from None
         per_key = _latest_counts(consumer)
         want = {f"s/{k}": len(range(k, published, SENSORS)) for k in range(SENSORS)}
         detail = f"seed {seed}: {agent.log()[-3000:]}"

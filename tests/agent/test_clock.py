@@ -106,8 +106,13 @@ async def test_a_wall_clock_step_does_not_fire_windows_as_idle(
 ) -> None:
     """NTP steps the clock an hour forward: keys that were heard a moment ago are not
     idle (idle_timeout 20 s), so their open windows do not fire."""
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, health=False,
-                       pipelines=[pipeline(size="1h", idle_timeout="20s")])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        health=False,
+        pipelines=[pipeline(size="1h", idle_timeout="20s")],
+    )
     offset = [0.0]
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer, wall_clock(offset):
         async with running(cfg) as agent:
@@ -124,8 +129,13 @@ async def test_readings_ahead_of_a_clock_that_is_behind_are_taken_not_lost(
 ) -> None:
     """A Pi booted at 1970, unsynchronised: sensors with good clocks send readings
     "57 years in the future". They are windowed and sent, not rejected."""
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, health=False,
-                       pipelines=[pipeline(window="none")])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        health=False,
+        pipelines=[pipeline(window="none")],
+    )
     offset = [-(_REAL_TIME() - 86400.0)]  # 1970-01-02
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer, wall_clock(offset):
         agent = Agent(load_config(cfg.path, environ={}))
@@ -135,8 +145,11 @@ async def test_readings_ahead_of_a_clock_that_is_behind_are_taken_not_lost(
             await apoll(lambda: agent.ready(), 30, what="agent ready")
             ts = _REAL_TIME()
             await asyncio.to_thread(_publish, broker.port, [("s/a", ts, 1.0), ("s/b", ts, 2.0)])
-            await apoll(lambda: len(consumer.records("readings")) == 2, 15,
-                        what=f"both readings upstream ({agent.health()})")
+            await apoll(
+                lambda: len(consumer.records("readings")) == 2,
+                15,
+                what=f"both readings upstream ({agent.health()})",
+            )
             assert agent.counters()["readings_rejected"] == 0
         finally:
             agent.request_stop()

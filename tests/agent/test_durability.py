@@ -40,7 +40,11 @@ IDLE = 3.0  # idle_timeout (settle()'s default quiet time): : longer than a kill
 
 
 def agent_cfg(tmp_path: Path, broker: Broker, upstream: Broker, **kw: Any) -> Any:
-    keys: dict[str, Any] = {"aggregates": ["count", "sum"], "idle_timeout": f"{IDLE}s", **kw.pop("pipe", {})}
+    keys: dict[str, Any] = {
+        "aggregates": ["count", "sum"],
+        "idle_timeout": f"{IDLE}s",
+        **kw.pop("pipe", {}),
+    }
     pipe = pipeline(topics=["s/#"], **keys)
     return write_config(tmp_path, broker.port, upstream.port, pipelines=[pipe], **kw)
 
@@ -72,7 +76,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         assert agent.health()["counters"]["batches_dropped"] == 0
 
 
-def test_sigterm_restarts_keep_open_windows(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_sigterm_restarts_keep_open_windows(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     # 3 s windows: every stop leaves windows open; they must survive in the checkpoint.
     cfg = agent_cfg(tmp_path, broker, upstream_broker, pipe={"size": "3s"})
     with Consumer(upstream_broker.port) as consumer, AgentProcess(cfg) as agent:
@@ -100,7 +106,9 @@ def test_upstream_outage_buffers_then_drains_in_seq_order(
         load = LoadPublisher(broker.port, rate=1000).start()
         poll(lambda: consumer.batches, 10, what="first batch")
         upstream_broker.stop()
-        h = poll(lambda: (d := agent.health())["buffer"]["batches"] >= 5 and d, 15, what="buffering")
+        h = poll(
+            lambda: (d := agent.health())["buffer"]["batches"] >= 5 and d, 15, what="buffering"
+        )
         assert h["status"] == "degraded" and not h["upstream"]["connected"]
         assert any("upstream" in r for r in h["reasons"]), h["reasons"]
         assert h["buffer"]["bytes"] > 0 and h["buffer"]["oldest_age_s"] > 0
@@ -116,7 +124,11 @@ def test_upstream_outage_buffers_then_drains_in_seq_order(
         assert order == sorted(order), "batches did not arrive in seq order"
         assert order == list(range(len(order)))
         h = agent.health()
-        assert h["status"] == "ok" and h["buffer"]["batches"] == 0 and h["buffer"]["oldest_age_s"] is None
+        assert (
+            h["status"] == "ok"
+            and h["buffer"]["batches"] == 0
+            and h["buffer"]["oldest_age_s"] is None
+        )
 
 
 # -- restart with a large backlog ------------------------------------------------------------
@@ -128,8 +140,14 @@ async def _fill_outbox(state_dir: Path, agent_id: str, topic: str, n: int) -> No
     cp = Checkpoint()
     now = time.time()
     for seq in range(n):
-        doc = {"schema": "edge-agent/batch/1", "agent": agent_id, "seq": seq, "sent": now,
-               "config": "000000000000", "windows": []}
+        doc = {
+            "schema": "edge-agent/batch/1",
+            "agent": agent_id,
+            "seq": seq,
+            "sent": now,
+            "config": "000000000000",
+            "windows": [],
+        }
         cp.batches.append(NewBatch(0, seq, topic, cbor2.dumps(doc), now))
     cp.seqs[0] = n
     await store.commit(cp, now)
@@ -162,7 +180,9 @@ def test_start_with_a_100k_batch_backlog_is_ready_before_it_drains_and_drains_be
 
 
 @pytest.mark.perf
-def test_ready_time_with_a_100k_backlog(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_ready_time_with_a_100k_backlog(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     n = 100_000
     cfg = agent_cfg(tmp_path, broker, upstream_broker)
     asyncio.run(_fill_outbox(cfg.state_dir, cfg.agent_id, cfg.batch_topic, n))

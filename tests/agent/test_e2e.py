@@ -57,18 +57,27 @@ def test_every_payload_form_arrives_as_windows(
 ) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     base = _now_base()
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg), Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg),
+        Publisher(broker.port) as pub,
+    ):
         # {"ts", "value"}: key = topic; other fields are metadata.
         for i, v in enumerate([20.0, 22.0, 21.0]):
             pub.publish("s/obj", f'{{"ts": {base + 0.1 * (i + 1)}, "value": {v}, "unit": "C"}}')
         # Multi-field object: one reading per number field, key = topic/field; strings ignored.
         for i, (t, h) in enumerate([(1.5, 40), (2.5, 42)]):
-            pub.publish("s/multi", f'{{"ts": {base + 0.2 * (i + 1)}, "id": "dev1", "temp": {t}, "hum": {h}}}')
+            pub.publish(
+                "s/multi",
+                f'{{"ts": {base + 0.2 * (i + 1)}, "id": "dev1", "temp": {t}, "hum": {h}}}',
+            )
         # ts in milliseconds.
         pub.publish("s/ms", f'{{"ts": {int((base + 0.5) * 1000)}, "value": 7}}')
         # CBOR, said so by the content type.
         for i, v in enumerate([5, 6]):
-            pub.publish("s/cbor", cbor2.dumps({"ts": base + 0.3 + 0.1 * i, "value": v}), "application/cbor")
+            pub.publish(
+                "s/cbor", cbor2.dumps({"ts": base + 0.3 + 0.1 * i, "value": v}), "application/cbor"
+            )
         # CBOR without content type, in auto: it does not parse as JSON.
         pub.publish("s/cbor-auto", cbor2.dumps({"ts": base + 0.4, "temp": 3.25, "id": "x"}))
         # A bare number: event time = arrival time, key = the topic.
@@ -78,8 +87,14 @@ def test_every_payload_form_arrives_as_windows(
         pub.publish("s/bare-cbor", cbor2.dumps(9.5), "application/cbor")
 
         expected_counts = {
-            "s/obj": 3, "s/multi/temp": 2, "s/multi/hum": 2, "s/ms": 1, "s/cbor": 2,
-            "s/cbor-auto/temp": 1, "s/bare": 3, "s/bare-cbor": 1,
+            "s/obj": 3,
+            "s/multi/temp": 2,
+            "s/multi/hum": 2,
+            "s/ms": 1,
+            "s/cbor": 2,
+            "s/cbor-auto/temp": 1,
+            "s/bare": 3,
+            "s/bare-cbor": 1,
         }
 
         def all_in(c: Consumer) -> bool:
@@ -131,9 +146,13 @@ def test_rejected_readings_are_counted_never_fatal(
         '{"ts": "2024-01-01T00:00:00", "value": 1}',  # RFC 3339 without an offset
         '{"id": "only-metadata"}',  # no reading at all
         '{"value": NaN}',  # non-finite
-        '[1, 2]',
+        "[1, 2]",
     ]
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         for payload in rejects:
             pub.publish("s/bad", payload)
         # A bad field rejects only itself: temp is taken, flag and nothing are rejected.
@@ -155,17 +174,26 @@ def test_rejected_readings_are_counted_never_fatal(
         assert agent.health()["status"] == "ok"
         assert not [r for r in consumer.records() if r["key"].startswith("s/bad")]
         metrics = http(cfg.base_url + "/metrics")[2].decode()
-        assert re.search(rf"^edge_agent_readings_rejected_total(\{{[^}}]*\}})? {want_rejected}(\.0)?$",
-                         metrics, re.M), metrics
+        assert re.search(
+            rf"^edge_agent_readings_rejected_total(\{{[^}}]*\}})? {want_rejected}(\.0)?$",
+            metrics,
+            re.M,
+        ), metrics
 
 
 # -- SPEC 4: batches ---------------------------------------------------------------------
 
 
-def test_batch_envelope_and_content_type(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_batch_envelope_and_content_type(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     base = _now_base()
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         t0 = time.time()
         pub.publish("s/a", f'{{"ts": {base + 0.5}, "value": 1}}')
         (batch,) = consumer.wait_for(lambda c: c.batches, 10)[:1]
@@ -182,7 +210,12 @@ def test_batch_envelope_and_content_type(broker: Broker, upstream_broker: Broker
         assert doc["config"] == health["config"]
         (rec,) = doc["windows"]
         assert set(rec) == {"pipeline", "key", "start", "end", "rev", "count", "min", "max", "mean"}
-        assert (rec["pipeline"], rec["key"], rec["start"], rec["end"]) == ("p", "s/a", base, base + 1)
+        assert (rec["pipeline"], rec["key"], rec["start"], rec["end"]) == (
+            "p",
+            "s/a",
+            base,
+            base + 1,
+        )
         assert not doc.get("readings")
         # The PUBACK was seen.
         poll(lambda: agent.health()["upstream"]["last_ack_age_s"] is not None, 5)
@@ -198,8 +231,9 @@ def _contiguous(consumer: Consumer) -> list[int]:
 def test_seq_is_plus_one_per_batch_and_continues_across_a_restart(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(idle_timeout="5s")])
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline(idle_timeout="5s")]
+    )
     base = _now_base() - 20
     published = 0
 
@@ -230,13 +264,21 @@ def test_seq_is_plus_one_per_batch_and_continues_across_a_restart(
         assert all(r["count"] == 1 and r["rev"] == 0 for r in recs.values())
 
 
-def test_max_batch_windows_splits_batches(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_max_batch_windows_splits_batches(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         upstream={"max_batch_windows": 3, "max_batch_delay": "1s"},
     )
     base = _now_base()
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg), Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg),
+        Publisher(broker.port) as pub,
+    ):
         for i in range(10):
             pub.publish(f"s/k{i}", f'{{"ts": {base + 0.5}, "value": {i}}}')
         consumer.wait_for(lambda c: len(c.records()) >= 10, 15)
@@ -244,18 +286,32 @@ def test_max_batch_windows_splits_batches(broker: Broker, upstream_broker: Broke
         assert sum(sizes) == 10
         assert max(sizes) == 3, sizes
         assert all(1 <= s <= 3 for s in sizes), sizes
-        assert sorted(r["value"] if "value" in r else r["min"] for r in consumer.records()) == list(range(10))
+        assert sorted(r["value"] if "value" in r else r["min"] for r in consumer.records()) == list(
+            range(10)
+        )
 
 
-def test_window_none_sends_readings(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline("raw", ["raw/#"], window="none")])
+def test_window_none_sends_readings(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline("raw", ["raw/#"], window="none")],
+    )
     base = _now_base()
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg), Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg),
+        Publisher(broker.port) as pub,
+    ):
         pub.publish("raw/a", f'{{"ts": {base + 0.25}, "value": 1.5}}')
         pub.publish("raw/b", f'{{"ts": {base + 0.5}, "x": 2, "y": 3}}')
         consumer.wait_for(lambda c: len(c.records("readings")) >= 3, 10)
-        got = sorted((r["pipeline"], r["key"], r["ts"], r["value"]) for r in consumer.records("readings"))
+        got = sorted(
+            (r["pipeline"], r["key"], r["ts"], r["value"]) for r in consumer.records("readings")
+        )
         assert got == [
             ("raw", "raw/a", base + 0.25, 1.5),
             ("raw", "raw/b/x", base + 0.5, 2),
@@ -281,8 +337,12 @@ def _check_healthz_shape(doc: dict[str, Any]) -> None:
     assert isinstance(buf["batches"], int) and isinstance(buf["bytes"], int)
     assert buf["oldest_age_s"] is None or isinstance(buf["oldest_age_s"], int | float)
     assert set(doc["counters"]) >= {
-        "readings_in", "readings_rejected", "readings_late",
-        "windows_emitted", "batches_sent", "batches_dropped",
+        "readings_in",
+        "readings_rejected",
+        "readings_late",
+        "windows_emitted",
+        "batches_sent",
+        "batches_dropped",
     }
     assert all(isinstance(v, int) and v >= 0 for v in doc["counters"].values())
     sysd = doc["system"]
@@ -295,7 +355,11 @@ def test_healthz_fields_readyz_metrics_and_errors(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         doc = poll(lambda: (d := agent.health())["status"] == "ok" and d, 10)
         _check_healthz_shape(doc)
         assert doc["reasons"] == []
@@ -324,8 +388,13 @@ def test_healthz_fields_readyz_metrics_and_errors(
         assert doc["upstream"]["last_ack_age_s"] < 10
 
         metrics = http(cfg.base_url + "/metrics")[2].decode()
-        for name in ("edge_agent_readings_in_total", "edge_agent_up", "edge_agent_uptime_seconds",
-                     "edge_agent_buffer_oldest_age_seconds", "edge_agent_batches_sent_total"):
+        for name in (
+            "edge_agent_readings_in_total",
+            "edge_agent_up",
+            "edge_agent_uptime_seconds",
+            "edge_agent_buffer_oldest_age_seconds",
+            "edge_agent_batches_sent_total",
+        ):
             assert re.search(rf"^{name}(\{{[^}}]*\}})? ", metrics, re.M), name
         assert re.search(r"^edge_agent_up 1(\.0)?$", metrics, re.M), metrics
 
@@ -336,7 +405,11 @@ def test_upstream_outage_buffers_then_drains_everything(
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     base = _now_base() - 20
     n = 0
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         poll(lambda: agent.health()["status"] == "ok", 10)
         upstream_broker.stop()
         doc = poll(lambda: (d := agent.health())["status"] == "degraded" and d, 15, what="degraded")
@@ -349,7 +422,9 @@ def test_upstream_outage_buffers_then_drains_everything(
                 for i in range(4):
                     pub.publish(f"s/k{k}", f'{{"ts": {base + j + 0.2 * i}, "value": {i}}}')
                     n += 1
-        doc = poll(lambda: (d := agent.health())["buffer"]["batches"] > 0 and d, 15, what="buffered")
+        doc = poll(
+            lambda: (d := agent.health())["buffer"]["batches"] > 0 and d, 15, what="buffered"
+        )
         assert doc["buffer"]["oldest_age_s"] is not None and doc["buffer"]["bytes"] > 0
         assert doc["counters"]["readings_in"] == n
 
@@ -403,16 +478,24 @@ def test_timestamp_forms_and_oversized_payloads(
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     base = _now_base()
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(base))
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         pub.publish("s/us", f'{{"ts": {int((base + 0.1) * 1e6)}, "value": 1}}')
         pub.publish("s/ns", f'{{"ts": {int((base + 0.1) * 1e9)}, "value": 2}}')
         pub.publish("s/iso", f'{{"ts": "{iso}.5Z", "value": 3}}')
         pub.publish("s/iso", f'{{"ts": "{iso.replace("T", "t")}.25+00:00", "value": 4}}')
         big = '{"value": 1, "pad": "' + "x" * 65_600 + '"}'
         pub.publish("s/big", big)  # longer than 65,536 bytes: rejected whole
-        pub.publish("s/edge", '{"value": 5, "pad": "' + "x" * (65_536 - 27) + '"}')  # exactly 65,536
+        pub.publish(
+            "s/edge", '{"value": 5, "pad": "' + "x" * (65_536 - 27) + '"}'
+        )  # exactly 65,536
         expected = {"s/us": 1, "s/ns": 1, "s/iso": 2, "s/edge": 1}
-        consumer.wait_for(lambda c: all(counted(c.records(), k) == n for k, n in expected.items()), 10)
+        consumer.wait_for(
+            lambda c: all(counted(c.records(), k) == n for k, n in expected.items()), 10
+        )
         windows = latest(consumer.records())
         assert {k[1] for k in windows} == set(expected)
         for (_, key, start, _), rec in windows.items():
@@ -425,17 +508,29 @@ def test_timestamp_forms_and_oversized_payloads(
 def test_every_matching_pipeline_takes_a_message_and_counts_it(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[
-        pipeline("a", ["s/#"]), pipeline("b", ["s/#"], format="json", aggregates=["count", "sum"]),
-    ])
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[
+            pipeline("a", ["s/#"]),
+            pipeline("b", ["s/#"], format="json", aggregates=["count", "sum"]),
+        ],
+    )
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         pub.publish("s/x", "21.5")
         pub.publish("s/x", "bogus")  # both reject it
         pub.publish("s/y", cbor2.dumps(1.0))  # a takes it; b (json only) rejects it
         consumer.wait_for(lambda c: counted(c.records()) == 3, 10)
         recs = sorted(latest(consumer.records()).values(), key=lambda r: (r["pipeline"], r["key"]))
         assert [(r["pipeline"], r["key"], r["count"]) for r in recs] == [
-            ("a", "s/x", 1), ("a", "s/y", 1), ("b", "s/x", 1)
+            ("a", "s/x", 1),
+            ("a", "s/y", 1),
+            ("b", "s/x", 1),
         ]
         assert set(recs[2]) >= {"count", "sum"} and "mean" not in recs[2]
         c = agent.health()["counters"]
@@ -446,10 +541,20 @@ def test_overlapping_filters_of_two_pipelines_take_a_message_once_each(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     """mosquitto sends one copy per matching subscription; each pipeline counts it once."""
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[
-        pipeline("a", ["s/#"]), pipeline("b", ["s/+/temp"]),
-    ])
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[
+            pipeline("a", ["s/#"]),
+            pipeline("b", ["s/+/temp"]),
+        ],
+    )
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         pub.publish("s/x/temp", "21.5")
         consumer.wait_for(lambda c: {r["pipeline"] for r in c.records()} == {"a", "b"}, 10)
         poll(lambda: agent.health()["counters"]["windows_emitted"] >= 2, 5)
@@ -460,9 +565,14 @@ def test_overlapping_filters_of_two_pipelines_take_a_message_once_each(
 def test_overlapping_filters_of_one_pipeline_take_a_message_once(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline("a", ["s/#", "s/dev1/#"])])
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline("a", ["s/#", "s/dev1/#"])]
+    )
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         pub.publish("s/dev1/temp", "21.5")
         consumer.wait_for(lambda c: c.records(), 10)
         poll(lambda: agent.health()["counters"]["windows_emitted"] >= 1, 5)
@@ -476,8 +586,9 @@ def test_overlapping_filters_of_one_pipeline_take_a_message_once(
 def test_open_windows_survive_a_graceful_restart(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(idle_timeout="2s")])
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline(idle_timeout="2s")]
+    )
     base = _now_base()
     with Consumer(upstream_broker.port) as consumer, Publisher(broker.port) as pub:
         with running_agent(cfg) as agent:
@@ -497,17 +608,31 @@ def test_sighup_fires_a_changed_pipelines_open_windows_and_keeps_unchanged_ones(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     slow = {"idle_timeout": "30s"}
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[
-        pipeline("keep", ["k/#"], **slow), pipeline("change", ["c/#"], **slow),
-    ])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[
+            pipeline("keep", ["k/#"], **slow),
+            pipeline("change", ["c/#"], **slow),
+        ],
+    )
     base = _now_base()
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         h0 = agent.health()["config"]
         pub.publish("k/a", f'{{"ts": {base + 0.5}, "value": 1}}')
         pub.publish("c/a", f'{{"ts": {base + 0.5}, "value": 2}}')
         poll(lambda: agent.health()["counters"]["readings_in"] == 2, 5)
-        cfg.rewrite(pipelines=[pipeline("keep", ["k/#"], **slow),
-                               pipeline("change", ["c/#"], size="2s", **slow)])
+        cfg.rewrite(
+            pipelines=[
+                pipeline("keep", ["k/#"], **slow),
+                pipeline("change", ["c/#"], size="2s", **slow),
+            ]
+        )
         agent.send(signal.SIGHUP)
         consumer.wait_for(lambda c: c.records(), 10, what="the changed pipeline's window")
         (batch,) = consumer.unique()
@@ -525,10 +650,15 @@ def test_sighup_fires_a_changed_pipelines_open_windows_and_keeps_unchanged_ones(
 def test_sighup_fired_windows_leave_under_the_old_config_hash(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(idle_timeout="30s")])
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline(idle_timeout="30s")]
+    )
     base = _now_base()
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         h0 = agent.health()["config"]
         pub.publish("s/a", f'{{"ts": {base + 0.5}, "value": 2}}')
         poll(lambda: agent.health()["counters"]["readings_in"] == 1, 5)
@@ -539,7 +669,9 @@ def test_sighup_fired_windows_leave_under_the_old_config_hash(
         assert batch.doc["config"] == h0
 
 
-def test_readyz_follows_the_local_broker(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_readyz_follows_the_local_broker(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     with running_agent(cfg) as agent:
         broker.stop()
@@ -552,11 +684,18 @@ def test_readyz_follows_the_local_broker(broker: Broker, upstream_broker: Broker
         poll(lambda: agent.health()["status"] == "ok", 10)
 
 
-def test_late_readings_go_to_late_topic(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       upstream={"late_topic": "edge/{agent}/late"})
+def test_late_readings_go_to_late_topic(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, upstream={"late_topic": "edge/{agent}/late"}
+    )
     base = _now_base()
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         pub.publish("s/a", f'{{"ts": {base + 0.5}, "value": 1}}')
         pub.publish("s/a", f'{{"ts": {base + 1.5}, "value": 2}}')  # fires [base, base+1)
         pub.publish("s/a", f'{{"ts": {base + 0.6}, "value": 7}}')  # late past lateness 0s
@@ -565,7 +704,9 @@ def test_late_readings_go_to_late_topic(broker: Broker, upstream_broker: Broker,
         assert batch.topic == f"edge/{cfg.agent_id}/late"
         assert batch.content_type == "application/cbor"
         assert batch.doc["schema"] == "edge-agent/late/1"
-        assert [(r["key"], r["ts"], r["value"]) for r in batch.doc["readings"]] == [("s/a", base + 0.6, 7)]
+        assert [(r["key"], r["ts"], r["value"]) for r in batch.doc["readings"]] == [
+            ("s/a", base + 0.6, 7)
+        ]
         poll(lambda: agent.health()["counters"]["readings_late"] == 1, 5)
         assert agent.health()["counters"]["readings_in"] == 3
 

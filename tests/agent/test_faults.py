@@ -40,7 +40,9 @@ async def _remaining_seqs(store: Store) -> list[int]:
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 @pytest.mark.parametrize("size", [200, 3000, 9000])
 @pytest.mark.parametrize("max_bytes", [1024 * 1024, 4 * 1024 * 1024])
-async def test_max_bytes_bounds_the_files_on_disk(tmp_path: Path, policy: str, size: int, max_bytes: int) -> None:
+async def test_max_bytes_bounds_the_files_on_disk(
+    tmp_path: Path, policy: str, size: int, max_bytes: int
+) -> None:
     store = Store(tmp_path, max_bytes=max_bytes, when_full=policy)
     await store.open()
     seq, dropped = 0, 0
@@ -48,10 +50,14 @@ async def test_max_bytes_bounds_the_files_on_disk(tmp_path: Path, policy: str, s
     try:
         for _ in range(3 * max_bytes // (size * per) + 5):
             now = time.time()
-            res = await store.commit(Checkpoint(batches=_batches(seq, per, size, now), seqs={0: seq + per}), now)
+            res = await store.commit(
+                Checkpoint(batches=_batches(seq, per, size, now), seqs={0: seq + per}), now
+            )
             seq += per
             dropped += len(res.dropped_ids)
-            assert set(res.dropped) <= {"full"} and sum(res.dropped.values()) == len(res.dropped_ids)
+            assert set(res.dropped) <= {"full"} and sum(res.dropped.values()) == len(
+                res.dropped_ids
+            )
             assert store.disk_bytes() <= max_bytes, (store.disk_bytes(), max_bytes)
         left = await _remaining_seqs(store)
         assert dropped > 0 and len(left) + dropped == seq
@@ -116,15 +122,21 @@ async def test_reclaim_returns_free_pages_to_the_file_system(tmp_path: Path) -> 
         await store.close()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     steps=st.lists(
-        st.tuples(st.integers(0, 6), st.lists(st.integers(0, 40), max_size=6), st.integers(10, 6000)),
+        st.tuples(
+            st.integers(0, 6), st.lists(st.integers(0, 40), max_size=6), st.integers(10, 6000)
+        ),
         min_size=1,
         max_size=25,
     )
 )
-def test_outbox_matches_a_plain_list_model(tmp_path_factory: pytest.TempPathFactory, steps: Any) -> None:
+def test_outbox_matches_a_plain_list_model(
+    tmp_path_factory: pytest.TempPathFactory, steps: Any
+) -> None:
     """Commits and acks in any mix: the outbox is exactly the unacked batches, in seq order."""
 
     async def run() -> None:
@@ -137,7 +149,9 @@ def test_outbox_matches_a_plain_list_model(tmp_path_factory: pytest.TempPathFact
                 picks = {p % len(model) for p in ack_picks} if model else set()
                 acked = [(model[i][0], model[i][2]) for i in sorted(picks)]
                 now = time.time()
-                res = await store.commit(Checkpoint(batches=_batches(seq, n, size, now), acked=acked), now)
+                res = await store.commit(
+                    Checkpoint(batches=_batches(seq, n, size, now), acked=acked), now
+                )
                 model = [m for i, m in enumerate(model) if i not in picks]
                 model += [(i, seq + k, size) for k, i in enumerate(res.ids)]
                 seq += n
@@ -238,7 +252,9 @@ def tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
     """A small tmpfs at `path`, or a skip with the reason the machine gave."""
     path.mkdir(parents=True, exist_ok=True)
     opts = ",".join((f"size={size}", *options))
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
     try:
@@ -276,6 +292,7 @@ def test_read_only_state_dir_stops_the_start_with_a_clear_error(
 
 # -- the agent: bounds, ttl --------------------------------------------------------------------------
 
+
 def _cfg(tmp_path: Path, broker: Broker, up: Broker, size: str = "100ms", **kw: Any) -> Any:
     pipe = pipeline(topics=["s/#"], size=size, aggregates=["count", "sum"], idle_timeout="1s")
     return write_config(tmp_path, broker.port, up.port, pipelines=[pipe], **kw)
@@ -288,9 +305,14 @@ def test_agent_bounds_its_buffer_and_counts_what_it_drops(
 ) -> None:
     # 1 MiB: the fingerprint table alone may take 256 KiB once every packet id was used.
     max_bytes = 1024 * 1024
-    cfg = _cfg(tmp_path, broker, upstream_broker,
-               buffer={"max_bytes": max_bytes, "when_full": policy},
-               upstream={"max_batch_delay": "50ms"}, size="20ms")
+    cfg = _cfg(
+        tmp_path,
+        broker,
+        upstream_broker,
+        buffer={"max_bytes": max_bytes, "when_full": policy},
+        upstream={"max_batch_delay": "50ms"},
+        size="20ms",
+    )
     consumer = Consumer(upstream_broker.port)  # its session queues what comes after the outage
     upstream_broker.stop()
     with consumer, AgentProcess(cfg) as agent:
@@ -313,10 +335,15 @@ def test_agent_bounds_its_buffer_and_counts_what_it_drops(
         more = LoadPublisher(broker.port, rate=200).start()
         time.sleep(0.3)
         more.stop()
-        poll(lambda: agent.health()["buffer"]["batches"] == 0
-             and len(consumer.unique()) >= agent.health()["counters"]["batches_sent"] > 0, 15,
-             what=f"every acknowledged batch at the consumer ({len(consumer.unique())}, {len(consumer.batches)},"
-                  f" {agent.health()['counters']})")
+        poll(
+            lambda: (
+                agent.health()["buffer"]["batches"] == 0
+                and len(consumer.unique()) >= agent.health()["counters"]["batches_sent"] > 0
+            ),
+            15,
+            what=f"every acknowledged batch at the consumer ({len(consumer.unique())}, {len(consumer.batches)},"
+            f" {agent.health()['counters']})",
+        )
         h = agent.health()
         seqs = sorted(b.seq for b in consumer.unique())
         missing = sorted(set(range(seqs[-1] + 1)) - set(seqs))
@@ -331,14 +358,19 @@ def test_agent_bounds_its_buffer_and_counts_what_it_drops(
 
 
 @pytest.mark.slow
-def test_agent_ttl_drops_batches_older_than_ttl(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_agent_ttl_drops_batches_older_than_ttl(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     cfg = _cfg(tmp_path, broker, upstream_broker, buffer={"ttl": "2s"})
     upstream_broker.stop()
     with AgentProcess(cfg) as agent:
         agent.wait_ready()
         load = LoadPublisher(broker.port, rate=200).start()
-        h = poll(lambda: (d := agent.health())["dropped_by_reason"].get("ttl", 0) >= 3 and d, 15,
-                 what="ttl drops")
+        h = poll(
+            lambda: (d := agent.health())["dropped_by_reason"].get("ttl", 0) >= 3 and d,
+            15,
+            what="ttl drops",
+        )
         load.stop()
         assert h["status"] == "degraded" and h["counters"]["batches_dropped"] >= 3
         assert h["buffer"]["oldest_age_s"] is None or h["buffer"]["oldest_age_s"] <= 2.5 + 1.0
@@ -352,8 +384,12 @@ def test_full_disk_keeps_the_agent_running_and_loses_nothing(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     with tmpfs(tmp_path / "small", "4m") as small:
-        cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                           pipelines=[pipeline(topics=["s/#"], aggregates=["count", "sum"], idle_timeout="2s")])
+        cfg = write_config(
+            tmp_path,
+            broker.port,
+            upstream_broker.port,
+            pipelines=[pipeline(topics=["s/#"], aggregates=["count", "sum"], idle_timeout="2s")],
+        )
         cfg.state_dir = small / "state"
         cfg.rewrite()
         with Consumer(upstream_broker.port) as consumer, AgentProcess(cfg) as agent:
@@ -361,7 +397,11 @@ def test_full_disk_keeps_the_agent_running_and_loses_nothing(
             load = LoadPublisher(broker.port, rate=500).start()
             poll(lambda: consumer.batches, 10, what="first batch")
             filler = fill(small)
-            h = poll(lambda: (d := agent.health())["status"] == "failing" and d, 15, what="failing: disk full")
+            h = poll(
+                lambda: (d := agent.health())["status"] == "failing" and d,
+                15,
+                what="failing: disk full",
+            )
             assert any("disk" in r for r in h["reasons"]), h["reasons"]
             time.sleep(1.0)  # readings keep coming while the disk is full
             assert agent.alive()
@@ -387,18 +427,29 @@ def test_agent_starts_fresh_beside_a_corrupt_database(
         load = LoadPublisher(broker.port, rate=100).start()
         time.sleep(0.5)
         published, _ = load.stop()
-        assert poll(lambda: sum(int(w["count"]) for b in consumer.unique() for w in b.doc["windows"])
-                    == published, 15, what="readings upstream")
+        assert poll(
+            lambda: (
+                sum(int(w["count"]) for b in consumer.unique() for w in b.doc["windows"])
+                == published
+            ),
+            15,
+            what="readings upstream",
+        )
         assert all(cbor2.loads(b.raw)["agent"] == cfg.agent_id for b in consumer.batches)
 
 
 async def test_pending_records_come_back_encoded_as_committed(tmp_path: Path) -> None:
     # The runtime re-adds them to its batch stream as encoded CBOR (a kill -9 with
     # records not yet cut into a batch made every restart crash when they came back decoded).
-    recs = [cbor2.dumps({"pipeline": "p", "key": f"k{i}", "start": 1.0, "end": 2.0, "count": i}) for i in range(3)]
+    recs = [
+        cbor2.dumps({"pipeline": "p", "key": f"k{i}", "start": 1.0, "end": 2.0, "count": i})
+        for i in range(3)
+    ]
     store = Store(tmp_path)
     await store.open()
-    await store.commit(Checkpoint(pending_add=[(0, 10 + i, r) for i, r in enumerate(recs)]), time.time())
+    await store.commit(
+        Checkpoint(pending_add=[(0, 10 + i, r) for i, r in enumerate(recs)]), time.time()
+    )
     await store.commit(Checkpoint(pending_done={0: 11}), time.time())
     await store.close()
     store = Store(tmp_path)

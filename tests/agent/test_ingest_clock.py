@@ -20,9 +20,13 @@ def test_windows_of_a_flood_lose_nothing_to_idle_firing(
     # budget, overload) while the broker holds the rest. idle_timeout 1 s: on wall
     # time alone, every key would look idle whenever reading pauses.
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
-        pipelines=[pipeline(f"w{i}", topics=["f/#"], size="1s", idle_timeout="1s",
-                            aggregates=["count"]) for i in range(PIPELINES)],
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[
+            pipeline(f"w{i}", topics=["f/#"], size="1s", idle_timeout="1s", aggregates=["count"])
+            for i in range(PIPELINES)
+        ],
     )
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer, AgentProcess(cfg) as agent:
         agent.wait_ready()
@@ -41,10 +45,17 @@ def test_windows_of_a_flood_lose_nothing_to_idle_firing(
                     latest[k] = (w["rev"], w["count"])
             return sum(n for _, n in latest.values())
 
-        poll(lambda: agent.health()["counters"]["readings_in"] >= want, 120, interval=0.5,
-             what="the agent through the backlog")
-        consumer.wait_for(lambda c: total(c) >= want, timeout=30,
-                          what=f"every reading in a window; agent log:\n{agent.log()[-2000:]}")
+        poll(
+            lambda: agent.health()["counters"]["readings_in"] >= want,
+            120,
+            interval=0.5,
+            what="the agent through the backlog",
+        )
+        consumer.wait_for(
+            lambda c: total(c) >= want,
+            timeout=30,
+            what=f"every reading in a window; agent log:\n{agent.log()[-2000:]}",
+        )
         h = agent.health()
         assert h["counters"]["readings_late"] == 0, h["counters"]
         assert total(consumer) == want

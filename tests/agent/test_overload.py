@@ -39,8 +39,10 @@ from tests.helpers.tcp_proxy import TcpProxy
 PIPELINES = 16
 PER_MESSAGE = FIELDS * PIPELINES  # readings_in per message
 FLOOD_S = 10.0
-WINDOWED = [pipeline(f"w{i}", topics=["f/#"], window="tumbling", size="1s", idle_timeout="2s")
-            for i in range(PIPELINES)]
+WINDOWED = [
+    pipeline(f"w{i}", topics=["f/#"], window="tumbling", size="1s", idle_timeout="2s")
+    for i in range(PIPELINES)
+]
 RAW = [pipeline(f"raw{i}", topics=["f/#"], window="none") for i in range(4)]
 RSS_BOUND = 150 * 1024 * 1024
 
@@ -84,13 +86,16 @@ class FloodRun:
         return [h for _, h, _ in self.samples if h is not None]
 
 
-def _flood(tmp: Path, qos: int, pipelines: list[dict[str, object]] = WINDOWED,
-           seconds: float = FLOOD_S) -> FloodRun:
+def _flood(
+    tmp: Path, qos: int, pipelines: list[dict[str, object]] = WINDOWED, seconds: float = FLOOD_S
+) -> FloodRun:
     per_message = FIELDS * len(pipelines)
     run = FloodRun(qos)
     with Broker(tmp / "local") as local, Broker(tmp / "up") as up:
         cfg = write_config(
-            tmp, local.port, up.port,
+            tmp,
+            local.port,
+            up.port,
             pipelines=pipelines,
         )
         with AgentProcess(cfg) as agent:
@@ -118,7 +123,12 @@ def _flood(tmp: Path, qos: int, pipelines: list[dict[str, object]] = WINDOWED,
                     return None
                 n_in = h["counters"]["readings_in"]
                 done = n_in == (run.published if qos else h["messages"]["qos0"]) * per_message
-                if done and not h["ingest"]["overloaded"] and h["status"] == "ok" and not h["buffer"]["batches"]:
+                if (
+                    done
+                    and not h["ingest"]["overloaded"]
+                    and h["status"] == "ok"
+                    and not h["buffer"]["batches"]
+                ):
                     return h
                 return None
 
@@ -147,8 +157,12 @@ def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: F
     assert answered, "no /healthz answer during the flood"
     # The health endpoint said it was overloaded while it happened (or while it worked
     # through what the broker held for it afterwards).
-    assert any(h["ingest"]["overloaded"] and h["status"] == "degraded"
-               and any("overloaded" in r for r in h["reasons"]) for _, h in answered), answered[-1]
+    assert any(
+        h["ingest"]["overloaded"]
+        and h["status"] == "degraded"
+        and any("overloaded" in r for r in h["reasons"])
+        for _, h in answered
+    ), answered[-1]
     # Recovery by itself: every reading taken exactly once, nothing shed (QoS 1), health ok.
     assert run.final is not None and run.recovery_s is not None, (run.final, run.log[-2000:])
     c = run.final["counters"]
@@ -162,8 +176,9 @@ def test_qos1_flood_far_beyond_capacity_loses_nothing_and_recovers(qos1_flood: F
 def test_qos1_flood_intake_ratio(qos1_flood: FloodRun) -> None:
     # It really was a flood: the agent took in a small part of what was offered
     # (~2.5x with this publisher; bench_flood: ~10x).
-    t_last, h_last = [(t, h) for t, h, _ in qos1_flood.samples
-                      if h is not None and t <= qos1_flood.flood_s][-1]
+    t_last, h_last = [
+        (t, h) for t, h, _ in qos1_flood.samples if h is not None and t <= qos1_flood.flood_s
+    ][-1]
     taken = h_last["counters"]["readings_in"] / PER_MESSAGE
     offered = qos1_flood.published * t_last / qos1_flood.flood_s
     print(f"offered/taken during the flood: {offered / max(taken, 1):.1f}")
@@ -221,7 +236,9 @@ def test_qos0_flood_sheds_counted_and_recovers(qos0_flood: FloodRun) -> None:
 @pytest.mark.perf
 def test_qos0_flood_memory_stays_bounded(qos0_flood: FloodRun) -> None:
     print(f"peak RSS {qos0_flood.peak_rss / 2**20:.0f} MiB")
-    assert qos0_flood.peak_rss < 2 * RSS_BOUND, f"peak RSS {qos0_flood.peak_rss / 2**20:.0f} MiB"  # shedding bounds it
+    assert qos0_flood.peak_rss < 2 * RSS_BOUND, (
+        f"peak RSS {qos0_flood.peak_rss / 2**20:.0f} MiB"
+    )  # shedding bounds it
 
 
 # -- per-key input throttle -------------------------------------------------------------
@@ -231,7 +248,9 @@ def test_max_key_rate_caps_each_key_and_counts_the_excess(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline("capped", topics=["k/#"], window="none", max_key_rate="10/s")],
     )
     with Consumer(upstream_broker.port, cfg.batch_topic) as consumer, AgentProcess(cfg) as agent:
@@ -243,9 +262,19 @@ def test_max_key_rate_caps_each_key_and_counts_the_excess(
             elapsed = time.monotonic() - t0
             for i in range(5):  # another key has its own bucket
                 pub.publish("k/cold", json.dumps({"ts": time.time(), "value": i}))
-        h = poll(lambda: (lambda h: h if h["counters"]["readings_in"]
-                          + h["rejected_by_reason"].get("over_key_rate", 0) >= 65 else None)(agent.health()),
-                 10, what="every reading taken or rejected")
+        h = poll(
+            lambda: (
+                lambda h: (
+                    h
+                    if h["counters"]["readings_in"]
+                    + h["rejected_by_reason"].get("over_key_rate", 0)
+                    >= 65
+                    else None
+                )
+            )(agent.health()),
+            10,
+            what="every reading taken or rejected",
+        )
         taken = h["counters"]["readings_in"]
         over = h["rejected_by_reason"]["over_key_rate"]
         assert taken + over == 65
@@ -253,17 +282,23 @@ def test_max_key_rate_caps_each_key_and_counts_the_excess(
         hot = taken - 5  # k/cold's five all pass (burst 10)
         assert 10 <= hot <= 10 + 10 * (elapsed + 0.5) + 1, (hot, elapsed)
         recs = consumer.wait_for(
-            lambda c: (lambda r: r if len(r) == taken else None)(c.records("readings")), 10,
-            what="every admitted reading upstream")
+            lambda c: (lambda r: r if len(r) == taken else None)(c.records("readings")),
+            10,
+            what="every admitted reading upstream",
+        )
         assert sum(r["key"] == "k/cold" for r in recs) == 5
         # Admitted readings are the key's first ones within each refill: values only go up.
         hot_values = [r["value"] for r in recs if r["key"] == "k/hot"]
         assert hot_values[:10] == list(range(10))
 
 
-def test_max_keys_caps_distinct_keys(tmp_path: Path, broker: Broker, upstream_broker: Broker) -> None:
+def test_max_keys_caps_distinct_keys(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker
+) -> None:
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline("few", topics=["m/#"], max_keys=3, idle_timeout="60s", size="60s")],
     )
     with AgentProcess(cfg) as agent:
@@ -272,9 +307,17 @@ def test_max_keys_caps_distinct_keys(tmp_path: Path, broker: Broker, upstream_br
             for rnd in range(2):
                 for k in range(5):
                     pub.publish(f"m/k{k}", json.dumps({"ts": time.time(), "value": rnd}))
-        h = poll(lambda: (lambda h: h if h["counters"]["readings_in"]
-                          + h["counters"]["readings_rejected"] >= 10 else None)(agent.health()),
-                 10, what="all ten readings taken or rejected")
+        h = poll(
+            lambda: (
+                lambda h: (
+                    h
+                    if h["counters"]["readings_in"] + h["counters"]["readings_rejected"] >= 10
+                    else None
+                )
+            )(agent.health()),
+            10,
+            what="all ten readings taken or rejected",
+        )
         # Three keys are held; the other two are refused each time, and counted.
         assert h["counters"]["readings_in"] == 6
         assert {k: v for k, v in h["rejected_by_reason"].items() if v} == {"over_key_cap": 4}
@@ -304,7 +347,11 @@ def _echo_server() -> tuple[socket.socket, list[int]]:
 def _proxy_figures() -> tuple[float, float, float]:
     """(round trip with 0.1 s one-way latency, throttled rate at 40 kB/s, unthrottled rate)."""
     srv, got = _echo_server()
-    with srv, TcpProxy(srv.getsockname()[1]) as proxy, socket.create_connection(("127.0.0.1", proxy.port)) as s:
+    with (
+        srv,
+        TcpProxy(srv.getsockname()[1]) as proxy,
+        socket.create_connection(("127.0.0.1", proxy.port)) as s,
+    ):
         s.settimeout(10)
         s.sendall(b"?")
         assert s.recv(1) == b"!"
@@ -362,7 +409,9 @@ def test_adaptive_window_shrinks_on_a_congested_link_and_recovers(
 ) -> None:
     max_inflight = 16
     cfg = write_config(
-        tmp_path, broker.port, proxy.port,
+        tmp_path,
+        broker.port,
+        proxy.port,
         pipelines=[pipeline("raw", topics=["s/#"], window="none")],
         upstream={"max_inflight": max_inflight, "max_batch_windows": 20},
     )
@@ -373,7 +422,9 @@ def test_adaptive_window_shrinks_on_a_congested_link_and_recovers(
     def load() -> None:  # ~40 batches/s of ~1.3 KB: ~50 KB/s, over twice the throttled link
         with Publisher(broker.port) as pub:
             while not stop.is_set():
-                pub.publish(f"s/{sent[0] % 10}", body.replace('"ts": 0', f'"ts": {time.time():.3f}'))
+                pub.publish(
+                    f"s/{sent[0] % 10}", body.replace('"ts": 0', f'"ts": {time.time():.3f}')
+                )
                 sent[0] += 1
                 time.sleep(0.025)
 
@@ -401,19 +452,34 @@ def test_adaptive_window_shrinks_on_a_congested_link_and_recovers(
 
             def recovered() -> bool:
                 h = agent.health()
-                return h["uplink"]["window"] > low and (h["buffer"]["oldest_age_s"] or 0) < 2  # backlog drained
+                return (
+                    h["uplink"]["window"] > low and (h["buffer"]["oldest_age_s"] or 0) < 2
+                )  # backlog drained
 
             try:
                 poll(recovered, 45, 0.1, what="the window growing again and the backlog drained")
             except AssertionError:
-                raise AssertionError((low, agent.health()["uplink"], agent.health()["buffer"], proxy.connections)) from None
+                raise AssertionError(
+                    (low, agent.health()["uplink"], agent.health()["buffer"], proxy.connections)
+                ) from None
         finally:
             stop.set()
             join(loader)
-        h = poll(lambda: (lambda h: h if h["counters"]["readings_in"] == sent[0] * 20
-                          and h["buffer"]["batches"] == 0 else None)(agent.health()), 20,
-                 what="every reading in and sent")
+        h = poll(
+            lambda: (
+                lambda h: (
+                    h
+                    if h["counters"]["readings_in"] == sent[0] * 20 and h["buffer"]["batches"] == 0
+                    else None
+                )
+            )(agent.health()),
+            20,
+            what="every reading in and sent",
+        )
         assert h["counters"]["batches_dropped"] == 0
-        consumer.wait_for(lambda c: len(c.records("readings")) == sent[0] * 20, 20,
-                          what="every reading upstream, nothing lost")
+        consumer.wait_for(
+            lambda c: len(c.records("readings")) == sent[0] * 20,
+            20,
+            what="every reading upstream, nothing lost",
+        )
     assert proxy.connections == 1  # slowed down, never timed out and reconnected

@@ -27,7 +27,9 @@ def test_a_small_buffer_drops_nothing_while_upstream_acknowledges(
     """#11.1: max_bytes = "256KiB", windows of ~1.2 KB, full 64 KiB batches, a healthy
     uplink: no batch is dropped (it used to drop within a second)."""
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline(aggregates=_BIG, size="500ms")],
         buffer={"max_bytes": "256KiB"},
     )
@@ -37,8 +39,11 @@ def test_a_small_buffer_drops_nothing_while_upstream_acknowledges(
         time.sleep(4.0)
         load.stop()
         want = load.acked
-        poll(lambda: sum(r["count"] for r in _latest(consumer)) >= want, 30,
-             what=f"{want} readings counted upstream")
+        poll(
+            lambda: sum(r["count"] for r in _latest(consumer)) >= want,
+            30,
+            what=f"{want} readings counted upstream",
+        )
         h = agent.health()
         assert h["counters"]["batches_dropped"] == 0, h["dropped_by_reason"]
         assert max(len(b.raw) for b in consumer.unique()) > 32 * 1024  # big batches were made
@@ -61,7 +66,9 @@ def test_ttl_applies_to_batches_sent_on_reconnect(
     the link returns, and nothing was committed since: they are dropped and counted,
     not sent."""
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline(window="none")],
         upstream={"max_batch_delay": "0s"},
         buffer={"ttl": "2s"},
@@ -76,8 +83,11 @@ def test_ttl_applies_to_batches_sent_on_reconnect(
         time.sleep(3.0)
         upstream_broker.start()
         with Consumer(upstream_broker.port, cfg.batch_topic) as consumer:
-            h = poll(lambda: (d := agent.health())["upstream"]["connected"] and d, 15,
-                     what="upstream connected")
+            h = poll(
+                lambda: (d := agent.health())["upstream"]["connected"] and d,
+                15,
+                what="upstream connected",
+            )
             time.sleep(1.5)
             h = agent.health()
             assert consumer.unique() == [], [b.doc for b in consumer.unique()]
@@ -89,15 +99,19 @@ def test_a_bound_too_small_to_work_is_refused_with_the_minimum(tmp_path: Path) -
     """#11.1: a max_bytes that cannot hold one max_batch_bytes batch and SQLite's own
     pages is a config error naming key, line and the documented minimum."""
     p = tmp_path / "agent.toml"
-    p.write_text('[upstream]\nmax_batch_bytes = "64KiB"\n\n[buffer]\nmax_bytes = "200KiB"\n\n'
-                 '[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n')
+    p.write_text(
+        '[upstream]\nmax_batch_bytes = "64KiB"\n\n[buffer]\nmax_bytes = "200KiB"\n\n'
+        '[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n'
+    )
     for command in ("check", "run"):
         r = cli(command, "-c", str(p), timeout=20)
         assert r.returncode == 2, (command, r.stdout, r.stderr)
         assert f"{p}:5: buffer.max_bytes:" in r.stderr, r.stderr
         assert "256KiB" in r.stderr, r.stderr
-    p.write_text('[upstream]\nmax_batch_bytes = "16KiB"\n\n[buffer]\nmax_bytes = "200KiB"\n\n'
-                 '[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n')
+    p.write_text(
+        '[upstream]\nmax_batch_bytes = "16KiB"\n\n[buffer]\nmax_bytes = "200KiB"\n\n'
+        '[[pipeline]]\nname = "p"\ntopics = ["s/#"]\n'
+    )
     r = cli("check", "-c", str(p), timeout=20)
     assert r.returncode == 0, r.stderr
 

@@ -7,7 +7,9 @@ from edge_agent.windows.engine import Emitted, WindowEngine
 
 
 def _engine() -> WindowEngine:
-    return WindowEngine(PipelineConfig(name="p", size=10.0, max_out_of_orderness=0.0, idle_timeout=30.0))
+    return WindowEngine(
+        PipelineConfig(name="p", size=10.0, max_out_of_orderness=0.0, idle_timeout=30.0)
+    )
 
 
 def test_restored_key_idles_from_the_restart_not_from_its_last_reading() -> None:

@@ -29,7 +29,9 @@ def test_sigterm_under_load_leaves_nothing_unacknowledged_or_lost(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline(aggregates=["count", "sum"], idle_timeout="3s")],
     )
     published = [0]  # acknowledged by the local broker, each with value = its index
@@ -52,7 +54,9 @@ def test_sigterm_under_load_leaves_nothing_unacknowledged_or_lost(
             assert first.stop(signal.SIGTERM) == 0  # mid-stream
             at_stop = published[0]
             # The sensors carry on while the agent is down: the broker queues for it.
-            poll(lambda: published[0] >= at_stop + 50, 30, what="readings published while it is down")
+            poll(
+                lambda: published[0] >= at_stop + 50, 30, what="readings published while it is down"
+            )
         finally:
             stop.set()
             if t.is_alive():

@@ -27,12 +27,32 @@ BATCH = {
     "sent": 1700000012.5,
     "config": "3f9c0a1b22de",
     "windows": [
-        {"pipeline": "climate", "key": "sensors/a/temp", "start": 1700000000,
-         "end": 1700000010, "rev": 0, "count": 3, "min": 20.5, "max": 22.0,
-         "mean": 21.25, "p50": 21.25, "stddev": 0.75},
-        {"pipeline": "climate", "key": "sensors/b/temp", "start": 1700000000,
-         "end": 1700000010, "rev": 0, "count": 1, "min": -3.0, "max": -3.0,
-         "mean": -3.0, "p50": -3.0, "stddev": 0.0},
+        {
+            "pipeline": "climate",
+            "key": "sensors/a/temp",
+            "start": 1700000000,
+            "end": 1700000010,
+            "rev": 0,
+            "count": 3,
+            "min": 20.5,
+            "max": 22.0,
+            "mean": 21.25,
+            "p50": 21.25,
+            "stddev": 0.75,
+        },
+        {
+            "pipeline": "climate",
+            "key": "sensors/b/temp",
+            "start": 1700000000,
+            "end": 1700000010,
+            "rev": 0,
+            "count": 1,
+            "min": -3.0,
+            "max": -3.0,
+            "mean": -3.0,
+            "p50": -3.0,
+            "stddev": 0.0,
+        },
     ],
     "readings": [
         {"pipeline": "raw", "key": "sensors/c/level", "ts": 1700000001.5, "value": 3.0},
@@ -55,26 +75,35 @@ def _records() -> tuple[list[dict[str, object]], list[dict[str, object]], list[d
     """Window records, raw readings and late readings, made by the engines."""
     climate = WindowEngine(
         PipelineConfig(
-            name="climate", size=10.0, max_out_of_orderness=0.0,
+            name="climate",
+            size=10.0,
+            max_out_of_orderness=0.0,
             aggregates=("count", "min", "max", "mean", "p50", "stddev"),
         )
     )
     out = Emitted()
     t0 = 1700000000.0
     climate.process(
-        [("sensors/a/temp", t0 + 1, 21.25), ("sensors/a/temp", t0 + 2, 20.5),
-         ("sensors/b/temp", t0 + 3, -3.0), ("sensors/a/temp", t0 + 4, 22.0),
-         ("sensors/a/temp", t0 + 10, 30.0), ("sensors/b/temp", t0 + 10, 30.0),
-         ("sensors/a/temp", t0 - 9.75, 19.0)],
-        0.0, out,
+        [
+            ("sensors/a/temp", t0 + 1, 21.25),
+            ("sensors/a/temp", t0 + 2, 20.5),
+            ("sensors/b/temp", t0 + 3, -3.0),
+            ("sensors/a/temp", t0 + 4, 22.0),
+            ("sensors/a/temp", t0 + 10, 30.0),
+            ("sensors/b/temp", t0 + 10, 30.0),
+            ("sensors/a/temp", t0 - 9.75, 19.0),
+        ],
+        0.0,
+        out,
     )
     raw = WindowEngine(PipelineConfig(name="raw", window="none"))
     raw.process([("sensors/c/level", t0 + 1.5, 3.0)], 0.0, out)
     return out.windows, out.readings, out.late
 
 
-def _batch(schema: str, seq: int, windows: list[dict[str, object]],
-           readings: list[dict[str, object]]) -> bytes:
+def _batch(
+    schema: str, seq: int, windows: list[dict[str, object]], readings: list[dict[str, object]]
+) -> bytes:
     stream = Stream(schema, AGENT, CONFIG, max_records=500, max_bytes=65536, max_delay=1.0)
     stream.add(windows, True, 0.0)
     stream.add(readings, False, 0.0)

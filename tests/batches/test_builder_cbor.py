@@ -22,13 +22,21 @@ BOUNDARIES = [0, 1, 23, 24, 255, 256, 65535, 65536]
 
 @functools.cache
 def records(n: int, kind: str) -> tuple[list[dict[str, Any]], list[bytes]]:
-    recs = [{"pipeline": kind, "key": f"k{i % 7}", "start": float(i), "end": i + 1.0, "count": i}
-            for i in range(n)]
+    recs = [
+        {"pipeline": kind, "key": f"k{i % 7}", "start": float(i), "end": i + 1.0, "count": i}
+        for i in range(n)
+    ]
     return recs, [cbor2.dumps(r) for r in recs]
 
 
 def reference(agent: str, seq: int, sent: float, cfg: str, windows: list, readings: list) -> bytes:
-    doc: dict[str, Any] = {"schema": BATCH_SCHEMA, "agent": agent, "seq": seq, "sent": sent, "config": cfg}
+    doc: dict[str, Any] = {
+        "schema": BATCH_SCHEMA,
+        "agent": agent,
+        "seq": seq,
+        "sent": sent,
+        "config": cfg,
+    }
     if windows:
         doc["windows"] = windows
     if readings:
@@ -47,8 +55,10 @@ def test_list_heads_at_every_size_boundary(n_windows: int, n_readings: int) -> N
     assert len(doc.get("windows", [])) == n_windows and len(doc.get("readings", [])) == n_readings
 
 
-SEQS = st.one_of(st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]),
-                 st.integers(0, 2**64 - 1))
+SEQS = st.one_of(
+    st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]),
+    st.integers(0, 2**64 - 1),
+)
 
 
 @given(
@@ -69,13 +79,19 @@ def test_encode_batch_is_what_cbor2_makes_of_the_map(
 
 
 @settings(max_examples=25)
-@given(agent=st.text(max_size=100), cfg=st.text(max_size=20), seq=SEQS, sent=st.floats(allow_nan=False))
-def test_envelope_size_bounds_every_batch_envelope(agent: str, cfg: str, seq: int, sent: float) -> None:
+@given(
+    agent=st.text(max_size=100), cfg=st.text(max_size=20), seq=SEQS, sent=st.floats(allow_nan=False)
+)
+def test_envelope_size_bounds_every_batch_envelope(
+    agent: str, cfg: str, seq: int, sent: float
+) -> None:
     # The envelope is the batch minus its records: never larger than envelope_size says
     # (the byte limit of a batch counts on that).
     w_enc, r_enc = records(300, "w")[1], records(65_536, "r")[1]
     got = encode_batch(BATCH_SCHEMA, agent, seq, sent, cfg, w_enc, r_enc)
-    assert len(got) - sum(map(len, w_enc)) - sum(map(len, r_enc)) <= envelope_size(BATCH_SCHEMA, agent, cfg)
+    assert len(got) - sum(map(len, w_enc)) - sum(map(len, r_enc)) <= envelope_size(
+        BATCH_SCHEMA, agent, cfg
+    )
 
 
 @given(

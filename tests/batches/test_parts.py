@@ -20,7 +20,14 @@ CFG = config_from_text(
 
 
 def _window(pipeline: str, start: int) -> dict[str, object]:
-    return {"pipeline": pipeline, "key": "k", "start": start, "end": start + 10, "rev": 0, "count": 1}
+    return {
+        "pipeline": pipeline,
+        "key": "k",
+        "start": start,
+        "end": start + 10,
+        "rev": 0,
+        "count": 1,
+    }
 
 
 def test_batcher_numbers_priority_batches_first_and_keeps_late_apart() -> None:
@@ -51,7 +58,7 @@ def test_batcher_checkpoints_what_waits_and_restores_it() -> None:
     cp = Checkpoint()
     b.cut(cp, force=False, durable=True)  # nothing is due yet: the record waits
     assert cp.batches == [] and len(cp.pending_add) == 1
-    (sid, n, raw), = cp.pending_add
+    ((sid, n, raw),) = cp.pending_add
     again = Batcher(CFG)
     again.restore({STREAM_BATCHES: 5}, {sid: [(n, raw)]})
     cp2 = Checkpoint()

@@ -258,7 +258,9 @@ async def test_a_locked_database_is_waited_for_never_moved_aside(tmp_path: Path)
         await store.close()
 
 
-async def test_a_database_locked_for_too_long_is_an_error_with_nothing_moved(tmp_path: Path) -> None:
+async def test_a_database_locked_for_too_long_is_an_error_with_nothing_moved(
+    tmp_path: Path,
+) -> None:
     await _store_holding(tmp_path, 3)
     conn = _lock_exclusively(tmp_path / "edge-agent.db")
     try:
@@ -316,8 +318,19 @@ async def test_a_read_only_database_is_an_error_with_nothing_moved(tmp_path: Pat
             "except StateError as e:\n    print(e); sys.exit(3)\n"
         )
         r = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                code,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
         )
         assert r.returncode == 3, (r.stdout, r.stderr)
         assert "nothing was moved" in r.stdout, r.stdout

@@ -99,8 +99,10 @@ def test_scaffold_refusal_names_exactly_the_files_that_exist(tmp_path: Path) -> 
     (tmp_path / "edge-agent.service").write_text("mine\n")
     r = cli("scaffold", str(tmp_path))
     first = r.stderr.splitlines()[0]
-    assert first.startswith(f"edge-agent: {tmp_path / 'agent.toml'} and "
-                            f"{tmp_path / 'edge-agent.service'} exist; wrote none of "), first
+    assert first.startswith(
+        f"edge-agent: {tmp_path / 'agent.toml'} and "
+        f"{tmp_path / 'edge-agent.service'} exist; wrote none of "
+    ), first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml", "edge-agent.service"]
 
 
@@ -141,7 +143,7 @@ def test_check_names_a_pipeline_key_with_its_index(tmp_path: Path) -> None:
 
 
 def test_check_unknown_key_and_unknown_section(tmp_path: Path) -> None:
-    p = _minimal(tmp_path, '[upstream]\nportt = 1\n' + PIPELINE)
+    p = _minimal(tmp_path, "[upstream]\nportt = 1\n" + PIPELINE)
     r = cli("check", "-c", str(p))
     assert r.returncode == 2 and f"{p}:2: upstream.portt:" in r.stderr, r.stderr
     p = _minimal(tmp_path, PIPELINE + "[extra]\nx = 1\n", "b.toml")
@@ -158,7 +160,9 @@ def test_check_missing_config_file_is_exit_2(tmp_path: Path) -> None:
 # -- start / status / stop ------------------------------------------------------------
 
 
-def test_start_status_stop_lifecycle(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_start_status_stop_lifecycle(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     try:
         t0 = time.monotonic()
@@ -267,8 +271,12 @@ def test_start_reports_an_agent_that_exits_before_it_is_ready(
     # A token file that is not text: the config is valid, the agent fails reading it.
     # (A taken health port no longer stops the agent: SPEC 5, tests/security.)
     (tmp_path / "token").write_bytes(b"\xff\xfe not UTF-8\n")
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       health_keys={"token_file": str(tmp_path / "token")})
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        health_keys={"token_file": str(tmp_path / "token")},
+    )
     try:
         r = cli("start", "-c", str(cfg.path), "--timeout", "5", timeout=40)
     finally:
@@ -359,8 +367,9 @@ def test_status_and_health_use_the_configs_token_file(
 ) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       health_keys={"token_file": str(token)})
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, health_keys={"token_file": str(token)}
+    )
     with running_agent_with_token(cfg) as agent:
         assert http(cfg.base_url + "/healthz")[0] == 401  # the endpoint wants the token
         r = cli("status", "-c", str(cfg.path))
@@ -375,7 +384,10 @@ def test_status_and_health_use_the_configs_token_file(
 def running_agent_with_token(cfg: AgentConfig) -> Iterator[AgentProcess]:
     """Like running_agent, but ready is read from `status` (/readyz wants the token)."""
     with AgentProcess(cfg) as agent:
-        poll(lambda: "health: ok" in cli("status", "-c", str(cfg.path)).stdout
-             or not agent.alive(), 15, what="status ok")
+        poll(
+            lambda: "health: ok" in cli("status", "-c", str(cfg.path)).stdout or not agent.alive(),
+            15,
+            what="status ok",
+        )
         assert agent.alive(), agent.log()
         yield agent

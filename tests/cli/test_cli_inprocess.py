@@ -21,8 +21,14 @@ def test_version_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"edge-agent {__version__}"
-    for argv in ([], ["bogus"], ["check"], ["start", "-c", "x", "--timeout", "0"],
-                 ["consume", "--broker", "nohost", "--db", "x"], ["demo", "--rate", "fast"]):
+    for argv in (
+        [],
+        ["bogus"],
+        ["check"],
+        ["start", "-c", "x", "--timeout", "0"],
+        ["consume", "--broker", "nohost", "--db", "x"],
+        ["demo", "--rate", "fast"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2, argv
@@ -42,18 +48,24 @@ def test_check_ok_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["check", "-c", str(tmp_path / "missing.toml")]) == 2
 
 
-def test_scaffold_writes_a_config_that_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scaffold_writes_a_config_that_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "new"
     assert main(["scaffold", str(out_dir)]) == 0
     written = sorted(p.name for p in out_dir.iterdir())
-    assert any(n.endswith(".toml") for n in written) and any(n.endswith(".service") for n in written)
+    assert any(n.endswith(".toml") for n in written) and any(
+        n.endswith(".service") for n in written
+    )
     toml = next(p for p in out_dir.iterdir() if p.name.endswith(".toml"))
     capsys.readouterr()
     assert main(["check", "-c", str(toml)]) == 0, capsys.readouterr().err
     assert main(["scaffold", str(out_dir)]) != 0  # never overwrites
 
 
-def test_status_stop_and_health_without_an_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_stop_and_health_without_an_agent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config(tmp_path, 1883, 1884)
     assert main(["status", "-c", str(cfg.path)]) == 3
     assert "not running" in capsys.readouterr().out
@@ -82,7 +94,9 @@ def test_health_and_status_of_a_running_agent(
         assert m is not None and m.group(1) == healthz(cfg.base_url)["status"], out
 
 
-def test_consume_refuses_bad_flags_before_connecting(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_consume_refuses_bad_flags_before_connecting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     db = str(tmp_path / "c.db")
     assert main(["consume", "--broker", "127.0.0.1:1", "--db", db, "--ca-file", "x"]) == 2
     assert "needs --tls" in capsys.readouterr().err
@@ -106,8 +120,24 @@ def test_bridge_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_bridge_cli_simulate_counts_what_it_sent(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bridge_main(["simulate", "--count", "25", "--rate", "500", "--seed", "4", "--noise", "0",
-                        "--dropout", "0"]) == 0
+    assert (
+        bridge_main(
+            [
+                "simulate",
+                "--count",
+                "25",
+                "--rate",
+                "500",
+                "--seed",
+                "4",
+                "--noise",
+                "0",
+                "--dropout",
+                "0",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     summary = json.loads(captured.err.strip().splitlines()[-1])
     assert summary["sent"] == 25 and summary["lost"] == 0 and summary["noisy"] == 0
@@ -115,7 +145,9 @@ def test_bridge_cli_simulate_counts_what_it_sent(capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.slow
-def test_demo_in_process_runs_the_whole_path_and_loses_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_in_process_runs_the_whole_path_and_loses_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import logging
 
     names = ("", "edge_agent", "firmware_bridge")
@@ -127,7 +159,11 @@ def test_demo_in_process_runs_the_whole_path_and_loses_nothing(capsys: pytest.Ca
             logging.getLogger(n).setLevel(level)
     out = capsys.readouterr().out
     assert "batch seq=0 " in out, out
-    m = re.search(r"^published (\d+) readings; upstream counted (\d+) in (\d+) batches; lost (\d+)$", out, re.M)
+    m = re.search(
+        r"^published (\d+) readings; upstream counted (\d+) in (\d+) batches; lost (\d+)$",
+        out,
+        re.M,
+    )
     assert m is not None, out
     published, counted, batches, lost = map(int, m.groups())
     # 2 sensors x 4/s for 8 s, plus the simulated board's frames: certainly some.

@@ -46,7 +46,10 @@ class DemoRun:
         env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "demo"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
             start_new_session=True,  # its own process group, as a shell gives a job
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -105,8 +108,9 @@ def demo_run(tmp_path: Path) -> Iterator[DemoRun]:
         run.kill()
 
 
-@pytest.mark.parametrize("when", ["batch seq=", ">>> upstream broker stopped"],
-                         ids=["running", "during-the-outage"])
+@pytest.mark.parametrize(
+    "when", ["batch seq=", ">>> upstream broker stopped"], ids=["running", "during-the-outage"]
+)
 def test_ctrl_c_drains_and_exits_within_seconds_with_nothing_lost(
     demo_run: DemoRun, tmp_path: Path, when: str
 ) -> None:

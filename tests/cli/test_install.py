@@ -31,8 +31,18 @@ WHEEL_PREFIX = re.sub(r"[-_.]+", "_", DIST).lower()
 
 # What a checkout holds that a wheel build reads (tests, bench and the venv stay behind).
 _SKIP = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-    ".hypothesis", ".mypy_cache", ".ruff_cache", "tests", "bench",
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
+    "tests",
+    "bench",
 )
 
 
@@ -55,35 +65,68 @@ def wheelhouse() -> Path:
     house = Path(
         os.environ.get("EDGE_AGENT_WHEELHOUSE")
         or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        / "edge-agent-tests" / "wheelhouse"
+        / "edge-agent-tests"
+        / "wheelhouse"
     )
     house.mkdir(parents=True, exist_ok=True)
     # Build requirements, the dependencies, and what pipx puts in its shared venv.
-    reqs = [*PYPROJECT["build-system"]["requires"], *PYPROJECT["project"]["dependencies"],
-            "pip", "setuptools", "wheel"]
-    pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-           "-d", str(house)]
-    offline = subprocess.run([*pip, "--no-index", "--find-links", str(house), *reqs],
-                             capture_output=True, text=True, timeout=300)
+    reqs = [
+        *PYPROJECT["build-system"]["requires"],
+        *PYPROJECT["project"]["dependencies"],
+        "pip",
+        "setuptools",
+        "wheel",
+    ]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--disable-pip-version-check",
+        "-d",
+        str(house),
+    ]
+    offline = subprocess.run(
+        [*pip, "--no-index", "--find-links", str(house), *reqs],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if offline.returncode != 0:
         online = subprocess.run([*pip, *reqs], capture_output=True, text=True, timeout=600)
         if online.returncode != 0:
-            pytest.fail(f"cannot fill the wheelhouse {house} (needs PyPI once):\n"
-                        f"{online.stderr[-2000:]}")
+            pytest.fail(
+                f"cannot fill the wheelhouse {house} (needs PyPI once):\n{online.stderr[-2000:]}"
+            )
     return house
 
 
 def offline_env(house: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PIP_", "PIPX_", "VIRTUAL_ENV", "PYTHON", "EDGE_AGENT_"))}
-    env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(house), PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PIP_NO_CACHE_DIR="1", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIP_", "PIPX_", "VIRTUAL_ENV", "PYTHON", "EDGE_AGENT_"))
+    }
+    env.update(
+        PIP_NO_INDEX="1",
+        PIP_FIND_LINKS=str(house),
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_CACHE_DIR="1",
+        **extra,
+    )
     return env
 
 
 def sh(line: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", line],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, f"{line}\nexit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
 
@@ -129,7 +172,11 @@ def first_commands(bin_dir: Path, home: Path, env: dict[str, str]) -> None:
     assert str(ROOT) not in unit
     where = subprocess.run(
         [program.parent / "python", "-c", "import edge_agent; print(edge_agent.__file__)"],
-        capture_output=True, text=True, env=env, cwd=home, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=home,
+        timeout=60,
     )
     assert where.returncode == 0, where.stderr
     assert where.stdout.startswith(str(program.parent.parent)), where.stdout  # the installed copy
@@ -143,8 +190,11 @@ def test_readme_recipe_installs_the_wheel_with_pipx_and_runs(
     line = the_line(readme_install_block(), "pipx install")
     assert line.startswith("sudo env PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install")
     pipx_home, bin_dir = tmp_path / "opt" / "pipx", tmp_path / "usr" / "local" / "bin"
-    line = (line.removeprefix("sudo ").replace("/opt/pipx", str(pipx_home))
-            .replace("/usr/local/bin", str(bin_dir)))
+    line = (
+        line.removeprefix("sudo ")
+        .replace("/opt/pipx", str(pipx_home))
+        .replace("/usr/local/bin", str(bin_dir))
+    )
     env = offline_env(wheelhouse, HOME=str(tmp_path))
     sh(line, built_wheel, env)
     assert (bin_dir / "edge-agent").exists() and (bin_dir / "firmware-bridge").exists()
@@ -156,8 +206,9 @@ def test_readme_venv_alternative_installs_the_wheel_and_runs(
     built_wheel: Path, wheelhouse: Path, tmp_path: Path
 ) -> None:
     text = (ROOT / "README.md").read_text()
-    steps = re.findall(r"`(sudo [^`]*(?:venv|/opt/edge-agent/bin/pip|ln -s)[^`]*)`",
-                       text.replace("\n", " "))
+    steps = re.findall(
+        r"`(sudo [^`]*(?:venv|/opt/edge-agent/bin/pip|ln -s)[^`]*)`", text.replace("\n", " ")
+    )
     assert len(steps) == 3, steps
     opt, bin_dir = tmp_path / "opt" / "edge-agent", tmp_path / "usr" / "local" / "bin"
     bin_dir.mkdir(parents=True)
@@ -165,7 +216,11 @@ def test_readme_venv_alternative_installs_the_wheel_and_runs(
     for step in steps:
         # python3: the interpreter this test venv was made from (it has venv and ensurepip).
         base = getattr(sys, "_base_executable", sys.executable)
-        step = (step.removeprefix("sudo ").replace("python3", shlex.quote(base), 1)
-                .replace("/opt/edge-agent", str(opt)).replace("/usr/local/bin", str(bin_dir)))
+        step = (
+            step.removeprefix("sudo ")
+            .replace("python3", shlex.quote(base), 1)
+            .replace("/opt/edge-agent", str(opt))
+            .replace("/usr/local/bin", str(bin_dir))
+        )
         sh(step, built_wheel, env)
     first_commands(bin_dir, tmp_path, env)

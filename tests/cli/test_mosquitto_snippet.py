@@ -39,7 +39,12 @@ class StockBroker:
         for d in (self.conf_d, self.lib, root / "run/mosquitto", root / "var/log/mosquitto"):
             d.mkdir(parents=True, exist_ok=True)
         text = DEBIAN_CONF.read_text()
-        for path in ("/run/mosquitto", "/var/lib/mosquitto", "/var/log/mosquitto", "/etc/mosquitto"):
+        for path in (
+            "/run/mosquitto",
+            "/var/lib/mosquitto",
+            "/var/log/mosquitto",
+            "/etc/mosquitto",
+        ):
             assert path in text, path
             text = text.replace(path, f"{root}{path}")
         self.main = root / "etc/mosquitto/mosquitto.conf"
@@ -54,8 +59,18 @@ class StockBroker:
             assert MOSQUITTO_PASSWD is not None, "mosquitto_passwd is not installed"
             for i, (user, password) in enumerate(USERS.items()):
                 create = ["-c"] if i == 0 else []
-                subprocess.run([MOSQUITTO_PASSWD, "-b", *create, str(etc / "edge-agent.passwd"),
-                                user, password], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        MOSQUITTO_PASSWD,
+                        "-b",
+                        *create,
+                        str(etc / "edge-agent.passwd"),
+                        user,
+                        password,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
         if "acl_file /etc/mosquitto/edge-agent.acl" in snippet:
             shutil.copy(scaffolded / "mosquitto-edge-agent.acl", etc / "edge-agent.acl")
         # What this test needs beside them: a free port instead of 1883 (where the host's
@@ -69,8 +84,12 @@ class StockBroker:
         binary = find_mosquitto()
         assert binary is not None, "mosquitto is not installed"
         with open(self.stderr, "ab") as err:  # "Loading config file ..." goes here
-            self.proc = subprocess.Popen([binary, "-c", str(self.main)], start_new_session=True,
-                                         stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(self.main)],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -106,8 +125,9 @@ def stock_broker(tmp_path: Path, scaffolded: Path) -> Iterator[StockBroker]:
 
 
 def _client(client_id: str, user: str) -> paho.Client:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=MQTTProtocolVersion.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
     client.username_pw_set(user, USERS[user])
     return client
 

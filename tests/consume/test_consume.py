@@ -32,10 +32,20 @@ from tests.helpers.postgres import Postgres, postgres_unavailable
 AGG = {"min": 1.0, "max": 2.0, "mean": 1.5}
 
 
-def batch(seq: int, windows: list[dict[str, Any]] = (), readings: list[dict[str, Any]] = (),  # type: ignore[assignment]
-          agent: str = "dev-1", schema: str = "edge-agent/batch/1") -> dict[str, Any]:
-    doc: dict[str, Any] = {"schema": schema, "agent": agent, "seq": seq, "sent": 1.7e9 + seq,
-                           "config": "0123456789ab"}
+def batch(
+    seq: int,
+    windows: list[dict[str, Any]] = (),
+    readings: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    agent: str = "dev-1",
+    schema: str = "edge-agent/batch/1",
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": schema,
+        "agent": agent,
+        "seq": seq,
+        "sent": 1.7e9 + seq,
+        "config": "0123456789ab",
+    }
     if windows:
         doc["windows"] = list(windows)
     if readings:
@@ -43,22 +53,49 @@ def batch(seq: int, windows: list[dict[str, Any]] = (), readings: list[dict[str,
     return doc
 
 
-def win(key: str, start: float, end: float, rev: int = 0, count: int = 3, **extra: Any) -> dict[str, Any]:
-    return {"pipeline": "p", "key": key, "start": start, "end": end, "rev": rev, "count": count,
-            **AGG, **extra}
+def win(
+    key: str, start: float, end: float, rev: int = 0, count: int = 3, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "pipeline": "p",
+        "key": key,
+        "start": start,
+        "end": end,
+        "rev": rev,
+        "count": count,
+        **AGG,
+        **extra,
+    }
 
 
-def status(agent: str = "dev-1", state: str = "online", t: float = 1.7e9, health: str = "ok") -> dict[str, Any]:
-    return {"schema": "edge-agent/status/1", "agent": agent, "state": state, "version": "0.1.0",
-            "config": "0123456789ab", "health": health, "reasons": [], "time": t}
+def status(
+    agent: str = "dev-1", state: str = "online", t: float = 1.7e9, health: str = "ok"
+) -> dict[str, Any]:
+    return {
+        "schema": "edge-agent/status/1",
+        "agent": agent,
+        "state": state,
+        "version": "0.1.0",
+        "config": "0123456789ab",
+        "health": health,
+        "reasons": [],
+        "time": t,
+    }
 
 
 # --------------------------------------------------------------------------- decode
 
 
 def test_decode_batch_columns_and_aggregates_json() -> None:
-    d = decode_message(cbor2.dumps(batch(7, [win("k", 10, 20, rev=1, p99=1.9)],
-                                         [{"pipeline": "raw", "key": "r", "ts": 15, "value": 2}])))
+    d = decode_message(
+        cbor2.dumps(
+            batch(
+                7,
+                [win("k", 10, 20, rev=1, p99=1.9)],
+                [{"pipeline": "raw", "key": "r", "ts": 15, "value": 2}],
+            )
+        )
+    )
     assert (d.schema, d.agent, d.seq) == ("edge-agent/batch/1", "dev-1", 7)
     (w,) = d.windows
     assert w[:7] == ("dev-1", "p", "k", 10.0, 20.0, 1, 3) and w[8] == 7
@@ -67,8 +104,15 @@ def test_decode_batch_columns_and_aggregates_json() -> None:
 
 
 def test_decode_late_batch_flags_readings_late() -> None:
-    d = decode_message(cbor2.dumps(batch(0, readings=[{"pipeline": "p", "key": "k", "ts": 1.0, "value": 3.5}],
-                                         schema="edge-agent/late/1")))
+    d = decode_message(
+        cbor2.dumps(
+            batch(
+                0,
+                readings=[{"pipeline": "p", "key": "k", "ts": 1.0, "value": 3.5}],
+                schema="edge-agent/late/1",
+            )
+        )
+    )
     assert d.readings == [("dev-1", "p", "k", 1.0, 3.5, True, 0)]
 
 
@@ -92,19 +136,27 @@ def test_decode_refuses_a_zlib_bomb(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_decode_string_references() -> None:
     doc = batch(1, [win(f"key/{i % 2}", 0, 10) for i in range(4)])
-    assert decode_message(cbor2.dumps(doc, string_referencing=True)) == decode_message(cbor2.dumps(doc))
+    assert decode_message(cbor2.dumps(doc, string_referencing=True)) == decode_message(
+        cbor2.dumps(doc)
+    )
 
 
-@pytest.mark.parametrize(("payload", "why"), [
-    (b"\xff\x00", "not CBOR"),
-    (cbor2.dumps([1, 2]), "CBOR map"),
-    (cbor2.dumps({"schema": "other/1", "agent": "a", "seq": 1}), "unknown schema"),
-    (cbor2.dumps({**batch(1), "seq": -1}), "seq"),
-    (cbor2.dumps(batch(1, [{"pipeline": "p", "key": "k", "start": 0, "end": 1, "rev": 0}])), "missing count"),
-    (cbor2.dumps(batch(1, [win("k", 0, float("nan"))])), "finite"),
-    (cbor2.dumps(batch(1, [win("k", 0, 1, replaces=[[0]])])), "replaces"),
-    (cbor2.dumps({**status(), "time": "x"}), "time"),
-])
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"\xff\x00", "not CBOR"),
+        (cbor2.dumps([1, 2]), "CBOR map"),
+        (cbor2.dumps({"schema": "other/1", "agent": "a", "seq": 1}), "unknown schema"),
+        (cbor2.dumps({**batch(1), "seq": -1}), "seq"),
+        (
+            cbor2.dumps(batch(1, [{"pipeline": "p", "key": "k", "start": 0, "end": 1, "rev": 0}])),
+            "missing count",
+        ),
+        (cbor2.dumps(batch(1, [win("k", 0, float("nan"))])), "finite"),
+        (cbor2.dumps(batch(1, [win("k", 0, 1, replaces=[[0]])])), "replaces"),
+        (cbor2.dumps({**status(), "time": "x"}), "time"),
+    ],
+)
 def test_decode_rejects_with_a_reason(payload: bytes, why: str) -> None:
     with pytest.raises(BadMessage, match=why):
         decode_message(payload)
@@ -197,12 +249,16 @@ def test_a_large_group_keeps_the_highest_rev(db_url: str) -> None:
     window inside the group and against the table still end at the highest rev."""
     keys = [f"k{i}" for i in range(300)]
     first = batch(0, [win(k, 0, 10, rev=1, count=2) for k in keys])
-    g = [batch(1, [win(k, 0, 10, rev=3, count=4) for k in keys]),
-         batch(2, [win(k, 0, 10, rev=2, count=3) for k in keys] + [win("new", 0, 10)]),
-         batch(3, [win(k, 0, 10, rev=0, count=1) for k in keys])]
+    g = [
+        batch(1, [win(k, 0, 10, rev=3, count=4) for k in keys]),
+        batch(2, [win(k, 0, 10, rev=2, count=3) for k in keys] + [win("new", 0, 10)]),
+        batch(3, [win(k, 0, 10, rev=0, count=1) for k in keys]),
+    ]
     run(store(db_url, [first], g))
-    assert query(db_url, "SELECT rev, count, seq, count(*) FROM windows WHERE key <> 'new' GROUP BY rev, count, seq") \
-        == [(3, 4, 1, 300)]
+    assert query(
+        db_url,
+        "SELECT rev, count, seq, count(*) FROM windows WHERE key <> 'new' GROUP BY rev, count, seq",
+    ) == [(3, 4, 1, 300)]
     assert query(db_url, "SELECT rev FROM windows WHERE key = 'new'") == [(0,)]
 
 
@@ -226,10 +282,17 @@ def test_session_replaces_removes_absorbed_windows_even_when_they_arrive_later(d
 
 def test_late_and_raw_readings_and_the_latest_windows_view(db_url: str) -> None:
     raw = batch(0, readings=[{"pipeline": "raw", "key": "r", "ts": 1.5, "value": 4.0}])
-    late = batch(0, readings=[{"pipeline": "p", "key": "k", "ts": 0.5, "value": 9.0}], schema="edge-agent/late/1")
+    late = batch(
+        0,
+        readings=[{"pipeline": "p", "key": "k", "ts": 0.5, "value": 9.0}],
+        schema="edge-agent/late/1",
+    )
     run(store(db_url, [raw, late, batch(1, [win("k", 1700000000, 1700000010)])]))
     rows = query(db_url, "SELECT pipeline, ts, value, late FROM readings ORDER BY ts")
-    assert [(p, ts, v, bool(lt)) for p, ts, v, lt in rows] == [("p", 0.5, 9.0, True), ("raw", 1.5, 4.0, False)]
+    assert [(p, ts, v, bool(lt)) for p, ts, v, lt in rows] == [
+        ("p", 0.5, 9.0, True),
+        ("raw", 1.5, 4.0, False),
+    ]
     ((mn, mx, mean, t),) = query(db_url, "SELECT min, max, mean, end_time FROM latest_windows")
     assert (mn, mx, mean) == (1.0, 2.0, 1.5)
     assert "2023-11-14" in str(t)
@@ -237,7 +300,9 @@ def test_late_and_raw_readings_and_the_latest_windows_view(db_url: str) -> None:
 
 def test_devices_keep_the_newest_status_and_the_will(db_url: str) -> None:
     run(store(db_url, [status(t=100)], [status(t=160, health="degraded")], [status(t=130)]))
-    assert query(db_url, "SELECT state, health, time FROM devices") == [("online", "degraded", 160.0)]
+    assert query(db_url, "SELECT state, health, time FROM devices") == [
+        ("online", "degraded", 160.0)
+    ]
     # the MQTT will was fixed at connect (t=100) and still says the device went away
     run(store(db_url, [status(state="offline", t=100)]))
     assert query(db_url, "SELECT state, time FROM devices") == [("offline", 100.0)]
@@ -251,8 +316,21 @@ def test_devices_keep_the_newest_status_and_the_will(db_url: str) -> None:
 def start_consumer(port: int, db: str, *extra: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as err:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "consume", "--broker", f"127.0.0.1:{port}", "--db", db, *extra],
-            cwd=REPO, env=agent_env(), stdout=subprocess.DEVNULL, stderr=err,
+            [
+                sys.executable,
+                "-m",
+                "edge_agent",
+                "consume",
+                "--broker",
+                f"127.0.0.1:{port}",
+                "--db",
+                db,
+                *extra,
+            ],
+            cwd=REPO,
+            env=agent_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
 
 
@@ -274,7 +352,9 @@ class BatchPublisher:
         self.props.ContentType = "application/cbor"
         self.infos: list[paho.MQTTMessageInfo] = []
 
-    def send(self, topic: str, doc: dict[str, Any], *, deflate: bool = False, retain: bool = False) -> None:
+    def send(
+        self, topic: str, doc: dict[str, Any], *, deflate: bool = False, retain: bool = False
+    ) -> None:
         payload = cbor2.dumps(doc)
         props = self.props
         if deflate:
@@ -307,15 +387,29 @@ def stored(db: str) -> tuple[int, int, int]:
 
 def stream(n: int, agent: str = "dev-1") -> list[dict[str, Any]]:
     """n batches, each with 5 readings and 5 windows; a doubled batch shows in readings."""
-    return [batch(s, [win(f"k{j}", s * 10, s * 10 + 10) for j in range(5)],
-                  [{"pipeline": "raw", "key": f"r{j}", "ts": s + j / 10, "value": float(j)} for j in range(5)],
-                  agent=agent) for s in range(n)]
+    return [
+        batch(
+            s,
+            [win(f"k{j}", s * 10, s * 10 + 10) for j in range(5)],
+            [
+                {"pipeline": "raw", "key": f"r{j}", "ts": s + j / 10, "value": float(j)}
+                for j in range(5)
+            ],
+            agent=agent,
+        )
+        for s in range(n)
+    ]
 
 
 def check_exact(db: str, n: int, agents: int = 1) -> None:
-    assert query(db, "SELECT count(*), count(DISTINCT agent || '/' || seq) FROM batches") == [(n * agents, n * agents)]
+    assert query(db, "SELECT count(*), count(DISTINCT agent || '/' || seq) FROM batches") == [
+        (n * agents, n * agents)
+    ]
     assert stored(db) == (n * agents, n * agents * 5, n * agents * 5)
-    dup = query(db, "SELECT agent, seq, ts, count(*) FROM readings GROUP BY agent, seq, ts HAVING count(*) > 1")
+    dup = query(
+        db,
+        "SELECT agent, seq, ts, count(*) FROM readings GROUP BY agent, seq, ts HAVING count(*) > 1",
+    )
     assert dup == []
 
 
@@ -339,7 +433,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_doubles_nothing(
             poll(lambda: stored(db)[0] > 20, 20, what="some batches stored")
             c.send_signal(signal.SIGKILL)  # mid-stream: some stored, some in flight
             c.wait(10)
-            for d in docs[n // 2:]:
+            for d in docs[n // 2 :]:
                 pub.send("edge/dev-1/batches", d)
             pub.flush()
             pub.close()
@@ -377,8 +471,12 @@ def test_two_consumers_on_a_shared_subscription_one_killed_and_restarted(
         b = start_consumer(broker.port, db, *share, log=logs[1])
         try:
             poll(lambda: "subscribed" in logs[1].read_text(), 15, what="consumer b subscribed")
-            ids = [next(ln.split(" as ")[-1] for ln in p.read_text().splitlines() if "subscribed" in ln)
-                   for p in logs]
+            ids = [
+                next(
+                    ln.split(" as ")[-1] for ln in p.read_text().splitlines() if "subscribed" in ln
+                )
+                for p in logs
+            ]
             assert ids[0] != ids[1]
             pub = BatchPublisher(broker.port)
             docs = [(f"dev-{g}", d) for g in range(agents) for d in stream(n, f"dev-{g}")]
@@ -395,11 +493,17 @@ def test_two_consumers_on_a_shared_subscription_one_killed_and_restarted(
             pub.flush()
             pub.close()
             b = start_consumer(broker.port, db, *share, log=logs[1])
-            poll(lambda: stored(db)[0] == n * agents, 40,
-                 what=f"every batch stored (have {stored(db)[0]} of {n * agents})")
+            poll(
+                lambda: stored(db)[0] == n * agents,
+                40,
+                what=f"every batch stored (have {stored(db)[0]} of {n * agents})",
+            )
             # the restarted consumer took back its own session (its unacked messages)
-            assert [ln.split(" as ")[-1] for ln in logs[1].read_text().splitlines()
-                    if "subscribed" in ln] == [ids[1], ids[1]]
+            assert [
+                ln.split(" as ")[-1]
+                for ln in logs[1].read_text().splitlines()
+                if "subscribed" in ln
+            ] == [ids[1], ids[1]]
             time.sleep(0.5)
             check_exact(db, n, agents)
         finally:
@@ -409,7 +513,9 @@ def test_two_consumers_on_a_shared_subscription_one_killed_and_restarted(
 
 
 @pytest.mark.slow
-def test_bad_and_oversized_messages_are_rejected_with_a_reason_and_do_not_block(tmp_path: Path) -> None:
+def test_bad_and_oversized_messages_are_rejected_with_a_reason_and_do_not_block(
+    tmp_path: Path,
+) -> None:
     db = f"sqlite:///{tmp_path}/c.db"
     with Broker(tmp_path / "broker") as broker:
         log = tmp_path / "consumer.log"
@@ -417,12 +523,16 @@ def test_bad_and_oversized_messages_are_rejected_with_a_reason_and_do_not_block(
         try:
             poll(lambda: "subscribed" in log.read_text(), 15, what="consumer subscribed")
             pub = BatchPublisher(broker.port)
-            pub.c.publish("edge/x/batches", b"\xa1" + b"\x00" * (5 * 1024 * 1024), qos=1).wait_for_publish(30)
+            pub.c.publish(
+                "edge/x/batches", b"\xa1" + b"\x00" * (5 * 1024 * 1024), qos=1
+            ).wait_for_publish(30)
             pub.c.publish("edge/x/batches", b"\xff\xfe", qos=1).wait_for_publish(30)
             pub.send("edge/dev-1/batches", stream(1)[0])
             pub.flush()
             pub.close()
-            poll(lambda: stored(db) == (1, 5, 5), 20, what="the good batch stored after the bad ones")
+            poll(
+                lambda: stored(db) == (1, 5, 5), 20, what="the good batch stored after the bad ones"
+            )
             text = log.read_text()
             assert "larger than 4194304 bytes" in text and "not CBOR" in text, text
             assert stop(c) == 0
@@ -441,20 +551,34 @@ def test_agent_to_consumer_deflated_batches_and_device_status(tmp_path: Path) ->
     db = f"sqlite:///{tmp_path}/fleet.db"
     with Broker(tmp_path / "local") as local, Broker(tmp_path / "up") as up:
         log = tmp_path / "consumer.log"
-        c = start_consumer(up.port, db, "--topic", "edge/+/batches", "--topic", "edge/+/status", log=log)
+        c = start_consumer(
+            up.port, db, "--topic", "edge/+/batches", "--topic", "edge/+/status", log=log
+        )
         try:
             poll(lambda: "subscribed" in log.read_text(), 15, what="consumer subscribed")
             cfg = write_config(tmp_path, local.port, up.port, upstream={"compression": "deflate"})
             with running_agent(cfg) as agent, Publisher(local.port) as pub:
                 for i in range(5):
                     pub.publish("s/a", json.dumps({"ts": 1.7e9 + i * 0.1, "value": float(i)}))
-                poll(lambda: query(db, "SELECT count(*) FROM windows") == [(1,)], 20, what="the window")
-                ((agent_id, key, n, aggs),) = query(db, "SELECT agent, key, count, aggregates FROM windows")
+                poll(
+                    lambda: query(db, "SELECT count(*) FROM windows") == [(1,)],
+                    20,
+                    what="the window",
+                )
+                ((agent_id, key, n, aggs),) = query(
+                    db, "SELECT agent, key, count, aggregates FROM windows"
+                )
                 assert (agent_id, key, n) == (cfg.agent_id, "s/a", 5)
                 assert json.loads(aggs) == {"min": 0.0, "max": 4.0, "mean": 2.0}
-                poll(lambda: query(db, "SELECT state FROM devices") == [("online",)], 10, what="online")
+                poll(
+                    lambda: query(db, "SELECT state FROM devices") == [("online",)],
+                    10,
+                    what="online",
+                )
                 assert agent.stop() == 0
-            poll(lambda: query(db, "SELECT state FROM devices") == [("offline",)], 10, what="offline")
+            poll(
+                lambda: query(db, "SELECT state FROM devices") == [("offline",)], 10, what="offline"
+            )
             ((version, cfg_hash),) = query(db, "SELECT version, config FROM devices")
             assert version and len(cfg_hash) == 12
             assert "rejected" not in log.read_text()

@@ -25,8 +25,16 @@ def test_board_frames_become_windows_upstream(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
     link = tmp_path / "ttyBOARD"
-    board = SimulatedBoard("dev7", rate=200, format="kv", clock="uptime_ms", noise=0.05,
-                           dropout=0.0, seed=11, link=str(link))
+    board = SimulatedBoard(
+        "dev7",
+        rate=200,
+        format="kv",
+        clock="uptime_ms",
+        noise=0.05,
+        dropout=0.0,
+        seed=11,
+        link=str(link),
+    )
     board.open()
     bridge_cfg = tmp_path / "bridge.toml"
     bridge_port = free_port()
@@ -39,12 +47,22 @@ def test_board_frames_become_windows_upstream(
         f'[publish]\nport = {broker.port}\ntopic_template = "sensors/{{id}}"\n'
         f'[health]\nlisten = "127.0.0.1:{bridge_port}"\n'
     )
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline("mcu", ["sensors/#"], aggregates=["count", "min", "max"])])
-    bridge = subprocess.Popen([sys.executable, "-m", "firmware_bridge", "run", "-c", str(bridge_cfg)],
-                              env=agent_env(), stderr=subprocess.DEVNULL)
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline("mcu", ["sensors/#"], aggregates=["count", "min", "max"])],
+    )
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "firmware_bridge", "run", "-c", str(bridge_cfg)],
+        env=agent_env(),
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        with Consumer(upstream_broker.port, cfg.batch_topic) as consumer, AgentProcess(cfg) as agent:
+        with (
+            Consumer(upstream_broker.port, cfg.batch_topic) as consumer,
+            AgentProcess(cfg) as agent,
+        ):
             agent.wait_ready()
 
             def bridge_health() -> dict[str, object] | None:
@@ -55,16 +73,22 @@ def test_board_frames_become_windows_upstream(
                 except OSError:
                     return None
 
-            poll(lambda: (h := bridge_health()) and h["source"]["open"] and h["broker"]["connected"],
-                 15, what="the bridge reading the pty and connected")
+            poll(
+                lambda: (h := bridge_health()) and h["source"]["open"] and h["broker"]["connected"],
+                15,
+                what="the bridge reading the pty and connected",
+            )
             for _ in range(15):  # 300 frames, in chunks the pty buffer holds
                 board.send(20)
                 time.sleep(0.02)
             assert board.sent == 300 and board.overflow == 0
             # Line noise corrupts some frames: the bridge drops those (counted) and
             # publishes the rest; from there on nothing may be lost.
-            h = poll(lambda: (h := bridge_health()) and h["frames_in"] >= 300 and h["queued"] == 0
-                     and h, 15, what="the bridge done with the frames")
+            h = poll(
+                lambda: (h := bridge_health()) and h["frames_in"] >= 300 and h["queued"] == 0 and h,
+                15,
+                what="the bridge done with the frames",
+            )
             published = h["published"]
             assert published >= 250 and sum(h["dropped"].values()) > 0
 
@@ -74,11 +98,16 @@ def test_board_frames_become_windows_upstream(
                     out[w["key"]] = out.get(w["key"], 0) + w["count"]
                 return out
 
-            poll(lambda: agent.health()["counters"]["readings_in"] >= 2 * published, 20,
-                 what="the board's readings at the agent")
+            poll(
+                lambda: agent.health()["counters"]["readings_in"] >= 2 * published,
+                20,
+                what="the board's readings at the agent",
+            )
             got = consumer.wait_for(
                 lambda c: (r := readings(c)) and len(r) == 2 and min(r.values()) >= published and r,
-                timeout=20, what="windows of both fields")
+                timeout=20,
+                what="windows of both fields",
+            )
             # Every published frame is one temp and one hum reading; nothing else.
             assert got == {"sensors/dev7/temp": published, "sensors/dev7/hum": published}
             assert agent.health()["counters"]["readings_rejected"] == 0

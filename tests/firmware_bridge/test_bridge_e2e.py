@@ -90,7 +90,12 @@ async def until(cond: Callable[[], object], timeout: float = 15.0, what: str = "
 
 
 def toml(port: int, **sections: dict[str, object]) -> str:
-    publish = {"port": port, "reconnect_min": "20ms", "reconnect_max": "100ms", **sections.pop("publish", {})}
+    publish = {
+        "port": port,
+        "reconnect_min": "20ms",
+        "reconnect_max": "100ms",
+        **sections.pop("publish", {}),
+    }
     source = {"reopen_min": "10ms", "reopen_max": "50ms", **sections.pop("source", {})}
     lines: list[str] = []
     for name, table in {"source": source, "publish": publish, **sections}.items():
@@ -112,9 +117,12 @@ async def test_every_frame_form_reaches_the_broker(
 ) -> None:
     link = str(tmp_path / "ttyBOARD")
     with SimulatedBoard("dev1", format=fmt, clock="uptime_ms", link=link, seed=3) as board:
-        cfg = config(broker.port, source={"kind": "pty", "path": link},
-                     frames={"format": "cobs_cbor" if fmt == "cobs_cbor" else "auto"},
-                     clock={"mode": "uptime_ms", "field": "uptime_ms"})
+        cfg = config(
+            broker.port,
+            source={"kind": "pty", "path": link},
+            frames={"format": "cobs_cbor" if fmt == "cobs_cbor" else "auto"},
+            clock={"mode": "uptime_ms", "field": "uptime_ms"},
+        )
         async with Bridge(cfg) as bridge:
             await until(lambda: bridge.source.is_open and bridge.publisher.connected.is_set())
             t0 = time.time()
@@ -147,34 +155,48 @@ async def test_bad_checksums_noise_long_lines_and_seq_gaps_are_counted(
         async with Bridge(cfg) as bridge:
             await until(lambda: bridge.source.is_open and bridge.publisher.connected.is_set())
             good = encode_text_frame
-            board.write(b"".join([
-                good("id=b1 seq=0 temp=1"),
-                b"id=b1 seq=1 temp=2*00\n",  # bad checksum: dropped, and seq 1 is lost
-                b"\x00\xff\xfe\x80\x81 noise \x07\n",  # binary noise
-                b"x" * 500 + b"\n",  # over-long
-                good('{"id":"b1","seq":2,"temp":3}'),
-                b'{"id":"b1","seq":5,"temp":4}\n',  # no checksum (optional): fine; 3 and 4 lost
-                b'{"id":"b1","seq":5,"temp":4}\n',  # duplicate
-                b'{"id":"b1", "temp":\n',  # malformed
-                good('{"id":"b2","seq":9,"temp":5}'),
-                good('{"id":"b2","seq":0,"temp":6}'),  # b2 rebooted: no loss before seq 0
-            ]))
+            board.write(
+                b"".join(
+                    [
+                        good("id=b1 seq=0 temp=1"),
+                        b"id=b1 seq=1 temp=2*00\n",  # bad checksum: dropped, and seq 1 is lost
+                        b"\x00\xff\xfe\x80\x81 noise \x07\n",  # binary noise
+                        b"x" * 500 + b"\n",  # over-long
+                        good('{"id":"b1","seq":2,"temp":3}'),
+                        b'{"id":"b1","seq":5,"temp":4}\n',  # no checksum (optional): fine; 3 and 4 lost
+                        b'{"id":"b1","seq":5,"temp":4}\n',  # duplicate
+                        b'{"id":"b1", "temp":\n',  # malformed
+                        good('{"id":"b2","seq":9,"temp":5}'),
+                        good('{"id":"b2","seq":0,"temp":6}'),  # b2 rebooted: no loss before seq 0
+                    ]
+                )
+            )
             await until(lambda: bridge.health()["frames_in"] == 10, what="10 frames")
             await until(lambda: bridge.publisher.published == 5, what="5 published")
             h = bridge.health()
             assert not bridge.publisher.queued
     d = h["dropped"]
-    assert (d["checksum"], d["noise"], d["too_long"], d["duplicate"], d["malformed"]) == (1, 1, 1, 1, 1)
+    assert (d["checksum"], d["noise"], d["too_long"], d["duplicate"], d["malformed"]) == (
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
     assert h["boards"]["b1"]["lost"] == 3 and h["boards"]["b1"]["resets"] == 0
     assert h["boards"]["b2"]["resets"] == 1 and h["boards"]["b2"]["lost"] == 0
     await until(lambda: len(sub) == 5)
     assert [json.loads(m.payload)["temp"] for m in sub.snapshot()] == [1, 3, 4, 5, 6]
 
 
-async def test_dropouts_show_up_as_lost_frames(broker: Broker, sub: Subscriber, tmp_path: Path) -> None:
+async def test_dropouts_show_up_as_lost_frames(
+    broker: Broker, sub: Subscriber, tmp_path: Path
+) -> None:
     link = str(tmp_path / "tty")
     with SimulatedBoard("lossy", dropout=0.2, seed=7, link=link, format="cobs_cbor") as board:
-        cfg = config(broker.port, source={"kind": "pty", "path": link}, frames={"format": "cobs_cbor"})
+        cfg = config(
+            broker.port, source={"kind": "pty", "path": link}, frames={"format": "cobs_cbor"}
+        )
         async with Bridge(cfg) as bridge:
             await until(lambda: bridge.source.is_open)
             board.send(200)
@@ -203,8 +225,10 @@ async def test_unplug_and_replug_without_restart(
             os.unlink(link)  # udev removes the link too: the bridge keeps retrying
             await until(lambda: not bridge.source.is_open, what="device lost")
             # Several failed reopen attempts (its debug log says so), and no open meanwhile.
-            await until(lambda: sum("cannot open" in r.getMessage() for r in caplog.records) >= 3,
-                        what="failed reopen attempts")
+            await until(
+                lambda: sum("cannot open" in r.getMessage() for r in caplog.records) >= 3,
+                what="failed reopen attempts",
+            )
             assert bridge.source.opens == 1
             board.open()  # replug: new pty, link moved; the board rebooted (seq from 0)
             await until(lambda: bridge.source.opens == 2, what="reopened")
@@ -221,7 +245,9 @@ async def test_udp_datagrams(broker: Broker, sub: Subscriber) -> None:
     async with Bridge(cfg) as bridge:
         await until(lambda: bridge.source.is_open and bridge.publisher.connected.is_set())
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(b'{"id":"esp1","seq":0,"t":1}\n{"id":"esp1","seq":1,"t":2}', ("127.0.0.1", port))
+            s.sendto(
+                b'{"id":"esp1","seq":0,"t":1}\n{"id":"esp1","seq":1,"t":2}', ("127.0.0.1", port)
+            )
             s.sendto(encode_text_frame("temp=3 seq=0"), ("127.0.0.1", port))  # id = sender
             s.sendto(b"\xde\xad\xbe\xef", ("127.0.0.1", port))
             board = SimulatedBoard("esp2", clock="board")
@@ -266,7 +292,10 @@ def test_cli_bad_config_exits_2(tmp_path: Path) -> None:
     p = _cli("run", "-c", str(bad), stderr=subprocess.PIPE)
     _, err = p.communicate(timeout=10)
     assert p.returncode == 2
-    assert f'{bad}:2: source.kind: expected one of serial, pty, stdin, udp, got "carrier-pigeon"' in err.decode()
+    assert (
+        f'{bad}:2: source.kind: expected one of serial, pty, stdin, udp, got "carrier-pigeon"'
+        in err.decode()
+    )
     p = _cli("run", "-c", str(tmp_path / "missing.toml"), stderr=subprocess.PIPE)
     p.communicate(timeout=10)
     assert p.returncode == 2
@@ -280,11 +309,19 @@ def _get(url: str) -> tuple[int, bytes]:
         return e.code, b""
 
 
-async def test_cli_run_on_stdin_with_health_and_sigusr1(broker: Broker, sub: Subscriber, tmp_path: Path) -> None:
+async def test_cli_run_on_stdin_with_health_and_sigusr1(
+    broker: Broker, sub: Subscriber, tmp_path: Path
+) -> None:
     hport = free_port()
     cfg = tmp_path / "fb.toml"
-    cfg.write_text(toml(broker.port, source={"kind": "stdin"}, frames={"default_id": "pipe"},
-                        health={"listen": f"127.0.0.1:{hport}"}))
+    cfg.write_text(
+        toml(
+            broker.port,
+            source={"kind": "stdin"},
+            frames={"default_id": "pipe"},
+            health={"listen": f"127.0.0.1:{hport}"},
+        )
+    )
     p = _cli("run", "-c", str(cfg), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert p.stdin is not None and p.stderr is not None
@@ -325,8 +362,21 @@ async def test_cli_run_on_stdin_with_health_and_sigusr1(broker: Broker, sub: Sub
 
 
 def test_cli_simulate_writes_frames_into_a_pty() -> None:
-    p = _cli("simulate", "--rate", "200", "--duration", "3", "--seed", "1", "--noise", "0",
-             "--dropout", "0", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = _cli(
+        "simulate",
+        "--rate",
+        "200",
+        "--duration",
+        "3",
+        "--seed",
+        "1",
+        "--noise",
+        "0",
+        "--dropout",
+        "0",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert p.stdout is not None
         path = p.stdout.readline().decode().strip()

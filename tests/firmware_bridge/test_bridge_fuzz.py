@@ -51,8 +51,12 @@ def _looks_numeric(s: str) -> bool:
 # -- round trips ----------------------------------------------------------------------
 
 
-@given(st.dictionaries(NAMES, st.one_of(st.integers(-(10**12), 10**12), KV_TEXT), min_size=1, max_size=6),
-       st.booleans())
+@given(
+    st.dictionaries(
+        NAMES, st.one_of(st.integers(-(10**12), 10**12), KV_TEXT), min_size=1, max_size=6
+    ),
+    st.booleans(),
+)
 def test_kv_frames_round_trip(obj: dict[str, Any], checksum: bool) -> None:
     line = encode_text_frame(" ".join(f"{k}={v}" for k, v in obj.items()), checksum)
     assert line.endswith(b"\n")
@@ -69,7 +73,9 @@ def test_kv_float_values_round_trip(x: float, key: str) -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | FINITE | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -84,9 +90,15 @@ def test_json_frames_round_trip(obj: dict[str, Any], checksum: bool, crlf: bool)
 
 
 CBOR_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64) + 1, 2**64 - 1) | FINITE | st.text(max_size=10)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64) + 1, 2**64 - 1)
+    | FINITE
+    | st.text(max_size=10)
     | st.binary(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -144,7 +156,9 @@ def binary_oracle(frame: bytes) -> dict[str, Any] | None:
 
 
 @given(st.binary(max_size=300), st.sampled_from(["auto", "json", "kv"]), st.booleans())
-def test_text_noise_is_a_drop_reason_or_what_the_oracle_reads(data: bytes, fmt: str, required: bool) -> None:
+def test_text_noise_is_a_drop_reason_or_what_the_oracle_reads(
+    data: bytes, fmt: str, required: bool
+) -> None:
     line = data.replace(b"\n", b"")
     got = FrameDecoder(fmt, checksum="required" if required else "optional").text(line)
     want = text_oracle(line)
@@ -183,20 +197,26 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return out
 
 
-TEXT_NOISE = st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"").replace(b"=", b"").replace(b"{", b""))
+TEXT_NOISE = st.binary(max_size=60).map(
+    lambda b: b.replace(b"\n", b"").replace(b"=", b"").replace(b"{", b"")
+)
 
 
 @given(
     st.lists(
         st.one_of(
-            st.dictionaries(NAMES, st.integers(-1000, 1000), min_size=1, max_size=4).map(lambda d: ("frame", d)),
+            st.dictionaries(NAMES, st.integers(-1000, 1000), min_size=1, max_size=4).map(
+                lambda d: ("frame", d)
+            ),
             TEXT_NOISE.map(lambda b: ("noise", b)),
         ),
         max_size=25,
     ),
     st.lists(st.integers(0, 10_000), max_size=30),
 )
-def test_text_stream_with_noise_in_any_chunking(items: list[tuple[str, Any]], cuts: list[int]) -> None:
+def test_text_stream_with_noise_in_any_chunking(
+    items: list[tuple[str, Any]], cuts: list[int]
+) -> None:
     stream = b""
     want: list[dict[str, Any]] = []
     for kind, x in items:
@@ -223,14 +243,20 @@ def test_text_stream_with_noise_in_any_chunking(items: list[tuple[str, Any]], cu
 @given(
     st.lists(
         st.one_of(
-            st.dictionaries(NAMES, st.integers(), min_size=1, max_size=4).map(lambda d: ("frame", d)),
-            st.binary(min_size=1, max_size=60).map(lambda b: ("noise", b.replace(b"\x00", b"\x01"))),
+            st.dictionaries(NAMES, st.integers(), min_size=1, max_size=4).map(
+                lambda d: ("frame", d)
+            ),
+            st.binary(min_size=1, max_size=60).map(
+                lambda b: ("noise", b.replace(b"\x00", b"\x01"))
+            ),
         ),
         max_size=25,
     ),
     st.lists(st.integers(0, 10_000), max_size=30),
 )
-def test_binary_stream_with_noise_in_any_chunking(items: list[tuple[str, Any]], cuts: list[int]) -> None:
+def test_binary_stream_with_noise_in_any_chunking(
+    items: list[tuple[str, Any]], cuts: list[int]
+) -> None:
     stream = b""
     want: list[dict[str, Any]] = []
     for kind, x in items:
@@ -266,12 +292,40 @@ def test_splitter_memory_is_bounded_by_max_len(chunks: list[bytes], max_len: int
 
 SECTIONS = {
     "bridge": ["log_level", "name"],
-    "source": ["kind", "path", "baud", "data_bits", "parity", "stop_bits", "listen", "reopen_min",
-               "reopen_max"],
-    "frames": ["format", "checksum", "max_line", "default_id", "seq_field", "seq_modulus", "max_boards"],
+    "source": [
+        "kind",
+        "path",
+        "baud",
+        "data_bits",
+        "parity",
+        "stop_bits",
+        "listen",
+        "reopen_min",
+        "reopen_max",
+    ],
+    "frames": [
+        "format",
+        "checksum",
+        "max_line",
+        "default_id",
+        "seq_field",
+        "seq_modulus",
+        "max_boards",
+    ],
     "clock": ["mode", "field", "tolerance"],
-    "publish": ["host", "port", "topic_template", "qos", "client_id", "queue_size", "when_full",
-                "max_inflight", "reconnect_min", "reconnect_max", "keepalive"],
+    "publish": [
+        "host",
+        "port",
+        "topic_template",
+        "qos",
+        "client_id",
+        "queue_size",
+        "when_full",
+        "max_inflight",
+        "reconnect_min",
+        "reconnect_max",
+        "keepalive",
+    ],
     "health": ["listen"],
     "nope": ["x"],
 }
@@ -290,9 +344,35 @@ TOML_VALUES = st.one_of(
     st.floats(allow_nan=True).map(_toml_float),
     st.booleans().map(lambda b: "true" if b else "false"),
     st.text(max_size=20).map(json.dumps),
-    st.sampled_from(['"1s"', '"250ms"', '"-1s"', '"0s"', '"auto"', '"json"', '"kv"', '"cobs_cbor"',
-                     '"udp"', '"serial"', '"stdin"', '"127.0.0.1:0"', '":9101"', '"uptime_ms"', '"board"',
-                     '"required"', '"drop_newest"', "[]", "{}", '"sensors/{id}"', '"{nope}"', '"none"', '"even"', "7", "9600"]),
+    st.sampled_from(
+        [
+            '"1s"',
+            '"250ms"',
+            '"-1s"',
+            '"0s"',
+            '"auto"',
+            '"json"',
+            '"kv"',
+            '"cobs_cbor"',
+            '"udp"',
+            '"serial"',
+            '"stdin"',
+            '"127.0.0.1:0"',
+            '":9101"',
+            '"uptime_ms"',
+            '"board"',
+            '"required"',
+            '"drop_newest"',
+            "[]",
+            "{}",
+            '"sensors/{id}"',
+            '"{nope}"',
+            '"none"',
+            '"even"',
+            "7",
+            "9600",
+        ]
+    ),
 )
 
 

@@ -32,8 +32,13 @@ CSIZE = {5: termios.CS5, 6: termios.CS6, 7: termios.CS7, 8: termios.CS8}
 
 @pytest.mark.parametrize(
     ("baud", "data_bits", "parity", "stop_bits"),
-    [(9600, 8, "none", 1), (115200, 7, "even", 1), (57600, 7, "odd", 2), (1200, 5, "none", 2),
-     (921600, 6, "even", 2)],
+    [
+        (9600, 8, "none", 1),
+        (115200, 7, "even", 1),
+        (57600, 7, "odd", 2),
+        (1200, 5, "none", 2),
+        (921600, 6, "even", 2),
+    ],
 )
 async def test_serial_settings_reach_the_tty(
     baud: int, data_bits: int, parity: str, stop_bits: int, monkeypatch: pytest.MonkeyPatch
@@ -51,11 +56,14 @@ async def test_serial_settings_reach_the_tty(
     with pty_pair() as (master, path):
         cfg = parse_config(
             f'[source]\nkind = "serial"\npath = "{path}"\nbaud = {baud}\ndata_bits = {data_bits}\n'
-            f'parity = "{parity}"\nstop_bits = {stop_bits}\n', "serial.toml",
+            f'parity = "{parity}"\nstop_bits = {stop_bits}\n',
+            "serial.toml",
         )
         got: list[bytes] = []
         opened: list[int] = []
-        source = make_source(cfg.source, lambda data, _who: got.append(bytes(data)), lambda: opened.append(1))
+        source = make_source(
+            cfg.source, lambda data, _who: got.append(bytes(data)), lambda: opened.append(1)
+        )
         task = asyncio.create_task(source.run())
         try:
             await apoll(lambda: source.is_open, 10, what="device open")
@@ -73,7 +81,9 @@ async def test_serial_settings_reach_the_tty(
             assert not iflag & (termios.ICRNL | termios.IXON) and not oflag & termios.OPOST
             # Raw bytes: CR, control characters and no newline all arrive as they were sent.
             os.write(master, b"id=a v=1\r\n\x03\x11partial")
-            await apoll(lambda: b"".join(got) == b"id=a v=1\r\n\x03\x11partial", 10, what="raw bytes")
+            await apoll(
+                lambda: b"".join(got) == b"id=a v=1\r\n\x03\x11partial", 10, what="raw bytes"
+            )
             assert opened == [1] and source.opens == 1
         finally:
             task.cancel()
@@ -84,7 +94,9 @@ async def test_serial_settings_reach_the_tty(
 async def test_a_pty_source_keeps_the_ptys_own_settings_but_is_raw() -> None:
     with pty_pair() as (master, path):
         before = termios.tcgetattr(master)
-        cfg = parse_config(f'[source]\nkind = "pty"\npath = "{path}"\nbaud = 9600\nparity = "odd"\n', "p.toml")
+        cfg = parse_config(
+            f'[source]\nkind = "pty"\npath = "{path}"\nbaud = 9600\nparity = "odd"\n', "p.toml"
+        )
         source = make_source(cfg.source, lambda *_: None, lambda: None)
         task = asyncio.create_task(source.run())
         try:

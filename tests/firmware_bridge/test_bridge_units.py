@@ -91,9 +91,17 @@ dec = FrameDecoder()
 
 def test_json_kv_and_checksum_forms() -> None:
     assert dec.text(b'{"id":"dev1","ts":1700000000,"temp":21.5}') == {
-        "id": "dev1", "ts": 1700000000, "temp": 21.5}
+        "id": "dev1",
+        "ts": 1700000000,
+        "temp": 21.5,
+    }
     assert dec.text(b"id=dev1 temp=21.5 hum=40 state=ok t=-3\r") == {
-        "id": "dev1", "temp": 21.5, "hum": 40, "state": "ok", "t": -3}
+        "id": "dev1",
+        "temp": 21.5,
+        "hum": 40,
+        "state": "ok",
+        "t": -3,
+    }
     line = encode_text_frame("id=dev1 temp=21.5")
     assert line.endswith(b"*%02X\n" % xor8(b"id=dev1 temp=21.5"))
     assert dec.text(line[:-1]) == {"id": "dev1", "temp": 21.5}
@@ -124,7 +132,10 @@ def test_text_drop_reasons(line: bytes, reason: str) -> None:
 
 def test_checksum_required_and_format_restrictions() -> None:
     assert FrameDecoder(checksum="required").text(b"id=a v=1") == "checksum"
-    assert FrameDecoder(checksum="required").text(encode_text_frame("id=a v=1")[:-1]) == {"id": "a", "v": 1}
+    assert FrameDecoder(checksum="required").text(encode_text_frame("id=a v=1")[:-1]) == {
+        "id": "a",
+        "v": 1,
+    }
     assert FrameDecoder("json").text(b"id=a v=1") == "malformed"
     assert FrameDecoder("kv").text(b'{"id":"a"}') == "malformed"
 
@@ -174,8 +185,10 @@ def test_splitter_bounds_over_long_lines() -> None:
     assert s.feed(b"zz\nok\n") == [b"ok"]
 
 
-@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=20),
-       st.integers(1, 17))
+@given(
+    st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=20),
+    st.integers(1, 17),
+)
 def test_splitter_reassembles_any_chunking(lines: list[bytes], step: int) -> None:
     stream = b"".join(line + b"\n" for line in lines)
     s = Splitter(b"\n", 1000)
@@ -240,7 +253,9 @@ def test_frame_path_stamps_and_strips() -> None:
     fp, out = _path(clock='mode = "uptime_ms"\nfield = "up"')
     fp.stream(b'{"id":"a","seq":0,"up":5000,"t":1}\n{"id":"a","seq":2,"up":6000,"t":2}\n', "tty")
     assert [json.loads(p) for _, p, _ in out] == [
-        {"id": "a", "t": 1, "ts": 1000.0}, {"id": "a", "t": 2, "ts": 1001.0}]
+        {"id": "a", "t": 1, "ts": 1000.0},
+        {"id": "a", "t": 2, "ts": 1001.0},
+    ]
     assert out[0][0] == "sensors/a"
     assert fp.boards["a"].lost == 1
     fp.stream(b'{"id":"a","up":"x"}\n{"id":"a","seq":2,"up":7000}\n', "tty")
@@ -296,16 +311,34 @@ def test_example_config_loads_with_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[source]\nkind = "serial"\nbaud = "fast"\n', 'x.toml:3: source.baud: expected an integer, got "fast"'),
+        (
+            '[source]\nkind = "serial"\nbaud = "fast"\n',
+            'x.toml:3: source.baud: expected an integer, got "fast"',
+        ),
         ("[source]\nbaud = 12345\n", "x.toml:2: source.baud: unsupported baud rate 12345"),
-        ('\n[frames]\nfoo = 1\n', "x.toml:3: frames.foo: unknown key"),
-        ('[nope]\nx = 1\n', "x.toml:1: nope: unknown section"),
-        ('[clock]\nmode = "gps"\n', 'x.toml:2: clock.mode: expected one of arrival, board, uptime_ms, got "gps"'),
-        ('[clock]\ntolerance = "2 parsecs"\n', 'x.toml:2: clock.tolerance: expected a duration such as "2s", got "2 parsecs"'),
-        ('[publish]\nqos = true\n', "x.toml:2: publish.qos: expected an integer, got True"),
-        ('[publish]\ntopic_template = "sensors/#"\n', "x.toml:2: publish.topic_template: must contain {id} and no wildcards"),
-        ('[source]\nreopen_min = "10s"\nreopen_max = "1s"\n', "x.toml:3: source.reopen_max: smaller than reopen_min"),
-        ("[health]\nlisten = \"nowhere\"\n", 'x.toml:2: health.listen: expected HOST:PORT, got "nowhere"'),
+        ("\n[frames]\nfoo = 1\n", "x.toml:3: frames.foo: unknown key"),
+        ("[nope]\nx = 1\n", "x.toml:1: nope: unknown section"),
+        (
+            '[clock]\nmode = "gps"\n',
+            'x.toml:2: clock.mode: expected one of arrival, board, uptime_ms, got "gps"',
+        ),
+        (
+            '[clock]\ntolerance = "2 parsecs"\n',
+            'x.toml:2: clock.tolerance: expected a duration such as "2s", got "2 parsecs"',
+        ),
+        ("[publish]\nqos = true\n", "x.toml:2: publish.qos: expected an integer, got True"),
+        (
+            '[publish]\ntopic_template = "sensors/#"\n',
+            "x.toml:2: publish.topic_template: must contain {id} and no wildcards",
+        ),
+        (
+            '[source]\nreopen_min = "10s"\nreopen_max = "1s"\n',
+            "x.toml:3: source.reopen_max: smaller than reopen_min",
+        ),
+        (
+            '[health]\nlisten = "nowhere"\n',
+            'x.toml:2: health.listen: expected HOST:PORT, got "nowhere"',
+        ),
         ("[source\n", "x.toml:1:"),
     ],
 )

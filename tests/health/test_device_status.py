@@ -33,21 +33,33 @@ def _statuses(c: Consumer, agent: str) -> list[dict]:  # type: ignore[type-arg]
 def test_status_is_retained_on_connect_refreshed_and_offline_on_graceful_stop(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       upstream={"status_interval": "1s"})
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, upstream={"status_interval": "1s"}
+    )
     with running_agent(cfg) as agent:  # noqa: SIM117  (the subscriber comes later, on purpose)
         # a subscriber that comes later still gets the status: it is retained
         with Consumer(upstream_broker.port, "edge/+/status") as c:
             poll(lambda: _statuses(c, cfg.agent_id), 10, what="status")
             _topic, doc, retained = c.statuses[0]
             assert retained
-            assert doc == {"schema": "edge-agent/status/1", "agent": cfg.agent_id, "state": "online",
-                           "version": __version__, "config": doc["config"], "health": doc["health"],
-                           "reasons": doc["reasons"], "time": doc["time"]}
+            assert doc == {
+                "schema": "edge-agent/status/1",
+                "agent": cfg.agent_id,
+                "state": "online",
+                "version": __version__,
+                "config": doc["config"],
+                "health": doc["health"],
+                "reasons": doc["reasons"],
+                "time": doc["time"],
+            }
             assert HEX12.fullmatch(doc["config"]) and doc["config"] == agent.health()["config"]
             assert doc["health"] in ("ok", "degraded") and abs(doc["time"] - time.time()) < 30
             # refreshed every status_interval
-            poll(lambda: len(_statuses(c, cfg.agent_id)) >= 3, 10, what="status refreshed each second")
+            poll(
+                lambda: len(_statuses(c, cfg.agent_id)) >= 3,
+                10,
+                what="status refreshed each second",
+            )
             assert agent.stop() == 0
             poll(lambda: _statuses(c, cfg.agent_id)[-1]["state"] == "offline", 10, what="offline")
     with Consumer(upstream_broker.port, "edge/+/status") as late:  # and it stays, retained
@@ -64,13 +76,19 @@ def test_status_reaches_a_subscriber_fast_and_a_killed_agent_goes_offline_within
         assert _statuses(c, cfg.agent_id)[-1]["state"] == "online"
         agent.kill()  # kill -9: no goodbye, the broker publishes the will
         t0 = time.monotonic()
-        poll(lambda: _statuses(c, cfg.agent_id)[-1]["state"] == "offline", 10, interval=0.02,
-             what="offline from the will")
+        poll(
+            lambda: _statuses(c, cfg.agent_id)[-1]["state"] == "offline",
+            10,
+            interval=0.02,
+            what="offline from the will",
+        )
         # MQTT: the broker gives up after 1.5x keep-alive (3 s); allow scheduling slack.
         assert time.monotonic() - t0 < 3.0 + 1.5
 
 
-def test_no_status_when_the_topic_is_empty(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_no_status_when_the_topic_is_empty(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     cfg = write_config(tmp_path, broker.port, upstream_broker.port, upstream={"status_topic": ""})
     with Consumer(upstream_broker.port) as c, running_agent(cfg), Publisher(broker.port) as pub:
         pub.publish("s/a", "1")
@@ -81,9 +99,13 @@ def test_no_status_when_the_topic_is_empty(broker: Broker, upstream_broker: Brok
 def test_deflate_batches_carry_the_user_property_and_resend_the_stored_bytes(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       upstream={"compression": "deflate", "status_topic": ""},
-                       pipelines=[pipeline(window="none")])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        upstream={"compression": "deflate", "status_topic": ""},
+        pipelines=[pipeline(window="none")],
+    )
     upstream_broker.stop()  # batches wait in the outbox, compressed
     with running_agent(cfg) as agent, Publisher(broker.port) as pub:
         for i in range(50):
@@ -105,7 +127,9 @@ def test_deflate_batches_carry_the_user_property_and_resend_the_stored_bytes(
         assert not c.errors
 
 
-def test_deflate_property_on_the_wire(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_deflate_property_on_the_wire(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     import paho.mqtt.client as paho
 
     got: list[paho.MQTTMessage] = []
@@ -116,8 +140,9 @@ def test_deflate_property_on_the_wire(broker: Broker, upstream_broker: Broker, t
     sub.loop_start()
     try:
         time.sleep(0.3)
-        cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                           upstream={"compression": "deflate"})
+        cfg = write_config(
+            tmp_path, broker.port, upstream_broker.port, upstream={"compression": "deflate"}
+        )
         with running_agent(cfg), Publisher(broker.port) as pub:
             pub.publish("s/a", "1")
             poll(lambda: got, 15, what="a batch")
@@ -130,7 +155,9 @@ def test_deflate_property_on_the_wire(broker: Broker, upstream_broker: Broker, t
         sub.disconnect()
 
 
-def test_a_health_change_publishes_at_once(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
+def test_a_health_change_publishes_at_once(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
     """status_interval is 60 s: a second status within seconds can only be the health change."""
     cfg = write_config(tmp_path, broker.port, upstream_broker.port)
     broker.stop()  # the local broker is not there yet: degraded
@@ -139,5 +166,9 @@ def test_a_health_change_publishes_at_once(broker: Broker, upstream_broker: Brok
         first = _statuses(c, cfg.agent_id)[0]
         assert first["health"] == "degraded" and first["reasons"], first
         broker.start()
-        poll(lambda: _statuses(c, cfg.agent_id)[-1]["health"] == "ok", 15, what="status after the change")
+        poll(
+            lambda: _statuses(c, cfg.agent_id)[-1]["health"] == "ok",
+            15,
+            what="status after the change",
+        )
         assert len(_statuses(c, cfg.agent_id)) <= 3  # published on change, not polled every second

@@ -259,7 +259,9 @@ def test_token_guards_every_path_and_the_cli_passes_it(
         ok = _health_cli(cfg.base_url, "--token", TOKEN)
         assert ok.returncode == 0, ok
         assert json.loads(ok.stdout)["agent"] == cfg.agent_id
-        full = _health_cli(cfg.base_url + "/healthz", "--token-file", str(tmp_path / "health.token"))
+        full = _health_cli(
+            cfg.base_url + "/healthz", "--token-file", str(tmp_path / "health.token")
+        )
         assert full.returncode == 0, full
         missing = _health_cli(cfg.base_url)
         assert missing.returncode == 2 and "401" in missing.stderr, missing

@@ -300,7 +300,9 @@ def test_system_probe_sample_shape(tmp_path: Path) -> None:
     # The free space of the nearest existing ancestor (the dir is not made yet), from
     # statvfs directly; other processes write meanwhile, so within 1% of the disk.
     st = os.statvfs(tmp_path)
-    assert abs(s["disk_free_bytes"] - st.f_bavail * st.f_frsize) <= max(st.f_blocks * st.f_frsize // 100, 1 << 20)
+    assert abs(s["disk_free_bytes"] - st.f_bavail * st.f_frsize) <= max(
+        st.f_blocks * st.f_frsize // 100, 1 << 20
+    )
     assert s["temperature_c"] is None or isinstance(s["temperature_c"], float)
     assert s["throttled"] is None or isinstance(s["throttled"], str)
     json.dumps(s, allow_nan=False)

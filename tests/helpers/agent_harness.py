@@ -67,7 +67,9 @@ def poll(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, w
         time.sleep(interval)
 
 
-async def apoll(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> T:
+async def apoll(
+    cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
     """`poll` for coroutines: the same rule, sleeping with asyncio so the loop keeps running."""
     import asyncio
 
@@ -97,7 +99,9 @@ def _toml_value(v: object) -> str:
     raise TypeError(f"no TOML for {v!r}")
 
 
-def pipeline(name: str = "p", topics: Iterable[str] = ("s/#",), **keys: object) -> dict[str, object]:
+def pipeline(
+    name: str = "p", topics: Iterable[str] = ("s/#",), **keys: object
+) -> dict[str, object]:
     """A fast pipeline: 1 s tumbling windows that fire 1 s after a key goes quiet."""
     base: dict[str, object] = {
         "name": name,
@@ -133,7 +137,10 @@ def render_config(
             **(upstream or {}),
         },
         "buffer": dict(buffer or {}),
-        "health": {"listen": f"127.0.0.1:{health_port}" if health_port else "", **(health_keys or {})},
+        "health": {
+            "listen": f"127.0.0.1:{health_port}" if health_port else "",
+            **(health_keys or {}),
+        },
     }
     lines: list[str] = []
     for name, keys in sections.items():
@@ -218,7 +225,9 @@ def agent_env() -> dict[str, str]:
     return env
 
 
-def cli(*args: str, timeout: float = 60.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = 60.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m edge_agent ARGS`, to completion."""
     return subprocess.run(
         [sys.executable, "-m", "edge_agent", *args],
@@ -301,7 +310,9 @@ class AgentProcess:
 
         def ready() -> bool:
             if not self.alive():
-                raise AssertionError(f"agent exited with {self.proc and self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(
+                    f"agent exited with {self.proc and self.proc.returncode}:\n{self.log()}"
+                )
             try:
                 return http(self.cfg.base_url + "/readyz", timeout=1.0)[0] == 200
             except OSError:
@@ -447,7 +458,9 @@ class Consumer:
         if not rc.is_failure:
             client.subscribe(self.topic, qos=1)
 
-    def _on_subscribe(self, _c: paho.Client, _u: object, _mid: int, _codes: object, _p: object) -> None:
+    def _on_subscribe(
+        self, _c: paho.Client, _u: object, _mid: int, _codes: object, _p: object
+    ) -> None:
         # Ready only once the broker holds the subscription: a test that stops the
         # broker right away must find it in the saved session.
         self._connected.set()

@@ -40,7 +40,9 @@ class LoadPublisher:
     `acked` counts messages the local broker acknowledged, `value_sum` their values.
     """
 
-    def __init__(self, port: int, *, rate: float = 800.0, sensors: int = 4, prefix: str = "s") -> None:
+    def __init__(
+        self, port: int, *, rate: float = 800.0, sensors: int = 4, prefix: str = "s"
+    ) -> None:
         self.client = _client("load")
         self.client.max_inflight_messages_set(200)
         self.client.on_publish = self._on_publish
@@ -122,7 +124,9 @@ class FloodPublisher:
                 n += 1
             self.count = n
             # paho queues what it cannot send yet without bound: keep its queue short.
-            while (n - self.acked > 2000 if self.qos else self.client._out_packet) and not self._stop.is_set():
+            while (
+                n - self.acked > 2000 if self.qos else self.client._out_packet
+            ) and not self._stop.is_set():
                 time.sleep(0.001)
 
     def running(self) -> bool:
@@ -178,15 +182,22 @@ def first_arrival_seqs(consumer: Consumer) -> list[int]:
 
 
 def settle(
-    consumer: Consumer, agent: AgentProcess, published: int, timeout: float = 25.0, idle: float = 3.0
+    consumer: Consumer,
+    agent: AgentProcess,
+    published: int,
+    timeout: float = 25.0,
+    idle: float = 3.0,
 ) -> tuple[int, float]:
     """Wait until the consumer holds `published` readings and the agent is quiet.
 
     Quiet = its outbox is empty and no batch arrived for longer than `idle` (the
     pipeline's idle_timeout), so a reading counted twice would have shown up by then.
     """
-    poll(lambda: window_totals(consumer)[0] >= published, timeout,
-         what=f"{published} readings upstream (have {window_totals(consumer)[0]})")
+    poll(
+        lambda: window_totals(consumer)[0] >= published,
+        timeout,
+        what=f"{published} readings upstream (have {window_totals(consumer)[0]})",
+    )
 
     def quiet() -> bool:
         n = len(consumer.batches)

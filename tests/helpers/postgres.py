@@ -23,6 +23,7 @@ __all__ = ["Postgres", "find_pg_bin", "postgres_unavailable"]
 
 def find_pg_bin() -> Path | None:
     """The directory holding initdb/pg_ctl (Debian keeps them off PATH), newest version first."""
+
     def version(p: str) -> int:
         v = Path(p).parent.parent.name
         return int(v) if v.isdigit() else 0
@@ -39,7 +40,9 @@ def find_pg_bin() -> Path | None:
 def postgres_unavailable() -> str:
     """Why no cluster can be made here ("" = it can): the reason a skip must give."""
     if find_pg_bin() is None:
-        return "PostgreSQL server binaries not found (apt-get install postgresql; .ci/setup does it)"
+        return (
+            "PostgreSQL server binaries not found (apt-get install postgresql; .ci/setup does it)"
+        )
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: cannot start PostgreSQL as another user"
     return ""
@@ -57,7 +60,9 @@ class Postgres:
         # Under root the server user must be able to reach the directory: a fresh
         # mode-0755 dir in /tmp, not a pytest tmp_path (0700 parents).
         self._own_tmp = workdir is None
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="edge-pg-"))
+        self.workdir = (
+            Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="edge-pg-"))
+        )
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)
         self.data = self.workdir / "data"
@@ -75,19 +80,49 @@ class Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.workdir, "postgres", "postgres")
         if not (self.data / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                      "-E", "UTF8", "--no-sync", "--locale=C.UTF-8")
-        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                f"-c unix_socket_directories={self.workdir} -c fsync=on "
-                f"-c max_connections=50 -c shared_buffers=64MB")
-        r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts,
-                      "-w", "-t", "60", "start", check=False)
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C.UTF-8",
+            )
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.workdir} -c fsync=on "
+            f"-c max_connections=50 -c shared_buffers=64MB"
+        )
+        r = self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
         if r.returncode != 0:
             log = self.log.read_text(errors="replace") if self.log.exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()}\n{log[-2000:]}")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self._run("pg_isready", "-h", "127.0.0.1", "-p", str(self.port), check=False).returncode == 0:
+            if (
+                self._run(
+                    "pg_isready", "-h", "127.0.0.1", "-p", str(self.port), check=False
+                ).returncode
+                == 0
+            ):
                 return self
             time.sleep(0.1)
         raise RuntimeError("PostgreSQL did not become ready within 30 s")

@@ -37,8 +37,15 @@ _LINE_CHUNKS = 256  # chunks held in a delay line at most
 class TcpProxy:
     """Listens on 127.0.0.1:`port` (free by default) and forwards to `target_host:target_port`."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1", *, port: int = 0,
-                 rate: float | None = None, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        target_host: str = "127.0.0.1",
+        *,
+        port: int = 0,
+        rate: float | None = None,
+        latency: float = 0.0,
+    ) -> None:
         self.target = (target_host, target_port)
         self._rate = rate  # bytes/s per direction; None = unlimited
         self._latency = latency
@@ -172,7 +179,9 @@ class TcpProxy:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upward: bool) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upward: bool
+    ) -> None:
         tokens, at = 0.0, time.monotonic()
         line: deque[tuple[float, bytes]] = deque()  # the delay line: (due, data)
         drainer: asyncio.Task[None] | None = None
@@ -212,7 +221,9 @@ class TcpProxy:
                 if drainer is None or drainer.done():
                     drainer = asyncio.ensure_future(self._deliver(line, writer))
                 while len(line) > _LINE_CHUNKS and not drainer.done():
-                    await asyncio.sleep(0.002)  # the delay line is bounded too: back-pressure the reader
+                    await asyncio.sleep(
+                        0.002
+                    )  # the delay line is bounded too: back-pressure the reader
             if drainer is not None:
                 await drainer
             if writer.can_write_eof():

@@ -40,12 +40,18 @@ async def _flood(port: int, n: int) -> None:
 
 def test_agent_reports_what_the_local_broker_dropped(tmp_path: Path) -> None:
     # A broker that queues at most 100 messages per client and reports every second.
-    with Broker(tmp_path / "local", max_queued_messages=100, extra_conf="sys_interval 1\n") as local, \
-            Broker(tmp_path / "up") as up:
+    with (
+        Broker(tmp_path / "local", max_queued_messages=100, extra_conf="sys_interval 1\n") as local,
+        Broker(tmp_path / "up") as up,
+    ):
         cfg = write_config(tmp_path, local.port, up.port, pipelines=[pipeline("p", topics=["s/#"])])
         with AgentProcess(cfg) as agent:
             agent.wait_ready()
-            poll(lambda: agent.health()["local"]["broker_reports_drops"], 10, what="$SYS counter seen")
+            poll(
+                lambda: agent.health()["local"]["broker_reports_drops"],
+                10,
+                what="$SYS counter seen",
+            )
             assert agent.health()["local"]["broker_dropped"] == 0
             # The agent stops reading (SIGSTOP): past its Receive Maximum (8,192) in flight
             # and 100 queued, the broker drops the rest of 10,000 QoS 1 messages.
@@ -54,14 +60,30 @@ def test_agent_reports_what_the_local_broker_dropped(tmp_path: Path) -> None:
                 run_async(_flood(local.port, 10_000))
             finally:
                 agent.send(signal.SIGCONT)
-            h = poll(lambda: (h := agent.health())["local"]["broker_dropped"] > 0 and h, 15,
-                     what="broker drops reported")
+            h = poll(
+                lambda: (h := agent.health())["local"]["broker_dropped"] > 0 and h,
+                15,
+                what="broker drops reported",
+            )
             assert h["status"] == "degraded"
             assert any("max_queued_messages" in r for r in h["reasons"]), h["reasons"]
             assert h["counters"]["broker_dropped"] == h["local"]["broker_dropped"]
             _, _, body = http(cfg.base_url + "/metrics")
-            metric = [ln for ln in body.decode().splitlines() if ln.startswith("edge_agent_broker_dropped_total ")]
-            assert len(metric) == 1 and float(metric[0].split()[1]) >= h["counters"]["broker_dropped"], metric
+            metric = [
+                ln
+                for ln in body.decode().splitlines()
+                if ln.startswith("edge_agent_broker_dropped_total ")
+            ]
+            assert (
+                len(metric) == 1 and float(metric[0].split()[1]) >= h["counters"]["broker_dropped"]
+            ), metric
             # What reached the agent was taken whole; the rest is what the broker dropped.
-            poll(lambda: agent.health()["counters"]["readings_in"] + agent.health()["local"]["broker_dropped"]
-                 >= 10_000, 30, what="every message accounted for")
+            poll(
+                lambda: (
+                    agent.health()["counters"]["readings_in"]
+                    + agent.health()["local"]["broker_dropped"]
+                    >= 10_000
+                ),
+                30,
+                what="every message accounted for",
+            )

@@ -44,7 +44,9 @@ def test_every_tag_cbor2_gives_a_meaning_is_needed_or_neutralized() -> None:
             if not (isinstance(out, cbor2.CBORTag) and out.tag == tag):
                 native.add(tag)
                 break
-    assert native - NEEDED == set(NEUTRALIZED_TAGS), "a cbor2 release decodes new tags: review NEUTRALIZED_TAGS"
+    assert native - NEEDED == set(NEUTRALIZED_TAGS), (
+        "a cbor2 release decodes new tags: review NEUTRALIZED_TAGS"
+    )
 
 
 def test_costly_tags_are_rejected_readings_not_computations() -> None:
@@ -104,22 +106,36 @@ async def _publish(port: int, costly: int) -> None:
 
 
 def test_a_flood_of_costly_payloads_leaves_readings_flowing_and_the_watchdog_fed(
-    tmp_path: Path, broker: Broker, upstream_broker: Broker,
+    tmp_path: Path,
+    broker: Broker,
+    upstream_broker: Broker,
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline("p", topics=["costly/#", "ok/#"], format="auto")])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline("p", topics=["costly/#", "ok/#"], format="auto")],
+    )
     notify = _Notify(tmp_path / "notify")
     # WatchdogSec=2: the agent pings every second; systemd would kill it after 2 s without one.
     env = {**agent_env(), "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "-c", str(cfg.path)],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg.path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         poll(lambda: any("READY=1" in m for _, m in notify.got), 15, what="READY=1")
         t0 = time.monotonic()
         costly = 400  # each took 0.3-1.2 s to decode before, on the event loop
         run_async(_publish(broker.port, costly))
-        h = poll(lambda: (h := healthz(cfg.base_url))["counters"]["readings_rejected"] >= costly and h,
-                 60, what="every costly payload taken")
+        h = poll(
+            lambda: (h := healthz(cfg.base_url))["counters"]["readings_rejected"] >= costly and h,
+            60,
+            what="every costly payload taken",
+        )
         t1 = time.monotonic()
         assert h["counters"]["readings_in"] == costly // 10  # every ordinary reading went through
         assert h["rejected_by_reason"].get("bad_field") == costly

@@ -59,7 +59,10 @@ def test_custom_decoder_errors_count_once_and_go_on() -> None:
     assert out == []
     assert rejects == Counter({"decoder_error:ValueError": 3})
     # a decoder that fails half-way rejects its whole message
-    assert run("tests.helpers.decoders:half_broken_decoder", b"x") == ([], {"decoder_error:KeyError": 1})
+    assert run("tests.helpers.decoders:half_broken_decoder", b"x") == (
+        [],
+        {"decoder_error:KeyError": 1},
+    )
     assert run("tests.helpers.decoders:empty_decoder", b"x") == ([], {"no_reading": 1})
 
 
@@ -200,12 +203,27 @@ def test_arbitrary_bytes_never_raise(payload: bytes, content_type: str | None) -
 
 @pytest.mark.parametrize(
     "text",
-    [b"NaN", b"-Infinity", b'{"value": NaN}', b'"\\ud800"', b"\xef\xbb\xbf5", b"1" + b"0" * 400,
-     b"1e400", b'{"a": 1, "a": 2}', b" 21.5 ", b"-0", b"5e-324", b"[1, 2]", b"123456789012345678901234567890"],
+    [
+        b"NaN",
+        b"-Infinity",
+        b'{"value": NaN}',
+        b'"\\ud800"',
+        b"\xef\xbb\xbf5",
+        b"1" + b"0" * 400,
+        b"1e400",
+        b'{"a": 1, "a": 2}',
+        b" 21.5 ",
+        b"-0",
+        b"5e-324",
+        b"[1, 2]",
+        b"123456789012345678901234567890",
+    ],
 )
 def test_json_parse_is_json_loads_whichever_parser_answers(text: bytes) -> None:
     # orjson answers first and is stricter; what it refuses goes to the stdlib path.
     from edge_agent.ingest.decode import _parse_json
 
     got, want = _parse_json(text), json.loads(text)
-    assert repr(got) == repr(want) or (isinstance(want, int) and want > 2**64 and got == float(want))
+    assert repr(got) == repr(want) or (
+        isinstance(want, int) and want > 2**64 and got == float(want)
+    )

@@ -91,7 +91,9 @@ def test_covers_means_every_matched_topic_is_matched(data: st.DataObject) -> Non
 
 
 @given(filters(), filters(), st.lists(topics(), min_size=1, max_size=30))
-def test_covers_is_never_claimed_for_a_topic_only_one_matches(a: str, b: str, ts: list[str]) -> None:
+def test_covers_is_never_claimed_for_a_topic_only_one_matches(
+    a: str, b: str, ts: list[str]
+) -> None:
     # The converse, on arbitrary pairs: a topic b matches and a does not refutes covering.
     for t in ts:
         if filter_matches(b, t) and not filter_matches(a, t):
@@ -125,7 +127,9 @@ def test_overlapping_filters_count_each_message_once_per_pipeline(
     tmp_path: Path, broker: Broker, upstream_broker: Broker
 ) -> None:
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[
             pipeline("left", ["s/dev1/+", "s/dev1/temp"]),  # the second is covered by the first
             pipeline("right", ["s/+/temp"]),  # overlaps "left" partly: neither covers the other
@@ -144,14 +148,18 @@ def test_overlapping_filters_count_each_message_once_per_pipeline(
                 out[w["pipeline"]] = out.get(w["pipeline"], 0) + w["count"]
             return out
 
-        got = consumer.wait_for(lambda c: counts(c) if sum(counts(c).values()) >= 20 else None,
-                                what="all pipelines' windows")
+        got = consumer.wait_for(
+            lambda c: counts(c) if sum(counts(c).values()) >= 20 else None,
+            what="all pipelines' windows",
+        )
         # A marker behind them, taken by "right" only: a second copy of any reading would
         # have been taken before it, so once the marker's window is upstream, so is that.
         with Publisher(broker.port) as pub:
             pub.publish("s/marker/temp", json.dumps({"ts": now + 5, "value": 0}))
-        consumer.wait_for(lambda c: any(w["key"] == "s/marker/temp" for w in c.records()),
-                          what="the marker's window")
+        consumer.wait_for(
+            lambda c: any(w["key"] == "s/marker/temp" for w in c.records()),
+            what="the marker's window",
+        )
         assert counts(consumer) == {"left": 10, "right": 11}, got
         h = agent.health()
         assert {k: v["readings_in"] for k, v in h["pipelines"].items()} == {"left": 10, "right": 11}

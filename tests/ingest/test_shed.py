@@ -28,7 +28,7 @@ def _config(tmp_path: Path) -> Path:
     path.write_text(f"""
 [agent]
 id = "shed-test"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 [health]
 listen = ""
 [local]
@@ -49,7 +49,9 @@ aggregates = ["count", "sum"]
 
 
 def _msg(topic: str, ts: float, value: float, qos: int = 0, mid: int = 0) -> Message:
-    return Message(topic.encode(), json.dumps({"ts": ts, "value": value}).encode(), qos, mid, False, False)
+    return Message(
+        topic.encode(), json.dumps({"ts": ts, "value": value}).encode(), qos, mid, False, False
+    )
 
 
 def _windows(agent: Agent) -> dict[str, list[dict[str, object]]]:
@@ -111,7 +113,10 @@ async def test_flood_far_beyond_capacity_keeps_correct_windows_and_counts_every_
     assert health["counters"]["readings_shed"] == climate.readings_shed
     text = render_metrics(health)
     assert f"edge_agent_readings_shed_total {climate.readings_shed}" in text
-    assert f'edge_agent_pipeline_readings_shed_total{{pipeline="climate"}} {climate.readings_shed}' in text
+    assert (
+        f'edge_agent_pipeline_readings_shed_total{{pipeline="climate"}} {climate.readings_shed}'
+        in text
+    )
 
 
 async def test_qos1_is_never_shed(tmp_path: Path) -> None:

@@ -69,8 +69,9 @@ async def test_bridge_health_endpoint_survives_an_idle_flood() -> None:
         flood = []
         for _ in range(200):
             try:
-                _, w = await asyncio.open_connection("127.0.0.1", health_port,
-                                                     local_addr=("127.0.0.2", 0))
+                _, w = await asyncio.open_connection(
+                    "127.0.0.1", health_port, local_addr=("127.0.0.2", 0)
+                )
             except OSError:
                 continue
             flood.append(w)

@@ -20,8 +20,11 @@ from hypothesis import strategies as st
 
 from edge_agent.health.server import HealthServer
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 AGENT_STATUSES = {200, 400, 401, 404, 405, 408, 431, 503, 505}
 BRIDGE_STATUSES = AGENT_STATUSES  # the bridge serves through the same HealthServer
 
@@ -55,8 +58,9 @@ def agent_server() -> Iterator[_LoopThread]:
     holder: dict[str, HealthServer] = {}
 
     async def start() -> int:
-        srv = HealthServer("127.0.0.1", 0, health=_health, ready=lambda: True, token="t0k",
-                           request_timeout=0.5)
+        srv = HealthServer(
+            "127.0.0.1", 0, health=_health, ready=lambda: True, token="t0k", request_timeout=0.5
+        )
         await srv.start()
         holder["srv"] = srv
         return srv.port
@@ -110,12 +114,26 @@ def _status(response: bytes) -> int | None:
 
 
 methods = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PRI", "G ET", ""])
-paths = st.sampled_from(["/healthz", "/readyz", "/metrics", "/", "*", "/../etc/passwd",
-                         "http://x/healthz", "/healthz?x=1#y", "/%00", ""]) | st.text(max_size=30)
-header_names = st.sampled_from(["Host", "Authorization", "Content-Length",
-                                "Transfer-Encoding", "X", ""]) | st.text(max_size=10)
-header_values = st.sampled_from(["Bearer t0k", "Bearer x", "chunked", "-1", "99999999999",
-                                 "Bearer " + "t" * 9000]) | st.text(max_size=40)
+paths = st.sampled_from(
+    [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/",
+        "*",
+        "/../etc/passwd",
+        "http://x/healthz",
+        "/healthz?x=1#y",
+        "/%00",
+        "",
+    ]
+) | st.text(max_size=30)
+header_names = st.sampled_from(
+    ["Host", "Authorization", "Content-Length", "Transfer-Encoding", "X", ""]
+) | st.text(max_size=10)
+header_values = st.sampled_from(
+    ["Bearer t0k", "Bearer x", "chunked", "-1", "99999999999", "Bearer " + "t" * 9000]
+) | st.text(max_size=40)
 
 
 @st.composite
@@ -152,8 +170,9 @@ def test_bridge_health_server_answers_anything(bridge_server: _LoopThread, data:
     assert bridge_server.errors == []
 
 
-def test_both_still_answer_after_the_fuzzing(agent_server: _LoopThread,
-                                             bridge_server: _LoopThread) -> None:
+def test_both_still_answer_after_the_fuzzing(
+    agent_server: _LoopThread, bridge_server: _LoopThread
+) -> None:
     ok = b"GET /healthz HTTP/1.1\r\nAuthorization: Bearer t0k\r\n\r\n"
     assert _status(_exchange(agent_server.port, ok)) == 200
     assert _status(_exchange(bridge_server.port, b"GET /healthz HTTP/1.1\r\n\r\n")) == 200

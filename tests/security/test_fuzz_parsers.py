@@ -28,14 +28,21 @@ from firmware_bridge.codec import cobs_encode, crc16, xor8
 from firmware_bridge.config import parse_config as bridge_config
 from firmware_bridge.frames import FrameDecoder, encode_binary_frame
 
-FUZZ = settings(max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # -- values from outside -----------------------------------------------------------------
 
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
     | st.binary(max_size=20)
 )
 keys = st.sampled_from(["ts", "value", "id", "seq", "up", "temp", "", "\x00"]) | st.text(max_size=8)
@@ -45,10 +52,18 @@ json_like = st.recursive(
     max_leaves=20,
 )
 SPECIALS = [
-    cbor2.CBORTag(0, "2020-01-01T00:00:00"), cbor2.CBORTag(1, 1e300), cbor2.CBORTag(1, "x"),
-    cbor2.CBORTag(2, b"\xff" * 40), cbor2.CBORTag(4, [1, 2]), cbor2.CBORTag(30, [1, 0]),
-    cbor2.CBORTag(258, [1, 1]), cbor2.CBORTag(9999, None), cbor2.CBORSimpleValue(99),
-    cbor2.undefined, datetime.datetime(2020, 1, 1), 10**5000,
+    cbor2.CBORTag(0, "2020-01-01T00:00:00"),
+    cbor2.CBORTag(1, 1e300),
+    cbor2.CBORTag(1, "x"),
+    cbor2.CBORTag(2, b"\xff" * 40),
+    cbor2.CBORTag(4, [1, 2]),
+    cbor2.CBORTag(30, [1, 0]),
+    cbor2.CBORTag(258, [1, 1]),
+    cbor2.CBORTag(9999, None),
+    cbor2.CBORSimpleValue(99),
+    cbor2.undefined,
+    datetime.datetime(2020, 1, 1),
+    10**5000,
 ]
 
 
@@ -60,8 +75,11 @@ def _special(i: int) -> Any:
 cbor_leaf = scalars | st.integers(0, len(SPECIALS) - 1).map(_special)
 cbor_like = st.recursive(
     cbor_leaf,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5)
-    | st.builds(cbor2.CBORTag, st.integers(0, 2**16), inner),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(keys, inner, max_size=5)
+        | st.builds(cbor2.CBORTag, st.integers(0, 2**16), inner)
+    ),
     max_leaves=20,
 )
 
@@ -130,8 +148,12 @@ CLOCKS = st.sampled_from(["arrival", "board", "uptime_ms"])
 
 
 @FUZZ
-@given(st.lists(st.binary(max_size=200), max_size=8), st.sampled_from(["auto", "json", "kv"]),
-       CLOCKS, st.sampled_from(["optional", "required"]))
+@given(
+    st.lists(st.binary(max_size=200), max_size=8),
+    st.sampled_from(["auto", "json", "kv"]),
+    CLOCKS,
+    st.sampled_from(["optional", "required"]),
+)
 @example([b"a=\xc2\xb2\n"], "auto", "arrival", "optional")  # "²".isdigit(), int("²") raises
 @example([b'{"id": 1' + b"0" * 5000 + b"}\n"], "auto", "arrival", "optional")
 @example([b'{"id": "a", "up": 1' + b"0" * 400 + b"}\n"], "auto", "uptime_ms", "optional")
@@ -216,10 +238,28 @@ def test_unicode_digit_in_a_kv_line_is_not_a_value_error() -> None:
 # -- config files ---------------------------------------------------------------------------
 
 toml_scalar = (
-    st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=12) | st.sampled_from(["10s", "0s", "-1s", "1KiB", "0", "127.0.0.1:9100",
-                                               "sensors/#", "tumbling", "session", "count",
-                                               "p50", "", "20/s, 1MiB/s", "x/s"])
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "10s",
+            "0s",
+            "-1s",
+            "1KiB",
+            "0",
+            "127.0.0.1:9100",
+            "sensors/#",
+            "tumbling",
+            "session",
+            "count",
+            "p50",
+            "",
+            "20/s, 1MiB/s",
+            "x/s",
+        ]
+    )
 )
 toml_value = st.recursive(toml_scalar, lambda v: st.lists(v, max_size=3), max_leaves=6)
 
@@ -252,11 +292,25 @@ def agent_configs(draw: st.DrawFn) -> str:
 
 
 @FUZZ
-@given(agent_configs(), st.dictionaries(
-    st.sampled_from(["EDGE_AGENT_UPSTREAM_HOST", "EDGE_AGENT_LOCAL_PORT", "EDGE_AGENT_AGENT_ID",
-                     "EDGE_AGENT_HEALTH_LISTEN", "EDGE_AGENT_BUFFER_MAX_BYTES", "EDGE_AGENT_X",
-                     "EDGE_AGENT_PIPELINE_NAME", "EDGE_AGENT_LOCAL_PASSWORD_FILE"]),
-    st.text(max_size=12), max_size=3))
+@given(
+    agent_configs(),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "EDGE_AGENT_UPSTREAM_HOST",
+                "EDGE_AGENT_LOCAL_PORT",
+                "EDGE_AGENT_AGENT_ID",
+                "EDGE_AGENT_HEALTH_LISTEN",
+                "EDGE_AGENT_BUFFER_MAX_BYTES",
+                "EDGE_AGENT_X",
+                "EDGE_AGENT_PIPELINE_NAME",
+                "EDGE_AGENT_LOCAL_PASSWORD_FILE",
+            ]
+        ),
+        st.text(max_size=12),
+        max_size=3,
+    ),
+)
 def test_agent_config_only_ever_raises_config_error(text: str, env: dict[str, str]) -> None:
     try:
         cfg = config_from_text(text, "/nonexistent/agent.toml", env)
@@ -275,12 +329,33 @@ def test_agent_config_arbitrary_text(text: str) -> None:
 
 
 @FUZZ
-@given(st.text(max_size=400) | st.builds(
-    lambda sec, key, v: f"[{sec}]\n{key} = {_toml(v)}\n",
-    st.sampled_from(["bridge", "source", "frames", "clock", "publish", "health", "x"]),
-    st.sampled_from(["kind", "path", "baud", "listen", "format", "checksum", "max_line", "mode",
-                     "field", "tolerance", "topic_template", "host", "port", "reopen_min", "y"]),
-    toml_value))
+@given(
+    st.text(max_size=400)
+    | st.builds(
+        lambda sec, key, v: f"[{sec}]\n{key} = {_toml(v)}\n",
+        st.sampled_from(["bridge", "source", "frames", "clock", "publish", "health", "x"]),
+        st.sampled_from(
+            [
+                "kind",
+                "path",
+                "baud",
+                "listen",
+                "format",
+                "checksum",
+                "max_line",
+                "mode",
+                "field",
+                "tolerance",
+                "topic_template",
+                "host",
+                "port",
+                "reopen_min",
+                "y",
+            ]
+        ),
+        toml_value,
+    )
+)
 def test_bridge_config_only_ever_raises_config_error(text: str) -> None:
     from firmware_bridge.config import ConfigError as BridgeConfigError
 

@@ -154,9 +154,13 @@ def test_the_running_agent_answers_its_fleet_manager_under_an_idle_flood(
         try:
             for _ in range(300):
                 with contextlib.suppress(OSError):
-                    flood.append(socket.create_connection(
-                        ("127.0.0.1", cfg.health_port), timeout=2,
-                        source_address=("127.0.0.2", 0)))
+                    flood.append(
+                        socket.create_connection(
+                            ("127.0.0.1", cfg.health_port),
+                            timeout=2,
+                            source_address=("127.0.0.2", 0),
+                        )
+                    )
             for _ in range(5):
                 t = time.monotonic()
                 status, _, body = http(cfg.base_url + "/healthz", timeout=3.0)

@@ -55,9 +55,11 @@ def test_config_default_uses_this_machine(tmp_path: Path) -> None:
 def test_default_agent_id_is_shown_in_health(tmp_path: Path, broker: Broker) -> None:
     cfg = write_config(tmp_path, broker.port, broker.port)
     # the same config without agent.id
-    cfg.path.write_text("\n".join(
-        line for line in cfg.path.read_text().splitlines() if not line.startswith("id = ")
-    ))
+    cfg.path.write_text(
+        "\n".join(
+            line for line in cfg.path.read_text().splitlines() if not line.startswith("id = ")
+        )
+    )
     with AgentProcess(cfg) as agent:
         agent.wait_ready()
         assert agent.health()["agent"] == default_agent_id(socket.gethostname())
@@ -80,7 +82,11 @@ def test_start_does_not_import_a_module_planted_in_the_working_directory(
     try:
         proc = subprocess.run(
             [str(script), "start", "-c", str(cfg.path)],
-            cwd=cwd, env=agent_env(), capture_output=True, text=True, timeout=60,
+            cwd=cwd,
+            env=agent_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert not marker.exists(), "start imported edge_agent.py from the working directory"
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -97,7 +103,10 @@ def test_state_dir_database_and_log_file_are_private(tmp_path: Path, broker: Bro
         proc = subprocess.run(
             # the usual umask, whatever the test runner's is
             ["/bin/sh", "-c", f'umask 022; exec "{script}" start -c "{cfg.path}"'],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
@@ -105,8 +114,11 @@ def test_state_dir_database_and_log_file_are_private(tmp_path: Path, broker: Bro
         log_file = cfg.state_dir / "edge-agent.log"
         poll(lambda: log_file.exists() and log_file.stat().st_size > 0, 10, what="log lines")
         assert mode(log_file) == 0o600
-        dbs = [p for p in cfg.state_dir.iterdir() if p.suffix in (".db", ".sqlite", ".sqlite3")
-               or p.name.endswith(("-wal", "-shm"))]
+        dbs = [
+            p
+            for p in cfg.state_dir.iterdir()
+            if p.suffix in (".db", ".sqlite", ".sqlite3") or p.name.endswith(("-wal", "-shm"))
+        ]
         assert dbs, list(cfg.state_dir.iterdir())
         for p in cfg.state_dir.iterdir():
             if p.is_file():

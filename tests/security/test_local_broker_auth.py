@@ -27,8 +27,10 @@ from tests.helpers.brokers import Broker, find_mosquitto
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(find_mosquitto() is None or MOSQUITTO_PASSWD is None,
-                       reason="mosquitto and mosquitto_passwd are needed"),
+    pytest.mark.skipif(
+        find_mosquitto() is None or MOSQUITTO_PASSWD is None,
+        reason="mosquitto and mosquitto_passwd are needed",
+    ),
 ]
 
 
@@ -38,26 +40,34 @@ def _scaffolded_broker(tmp_path: Path, users: dict[str, str]) -> Broker:
     passwd, acl = work / "edge-agent.passwd", work / "edge-agent.acl"
     for i, (user, password) in enumerate(users.items()):
         args = ["-c"] if i == 0 else []
-        subprocess.run([MOSQUITTO_PASSWD, "-b", *args, str(passwd), user, password], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [MOSQUITTO_PASSWD, "-b", *args, str(passwd), user, password],
+            check=True,
+            capture_output=True,
+        )
     acl.write_text(MOSQUITTO_ACL)
-    snippet = (MOSQUITTO_SNIPPET
-               .replace("/etc/mosquitto/edge-agent.passwd", str(passwd))
-               .replace("/etc/mosquitto/edge-agent.acl", str(acl)))
+    snippet = MOSQUITTO_SNIPPET.replace("/etc/mosquitto/edge-agent.passwd", str(passwd)).replace(
+        "/etc/mosquitto/edge-agent.acl", str(acl)
+    )
     # our Broker's own lines (listener, user, log) stay; the snippet's persistence
     # location would be /var/lib/mosquitto, which is not ours to write
     snippet = re.sub(r"(?m)^persistence_location .*$", f"persistence_location {work}/", snippet)
-    own = [ln for ln in broker.conf.read_text().splitlines()
-           if not ln.startswith(("allow_anonymous", "persistence"))]
+    own = [
+        ln
+        for ln in broker.conf.read_text().splitlines()
+        if not ln.startswith(("allow_anonymous", "persistence"))
+    ]
     broker.conf.write_text("\n".join(own) + "\n" + snippet)
     return broker.start()
 
 
-def _connect(port: int, client_id: str, username: str | None = None,
-             password: str | None = None) -> Any:
+def _connect(
+    port: int, client_id: str, username: str | None = None, password: str | None = None
+) -> Any:
     """The CONNACK reason code of a fresh MQTT 5 connection attempt."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=MQTTProtocolVersion.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
     if username is not None:
         client.username_pw_set(username, password)
     got: list[Any] = []
@@ -92,7 +102,9 @@ def test_scaffolded_broker_refuses_the_agents_client_id_without_password(
         (tmp_path / "local.password").write_text(users["edge-agent"] + "\n")
         os.chmod(tmp_path / "local.password", 0o600)
         cfg = write_config(
-            tmp_path, broker.port, upstream_broker.port,
+            tmp_path,
+            broker.port,
+            upstream_broker.port,
             pipelines=[pipeline(topics=["sensors/#"])],
             local={"username": "edge-agent", "password_file": str(tmp_path / "local.password")},
         )
@@ -107,17 +119,20 @@ def test_scaffolded_broker_refuses_the_agents_client_id_without_password(
                 assert rc.value in (134, 135), rc  # bad user name or password / not authorized
             assert agent.health()["local"]["connected"], "the agent lost its session"
             # a sensor publishes below its own topic; the agent reads it
-            sensor = paho.Client(CallbackAPIVersion.VERSION2, client_id="dev1",
-                                 protocol=MQTTProtocolVersion.MQTTv5)
+            sensor = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id="dev1", protocol=MQTTProtocolVersion.MQTTv5
+            )
             sensor.username_pw_set("dev1", users["dev1"])
             sensor.connect("127.0.0.1", broker.port)
             sensor.loop_start()
             try:
                 info = sensor.publish("sensors/dev1/temp", b"21.5", qos=1)
                 info.wait_for_publish(5.0)
-                batches.wait_for(lambda c: [r for r in c.records()
-                                            if r["key"] == "sensors/dev1/temp"],
-                                 timeout=20, what="the sensor's reading upstream")
+                batches.wait_for(
+                    lambda c: [r for r in c.records() if r["key"] == "sensors/dev1/temp"],
+                    timeout=20,
+                    what="the sensor's reading upstream",
+                )
                 # anonymous publishers are refused outright
                 assert _connect(broker.port, "anon").is_failure
             finally:
@@ -134,8 +149,11 @@ def test_acl_lets_sensors_publish_only_and_only_the_agent_read(tmp_path: Path) -
         received: dict[str, list[str]] = {"edge-agent": [], "dev2": []}
         clients = []
         for user in received:
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"r-{user}",
-                            protocol=MQTTProtocolVersion.MQTTv5)
+            c = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=f"r-{user}",
+                protocol=MQTTProtocolVersion.MQTTv5,
+            )
             c.username_pw_set(user, users[user])
             c.on_message = lambda _c, _u, m, who=user: received[who].append(m.topic)
             c.connect("127.0.0.1", broker.port)
@@ -143,8 +161,9 @@ def test_acl_lets_sensors_publish_only_and_only_the_agent_read(tmp_path: Path) -
             c.subscribe("sensors/#", qos=1)
             clients.append(c)
         time.sleep(0.5)  # the subscriptions settle (no ack to wait on for a denied one)
-        pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="p-dev1",
-                          protocol=MQTTProtocolVersion.MQTTv5)
+        pub = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="p-dev1", protocol=MQTTProtocolVersion.MQTTv5
+        )
         pub.username_pw_set("dev1", users["dev1"])
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
@@ -173,12 +192,16 @@ async def test_firmware_bridge_logs_in_to_the_scaffolded_broker(tmp_path: Path) 
     users = {"edge-agent": "agent-pw-1234", "firmware-bridge": "bridge-pw-5678"}
     broker = _scaffolded_broker(tmp_path, users)
     acl = Path(str(broker.conf.parent / "edge-agent.acl"))
-    acl.write_text(MOSQUITTO_ACL.replace("#user firmware-bridge", "user firmware-bridge")
-                   .replace("#topic write sensors/#", "topic write sensors/#"))
+    acl.write_text(
+        MOSQUITTO_ACL.replace("#user firmware-bridge", "user firmware-bridge").replace(
+            "#topic write sensors/#", "topic write sensors/#"
+        )
+    )
     broker.restart()
     received: list[str] = []
-    reader = paho.Client(CallbackAPIVersion.VERSION2, client_id="reader",
-                         protocol=MQTTProtocolVersion.MQTTv5)
+    reader = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="reader", protocol=MQTTProtocolVersion.MQTTv5
+    )
     reader.username_pw_set("edge-agent", users["edge-agent"])
     reader.on_message = lambda _c, _u, m: received.append(m.topic)
     reader.connect("127.0.0.1", broker.port)
@@ -189,8 +212,10 @@ async def test_firmware_bridge_logs_in_to_the_scaffolded_broker(tmp_path: Path) 
     os.chmod(pw, 0o600)
     base = parse_config("").publish
     try:
-        for login, expect in ((dict(username="firmware-bridge", password_file=str(pw)), True),
-                              (dict(), False)):
+        for login, expect in (
+            (dict(username="firmware-bridge", password_file=str(pw)), True),
+            (dict(), False),
+        ):
             pub = Publisher(replace(base, port=broker.port, reconnect_max=0.5, **login))
             await pub.start()
             try:
@@ -219,18 +244,28 @@ def test_local_password_file_is_reread_on_reload(tmp_path: Path, upstream_broker
         secret = tmp_path / "local.password"
         secret.write_text(users["edge-agent"] + "\n")
         os.chmod(secret, 0o600)
-        cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                           pipelines=[pipeline(topics=["sensors/#"])],
-                           local={"username": "edge-agent", "password_file": str(secret)})
+        cfg = write_config(
+            tmp_path,
+            broker.port,
+            upstream_broker.port,
+            pipelines=[pipeline(topics=["sensors/#"])],
+            local={"username": "edge-agent", "password_file": str(secret)},
+        )
         with AgentProcess(cfg) as agent:
             agent.wait_ready()
             # rotate the password: broker first, then the agent's file, then SIGHUP
-            subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwd), "edge-agent", "second-pw-5678"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [MOSQUITTO_PASSWD, "-b", str(passwd), "edge-agent", "second-pw-5678"],
+                check=True,
+                capture_output=True,
+            )
             broker.restart()  # drops the agent; the old password no longer works
             secret.write_text("second-pw-5678\n")
             agent.send(signal.SIGHUP)
-            poll(lambda: agent.health()["local"]["connected"], 30,
-                 what="the agent back on the broker with the reread password")
+            poll(
+                lambda: agent.health()["local"]["connected"],
+                30,
+                what="the agent back on the broker with the reread password",
+            )
     finally:
         broker.stop()

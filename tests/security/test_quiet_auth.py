@@ -53,9 +53,11 @@ def test_secret_files_readable_by_others_are_warned_about(tmp_path: Path) -> Non
     for name in ("up.pass", "local.pass", "token"):
         (tmp_path / name).write_text("s3cr3t-value\n")
         os.chmod(tmp_path / name, 0o644)
-    body = ('[upstream]\nusername = "u"\npassword_file = "up.pass"\n'
-            '[local]\nusername = "u"\npassword_file = "local.pass"\n'
-            '[health]\ntoken_file = "token"\n')
+    body = (
+        '[upstream]\nusername = "u"\npassword_file = "up.pass"\n'
+        '[local]\nusername = "u"\npassword_file = "local.pass"\n'
+        '[health]\ntoken_file = "token"\n'
+    )
     proc = cli("check", "-c", str(_write(tmp_path, body)))
     assert proc.returncode == 0, proc.stderr
     for key in ("upstream.password_file", "local.password_file", "health.token_file"):
@@ -89,11 +91,17 @@ def test_not_loopback(host: str) -> None:
 @pytest.mark.slow
 def test_the_agent_logs_the_warnings_when_it_starts(tmp_path: Path, broker: Broker) -> None:
     cfg = write_config(tmp_path, broker.port, broker.port)
-    cfg.path.write_text(cfg.path.read_text().replace(
-        f'listen = "127.0.0.1:{cfg.health_port}"', f'listen = "0.0.0.0:{cfg.health_port}"'))
+    cfg.path.write_text(
+        cfg.path.read_text().replace(
+            f'listen = "127.0.0.1:{cfg.health_port}"', f'listen = "0.0.0.0:{cfg.health_port}"'
+        )
+    )
     with AgentProcess(cfg) as agent:
-        poll(lambda: "not a loopback address and no health.token_file" in agent.log(), 15,
-             what="the warning in the log")
+        poll(
+            lambda: "not a loopback address and no health.token_file" in agent.log(),
+            15,
+            what="the warning in the log",
+        )
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def _error(text: str, env: dict[str, str] | None = None, name: str = "/etc/x/age
 @pytest.mark.parametrize("section", ["upstream", "local"])
 @pytest.mark.parametrize("key", ["password_file", "key_file"])
 def test_a_secret_written_where_its_file_belongs_is_not_quoted(section: str, key: str) -> None:
-    tls = "tls = true\ncert_file = \"/etc/hostname\"\n" if key == "key_file" else ""
+    tls = 'tls = true\ncert_file = "/etc/hostname"\n' if key == "key_file" else ""
     for value in (f'"{SECRET}"', "271828182", "3.14159e0", "true", f'["{SECRET}"]'):
         msg = _error(f"[{section}]\n{tls}{key} = {value}\n")
         assert f"{section}.{key}" in msg
@@ -50,8 +50,14 @@ def test_token_file_value_is_not_quoted() -> None:
     assert "health.token_file" in msg and SECRET not in msg
 
 
-@pytest.mark.parametrize("var", ["EDGE_AGENT_UPSTREAM_PASSWORD_FILE",
-                                 "EDGE_AGENT_LOCAL_PASSWORD_FILE", "EDGE_AGENT_HEALTH_TOKEN_FILE"])
+@pytest.mark.parametrize(
+    "var",
+    [
+        "EDGE_AGENT_UPSTREAM_PASSWORD_FILE",
+        "EDGE_AGENT_LOCAL_PASSWORD_FILE",
+        "EDGE_AGENT_HEALTH_TOKEN_FILE",
+    ],
+)
 def test_a_bad_environment_override_is_not_quoted(var: str) -> None:
     for value in (SECRET, "271828182"):
         msg = _error("", {var: value})
@@ -113,7 +119,9 @@ def test_health_token_from_the_environment_not_the_command_line(
         def health(env: dict[str, str]) -> int:
             return subprocess.run(
                 [sys.executable, "-m", "edge_agent", "health", cfg.base_url],
-                env={**agent_env(), **env}, capture_output=True, timeout=30,
+                env={**agent_env(), **env},
+                capture_output=True,
+                timeout=30,
             ).returncode
 
         assert health({}) == 2  # 401: no token
@@ -121,6 +129,18 @@ def test_health_token_from_the_environment_not_the_command_line(
         token_file = tmp_path / "client-token"
         token_file.write_bytes(b"\xff\xfe")  # not text: a clear error, no traceback
         r = subprocess.run(
-            [sys.executable, "-m", "edge_agent", "health", cfg.base_url, "--token-file",
-             str(token_file)], env=agent_env(), capture_output=True, text=True, timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "edge_agent",
+                "health",
+                cfg.base_url,
+                "--token-file",
+                str(token_file),
+            ],
+            env=agent_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 1 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr

@@ -54,8 +54,11 @@ def test_oversized_cost_waits_for_a_full_bucket_then_goes_negative() -> None:
     assert b.wait_time(1) == (300 + 1) / 100
 
 
-@given(st.lists(st.tuples(st.floats(0, 2), st.integers(1, 5)), min_size=1, max_size=200),
-       st.floats(0.5, 50), st.floats(1, 20))
+@given(
+    st.lists(st.tuples(st.floats(0, 2), st.integers(1, 5)), min_size=1, max_size=200),
+    st.floats(0.5, 50),
+    st.floats(1, 20),
+)
 def test_bucket_never_admits_more_than_rate_times_t_plus_burst(
     steps: list[tuple[float, int]], rate: float, burst: float
 ) -> None:
@@ -80,7 +83,11 @@ def _within_spec_bound(sends: list[tuple[float, int]], rate: float, slack: float
             total += size
             biggest = max(biggest, size)
             span = t - sends[i][0]
-            assert total - max(0, biggest - rate) <= rate * (span + 1) + slack, (span, total, biggest)
+            assert total - max(0, biggest - rate) <= rate * (span + 1) + slack, (
+                span,
+                total,
+                biggest,
+            )
 
 
 @given(
@@ -167,7 +174,9 @@ def _rate_limited_arrivals(
     """One record per batch and `total` keys: that many batches wait at once behind
     rate_limit = `rate`/s; (time, batches at the consumer) sampled until all arrived."""
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline(window="none")],
         upstream={"rate_limit": f"{rate:g}/s", "max_batch_windows": 1, "max_batch_delay": "0s"},
     )
@@ -210,18 +219,25 @@ def test_rate_limit_is_not_a_stall(tmp_path: Path, broker: Broker, upstream_brok
     assert took <= (total - burst) / rate + 2.0
 
 
-def _drain_with_fresh_data(tmp_path: Path, broker: Broker, upstream_broker: Broker,
-                           live_share: float) -> tuple[list[int], float, float]:
+def _drain_with_fresh_data(
+    tmp_path: Path, broker: Broker, upstream_broker: Broker, live_share: float
+) -> tuple[list[int], float, float]:
     """30 buffered one-record batches behind a 5/s limit, then one fresh reading.
 
     Returns the seqs in arrival order, when the fresh batch arrived and when the
     backlog finished (seconds after the upstream broker came back).
     """
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline(window="none")],
-        upstream={"rate_limit": "5/s", "max_batch_windows": 1, "max_batch_delay": "0s",
-                  "live_share": live_share},
+        upstream={
+            "rate_limit": "5/s",
+            "max_batch_windows": 1,
+            "max_batch_delay": "0s",
+            "live_share": live_share,
+        },
     )
     upstream_broker.stop()
     with AgentProcess(cfg) as agent:
@@ -246,8 +262,9 @@ def _drain_with_fresh_data(tmp_path: Path, broker: Broker, upstream_broker: Brok
 
                 poll(all_arrived, 60, interval=0.02, what="31 batches upstream")
                 order = [b.seq for b in consumer.unique()]
-                fresh = next(b.seq for b in consumer.unique()
-                             if b.doc["readings"][0]["key"] == "s/fresh")
+                fresh = next(
+                    b.seq for b in consumer.unique() if b.doc["readings"][0]["key"] == "s/fresh"
+                )
     assert len(arrivals) == 31
     return order, arrivals[fresh], max(t for s, t in arrivals.items() if s != fresh)
 
@@ -320,19 +337,31 @@ def test_byte_rate_limit_holds_at_the_upstream_broker(
     max_batch_bytes, here 32 KiB, through at once)."""
     rate = 4 * 1024
     cfg = write_config(
-        tmp_path, broker.port, upstream_broker.port,
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
         pipelines=[pipeline(window="none")],
-        upstream={"rate_limit": "4KiB/s", "max_batch_bytes": "32KiB", "max_batch_windows": 16,
-                  "max_batch_delay": "0s"},
+        upstream={
+            "rate_limit": "4KiB/s",
+            "max_batch_bytes": "32KiB",
+            "max_batch_windows": 16,
+            "max_batch_delay": "0s",
+        },
     )
-    with _TimedConsumer(upstream_broker.port, cfg.batch_topic) as consumer, AgentProcess(cfg) as agent:
+    with (
+        _TimedConsumer(upstream_broker.port, cfg.batch_topic) as consumer,
+        AgentProcess(cfg) as agent,
+    ):
         agent.wait_ready()
         now = time.time()
         with Publisher(broker.port) as pub:
             for i in range(300):
                 pub.publish(f"s/key-{i:04d}", json.dumps({"ts": now, "value": i}))
-        consumer.wait_for(lambda c: sum(len(b.doc.get("readings", [])) for b in c.unique()) >= 300,
-                          timeout=30, what="all 300 readings upstream")
+        consumer.wait_for(
+            lambda c: sum(len(b.doc.get("readings", [])) for b in c.unique()) >= 300,
+            timeout=30,
+            what="all 300 readings upstream",
+        )
     arrivals = sorted(consumer.arrivals)
     total = sum(n for _, n in arrivals)
     assert total > 2.5 * rate  # long enough to see the limit at work

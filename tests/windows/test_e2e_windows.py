@@ -51,7 +51,9 @@ def _bounds(recs: list[dict[str, Any]]) -> list[tuple[float, float]]:
     return sorted((r["start"], r["end"]) for r in recs)
 
 
-def _wait_record(consumer: Consumer, key: str, start: float, rev: int, timeout: float = 8.0) -> dict[str, Any]:
+def _wait_record(
+    consumer: Consumer, key: str, start: float, rev: int, timeout: float = 8.0
+) -> dict[str, Any]:
     """The record of window (key, start) with exactly this rev, once it is upstream."""
 
     def found() -> dict[str, Any] | None:
@@ -79,13 +81,27 @@ def test_tumbling_half_open_epoch_aligned_with_exact_aggregates(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     aggs = ["count", "sum", "min", "max", "mean", "first", "last", "stddev", "p5", "p50", "p90"]
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(size="10s", aggregates=aggs)])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(size="10s", aggregates=aggs)],
+    )
     base = _base(10)
     # Arrival order differs from event order; two readings tie at base + 9.5.
-    sent = [(base + 3, 7.0), (base + 0, 4.0), (base + 9.5, 2.0), (base + 1.5, 1.0), (base + 9.5, 5.0)]
+    sent = [
+        (base + 3, 7.0),
+        (base + 0, 4.0),
+        (base + 9.5, 2.0),
+        (base + 1.5, 1.0),
+        (base + 9.5, 5.0),
+    ]
     values = [v for _, v in sent]
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg), Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg),
+        Publisher(broker.port) as pub,
+    ):
         for ts, v in sent:
             _send(pub, "s/a", ts, v)
         _send(pub, "s/a", base + 10, 100.0)  # exactly at end: the next window; fires the first
@@ -124,11 +140,18 @@ def test_tumbling_half_open_epoch_aligned_with_exact_aggregates(
 def test_sliding_reading_lands_in_every_covering_window(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(window="sliding", size="4s", slide="2s",
-                                           aggregates=["count", "sum"])])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(window="sliding", size="4s", slide="2s", aggregates=["count", "sum"])],
+    )
     base = _base(4)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         # Distinct powers of ten, so each window's sum says exactly which readings it holds.
         for ts, v in ((base + 1, 1), (base + 2, 10), (base + 3, 100), (base + 5.5, 1000)):
             _send(pub, "s/a", ts, v)
@@ -151,11 +174,18 @@ def test_sliding_reading_lands_in_every_covering_window(
 def test_sliding_reading_on_time_for_one_window_is_not_late(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(window="sliding", size="4s", slide="2s",
-                                           aggregates=["count", "sum"])])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(window="sliding", size="4s", slide="2s", aggregates=["count", "sum"])],
+    )
     base = _base(4)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         _send(pub, "s/a", base + 1, 1)
         _send(pub, "s/a", base + 4.5, 10)  # watermark base + 4.5: [base, base + 4) fires
         _wait_record(consumer, "s/a", base, 0)
@@ -183,11 +213,22 @@ def test_sliding_reading_on_time_for_one_window_is_not_late(
 def test_session_bounds_and_a_late_bridge_merges_fired_sessions(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(window="session", gap="2s", allowed_lateness="30s",
-                                           aggregates=["count", "sum"])])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[
+            pipeline(
+                window="session", gap="2s", allowed_lateness="30s", aggregates=["count", "sum"]
+            )
+        ],
+    )
     base = _base(1)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         _send(pub, "s/a", base + 1, 1)
         _send(pub, "s/a", base + 0, 2)  # 1 s apart: same session, which now starts earlier
         _send(pub, "s/a", base + 4.5, 4)  # 3.5 s after base + 1: a new session; fires A
@@ -207,7 +248,10 @@ def test_session_bounds_and_a_late_bridge_merges_fired_sessions(
 
     assert (merged["start"], merged["end"]) == (base, base + 7)
     assert (merged["count"], merged["sum"]) == (5, 47)
-    assert sorted(tuple(x) for x in merged["replaces"]) == [(base, base + 3), (base + 4.5, base + 7)]
+    assert sorted(tuple(x) for x in merged["replaces"]) == [
+        (base, base + 3),
+        (base + 4.5, base + 7),
+    ]
     assert (c["end"], c["count"]) == (base + 22, 1)
     assert "replaces" not in c
     assert health["counters"]["readings_late"] == 0
@@ -220,13 +264,23 @@ def test_session_bounds_and_a_late_bridge_merges_fired_sessions(
 def test_count_windows_fire_every_n_in_arrival_order_and_partial_on_idle(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(window="count", size=3, aggregates=["count", "sum", "first"])])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(window="count", size=3, aggregates=["count", "sum", "first"])],
+    )
     base = _base(1)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         for ts, v in ((base + 5, 1), (base + 1, 2), (base + 3, 4), (base + 10, 8), (base - 50, 16)):
             _send(pub, "s/a", ts, v)
-        consumer.wait_for(lambda c: len(_of(c, "s/a")) >= 2, 8, what="full and partial count windows")
+        consumer.wait_for(
+            lambda c: len(_of(c, "s/a")) >= 2, 8, what="full and partial count windows"
+        )
         recs = sorted(_of(consumer, "s/a"), key=lambda r: r["sum"])
         health = agent.health()
 
@@ -234,7 +288,12 @@ def test_count_windows_fire_every_n_in_arrival_order_and_partial_on_idle(
     assert (full["count"], full["sum"], full["start"], full["end"]) == (3, 7, base + 1, base + 5)
     assert full["first"] == 2  # by event time
     # Far behind the key's newest event time, yet not late: watermarks do not apply.
-    assert (partial["count"], partial["sum"], partial["start"], partial["end"]) == (2, 24, base - 50, base + 10)
+    assert (partial["count"], partial["sum"], partial["start"], partial["end"]) == (
+        2,
+        24,
+        base - 50,
+        base + 10,
+    )
     assert full["rev"] == partial["rev"] == 0
     assert health["counters"]["readings_late"] == 0
     assert health["counters"]["windows_emitted"] == 2
@@ -244,9 +303,15 @@ def test_count_windows_fire_every_n_in_arrival_order_and_partial_on_idle(
 
 
 def test_watermarks_are_per_key(broker: Broker, upstream_broker: Broker, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline(idle_timeout="3s")])
+    cfg = write_config(
+        tmp_path, broker.port, upstream_broker.port, pipelines=[pipeline(idle_timeout="3s")]
+    )
     base = _base(1)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg), Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg),
+        Publisher(broker.port) as pub,
+    ):
         _send(pub, "s/slow", base + 0.5, 1)
         _send(pub, "s/fast", base + 50.5, 2)
         _send(pub, "s/fast", base + 52.5, 3)  # fires s/fast's [base + 50, base + 51)
@@ -260,10 +325,18 @@ def test_watermarks_are_per_key(broker: Broker, upstream_broker: Broker, tmp_pat
 def test_max_out_of_orderness_delays_firing_until_newest_minus_lag_passes_end(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(max_out_of_orderness="3s", idle_timeout="30s")])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(max_out_of_orderness="3s", idle_timeout="30s")],
+    )
     base = _base(1)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         _send(pub, "s/a", base + 0.5, 1)
         _send(pub, "s/a", base + 2.5, 2)
         _send(pub, "s/a", base + 3.9, 4)  # watermark base + 0.9 < end base + 1: still open
@@ -274,7 +347,9 @@ def test_max_out_of_orderness_delays_firing_until_newest_minus_lag_passes_end(
         _wait_record(consumer, "s/z", base, 0)
         assert _of(consumer, "s/a") == [], "fired before newest - lag reached its end"
         _send(pub, "s/a", base + 4.0, 16)  # watermark base + 1.0 == end: fires
-        rec = _wait_record(consumer, "s/a", base, 0, timeout=5)  # idle is 30 s: this is the watermark
+        rec = _wait_record(
+            consumer, "s/a", base, 0, timeout=5
+        )  # idle is 30 s: this is the watermark
         assert (rec["count"], rec["min"], rec["max"]) == (2, 1, 8)
         assert agent.health()["counters"]["readings_late"] == 0
 
@@ -285,11 +360,18 @@ def test_max_out_of_orderness_delays_firing_until_newest_minus_lag_passes_end(
 def test_late_readings_refire_within_allowed_lateness_and_are_dropped_past_it(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(size="2s", allowed_lateness="5s",
-                                           aggregates=["count", "sum"])])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(size="2s", allowed_lateness="5s", aggregates=["count", "sum"])],
+    )
     base = _base(2)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         _send(pub, "s/a", base + 0.5, 1)
         _send(pub, "s/a", base + 2.5, 2)  # watermark base + 2.5: fires [base, base + 2)
         r0 = _wait_record(consumer, "s/a", base, 0)
@@ -300,7 +382,9 @@ def test_late_readings_refire_within_allowed_lateness_and_are_dropped_past_it(
         _send(pub, "s/a", base + 1.5, 8)
         r2 = _wait_record(consumer, "s/a", base, 2)
         assert (r2["count"], r2["sum"]) == (3, 13)
-        _send(pub, "s/a", base + 7.0, 16)  # watermark == end + allowed lateness: the window is closed
+        _send(
+            pub, "s/a", base + 7.0, 16
+        )  # watermark == end + allowed lateness: the window is closed
         _send(pub, "s/a", base + 1.2, 32)  # late past allowed lateness: dropped, counted
         poll(lambda: agent.health()["counters"]["readings_late"] == 1, 5, what="readings_late 1")
         _wait_record(consumer, "s/a", base + 6, 0)  # the base + 7.0 window, by idle
@@ -323,16 +407,26 @@ def test_idle_key_fires_all_open_windows_and_later_readings_for_them_are_late(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     # A lag of 5 s keeps both windows below open; only going idle can fire them.
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(max_out_of_orderness="5s", idle_timeout="1s")])
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(max_out_of_orderness="5s", idle_timeout="1s")],
+    )
     base = _base(1)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         _send(pub, "s/a", base + 0.5, 1)
         _send(pub, "s/a", base + 1.5, 2)
         quiet_since = time.monotonic()
         w0 = _wait_record(consumer, "s/a", base, 0, timeout=6)
         w1 = _wait_record(consumer, "s/a", base + 1, 0, timeout=6)
-        assert time.monotonic() - quiet_since >= 0.9, "fired before the key was idle for idle_timeout"
+        assert time.monotonic() - quiet_since >= 0.9, (
+            "fired before the key was idle for idle_timeout"
+        )
         assert (w0["count"], w1["count"]) == (1, 1)
         # The watermark is now base + 2, the end of the newest open window: exactly that,
         # so base + 1.9 is late (dropped, lateness 0 s) while base + 2.5 is on time.
@@ -354,11 +448,19 @@ def test_idle_key_fires_all_open_windows_and_later_readings_for_them_are_late(
 def test_windows_emitted_counts_every_firing_even_revisions_a_batch_collapses(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, broker.port, upstream_broker.port,
-                       pipelines=[pipeline(allowed_lateness="60s")],
-                       upstream={"max_batch_delay": "1s"})
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        upstream_broker.port,
+        pipelines=[pipeline(allowed_lateness="60s")],
+        upstream={"max_batch_delay": "1s"},
+    )
     base = _base(1)
-    with Consumer(upstream_broker.port) as consumer, running_agent(cfg) as agent, Publisher(broker.port) as pub:
+    with (
+        Consumer(upstream_broker.port) as consumer,
+        running_agent(cfg) as agent,
+        Publisher(broker.port) as pub,
+    ):
         _send(pub, "s/a", base + 0.5, 1)
         _send(pub, "s/a", base + 1.5, 2)  # fires [base, base + 1), rev 0
         for i in range(4):  # four accepted late readings: revs 1..4, sent within one batch delay
