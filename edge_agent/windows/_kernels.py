@@ -110,7 +110,7 @@ def merged_00001(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -229,7 +229,7 @@ def merged_00011(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -336,7 +336,7 @@ def merged_00101(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -479,7 +479,7 @@ def merged_00111(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -602,7 +602,7 @@ def merged_01001(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -761,7 +761,7 @@ def merged_01011(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -908,7 +908,7 @@ def merged_01101(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -1091,7 +1091,7 @@ def merged_01111(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -1180,7 +1180,7 @@ def merged_10001(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -1305,7 +1305,7 @@ def merged_10011(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -1418,7 +1418,7 @@ def merged_10101(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -1567,7 +1567,7 @@ def merged_10111(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -1696,7 +1696,7 @@ def merged_11001(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -1861,7 +1861,7 @@ def merged_11011(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -2014,7 +2014,7 @@ def merged_11101(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
@@ -2203,7 +2203,7 @@ def merged_11111(parts: Iterable[Partial | None]) -> Partial:
     for src in present:
         if first:
             x = src[10]
-            p[10] = array("d", x) if x.__class__ is array else x.copy()
+            p[10] = array('d', x) if x.__class__ is array else x.copy()
             first = False
         else:
             merge_values(p, src)
