@@ -22,322 +22,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
-import socket
 import ssl
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.errors import EdgeAgentError
+from edge_agent.mqtt.codec import (
+    _ACK4,
+    _CONNACK,
+    _DISCONNECT,
+    _H,
+    _I,
+    _PINGRESP,
+    _PUBACK,
+    _PUBCOMP,
+    _PUBLISH,
+    _PUBREC,
+    _PUBREL,
+    _SUBACK,
+    _UNSUBACK,
+    _binary,
+    _packet,
+    _props,
+    _props_at,
+    _ProtocolError,
+    _utf8,
+    _varint,
+    reason_name,
+)
+from edge_agent.mqtt.messages import Message, MqttError, Will
+from edge_agent.mqtt.tls import TlsSettings, _describe
 
-__all__ = ["Message", "MqttClient", "MqttError", "TlsSettings", "Will"]
+__all__ = ["MAX_PACKET", "MqttClient"]
 
 log = logging.getLogger("edge_agent.mqtt")
-
-# Packet types (MQTT 5 2.1.2), as the first byte's high nibble.
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-_SUBSCRIBE, _SUBACK, _UNSUBSCRIBE, _UNSUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = (
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-)
-
-_H = struct.Struct(">H")
-_I = struct.Struct(">I")
-_ACK4 = struct.Struct(
-    ">BBH"
-)  # PUBACK/PUBREC/PUBREL/PUBCOMP with Success and no properties (3.4.2.1)
 
 # Bounds what one connection buffers. A PUBLISH larger than this is not held: its
 # payload is skipped as it streams in and the Message comes with `too_large` set and
 # an empty payload (the caller counts it; QoS 1 is still acknowledged by the caller),
 # so one oversized message can neither exhaust memory nor, redelivered, stall a session.
 MAX_PACKET = 4 * 1024 * 1024
-
-_REASONS = {
-    0x80: "unspecified error",
-    0x81: "malformed packet",
-    0x82: "protocol error",
-    0x83: "implementation specific error",
-    0x84: "unsupported protocol version",
-    0x85: "client identifier not valid",
-    0x86: "bad user name or password",
-    0x87: "not authorized",
-    0x88: "server unavailable",
-    0x89: "server busy",
-    0x8A: "banned",
-    0x8B: "server shutting down",
-    0x8C: "bad authentication method",
-    0x8D: "keep alive timeout",
-    0x8E: "session taken over",
-    0x8F: "topic filter invalid",
-    0x90: "topic name invalid",
-    0x91: "packet identifier in use",
-    0x92: "packet identifier not found",
-    0x93: "receive maximum exceeded",
-    0x94: "topic alias invalid",
-    0x95: "packet too large",
-    0x96: "message rate too high",
-    0x97: "quota exceeded",
-    0x98: "administrative action",
-    0x99: "payload format invalid",
-    0x9A: "retain not supported",
-    0x9B: "qos not supported",
-    0x9C: "use another server",
-    0x9D: "server moved",
-    0x9E: "shared subscriptions not supported",
-    0x9F: "connection rate exceeded",
-    0xA0: "maximum connect time",
-    0xA1: "subscription identifiers not supported",
-    0xA2: "wildcard subscriptions not supported",
-}
-
-
-def reason_name(code: int) -> str:
-    """A reason code in words (MQTT 5 2.4)."""
-    return _REASONS.get(code, f"reason code 0x{code:02x}")
-
-
-class MqttError(EdgeAgentError):
-    """A connection, subscription or publish failed; the message says why."""
-
-
-class _ProtocolError(Exception):
-    """The peer sent something MQTT 5 does not allow; the connection is closed."""
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """Server verification against `ca_file` (or the system store), plus a client chain for mTLS."""
-
-    ca_file: str = ""  # "" = the system's trust store
-    cert_file: str = ""
-    key_file: str = ""
-
-    def context(self) -> ssl.SSLContext:
-        """A fresh context, files read now (a certificate renewed on disk is used at the next connect).
-
-        Raises MqttError naming the file and what is wrong with it.
-        """
-        try:
-            ctx = ssl.create_default_context(cafile=self.ca_file or None)
-        except FileNotFoundError as exc:
-            raise MqttError(f"ca_file {self.ca_file}: no such file") from exc
-        except OSError as exc:  # SSLError included: not PEM, no certificate in it
-            raise MqttError(
-                f"ca_file {self.ca_file}: cannot load CA certificates: {_describe_ssl(exc)}"
-            ) from exc
-        if self.cert_file:
-            try:
-                ctx.load_cert_chain(self.cert_file, self.key_file or None)
-            except FileNotFoundError as exc:
-                missing = exc.filename or (
-                    self.cert_file if not self.key_file else f"{self.cert_file} or {self.key_file}"
-                )
-                raise MqttError(f"client certificate: {missing}: no such file") from exc
-            except ssl.SSLError as exc:
-                if "KEY_VALUES_MISMATCH" in str(exc):
-                    why = f"key_file {self.key_file or self.cert_file} is not the key of cert_file {self.cert_file}"
-                else:
-                    why = f"cert_file {self.cert_file} / key_file {self.key_file or '(in cert_file)'}: {_describe_ssl(exc)}"
-                raise MqttError(f"client certificate: {why}") from exc
-            except OSError as exc:
-                raise MqttError(
-                    f"client certificate {self.cert_file}: {exc.strerror or exc}"
-                ) from exc
-        return ctx
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    """The MQTT 5 will message the broker publishes if the connection dies (3.1.3.2)."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    content_type: str | None = None  # None or "" = none
-    user_properties: tuple[tuple[str, str], ...] = ()
-
-
-class Message:
-    """One received PUBLISH."""
-
-    __slots__ = (
-        "content_type",
-        "dup",
-        "mid",
-        "payload",
-        "qos",
-        "retain",
-        "subscription_ids",
-        "too_large",
-        "topic_bytes",
-        "user_properties",
-    )
-
-    def __init__(
-        self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool, retain: bool
-    ) -> None:
-        self.topic_bytes = topic_bytes
-        self.payload = payload
-        self.qos = qos
-        self.mid = mid
-        self.dup = dup
-        self.retain = retain
-        self.content_type: str | None = None
-        self.subscription_ids: tuple[int, ...] = ()
-        self.user_properties: tuple[tuple[str, str], ...] = ()
-        self.too_large = False  # payload over MAX_PACKET: skipped, `payload` is empty
-
-    @property
-    def topic(self) -> str:
-        """The topic name; invalid UTF-8 (which brokers refuse, MQTT 5 1.5.4) replaced."""
-        return self.topic_bytes.decode("utf-8", "replace")
-
-    def __repr__(self) -> str:
-        return f"Message({self.topic!r}, {len(self.payload)} bytes, qos={self.qos}, mid={self.mid})"
-
-
-# -- encoding ---------------------------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _utf8(s: str) -> bytes:
-    b = s.encode("utf-8")
-    if len(b) > 0xFFFF:
-        raise MqttError(f"string of {len(b)} bytes is longer than MQTT allows (65,535)")
-    return _H.pack(len(b)) + b
-
-
-def _binary(b: bytes) -> bytes:
-    return _H.pack(len(b)) + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _varint(len(body)) + body
-
-
-def _props(
-    content_type: str | None = None,
-    user: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
-    extra: bytes = b"",
-) -> bytes:
-    body = extra
-    if content_type:
-        body += b"\x03" + _utf8(content_type)
-    for k, v in user:
-        body += b"\x26" + _utf8(k) + _utf8(v)
-    return _varint(len(body)) + body
-
-
-# -- decoding ---------------------------------------------------------------------------
-
-
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    n = shift = 0
-    for _ in range(4):
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return n, i
-        shift += 7
-    raise _ProtocolError("malformed variable byte integer")
-
-
-_FIXED = {
-    # property id -> byte width (0 = UTF-8 string, -1 = binary, -2 = string pair, -3 = varint)
-    0x01: 1,
-    0x02: 4,
-    0x03: 0,
-    0x08: 0,
-    0x09: -1,
-    0x0B: -3,
-    0x11: 4,
-    0x12: 0,
-    0x13: 2,
-    0x15: 0,
-    0x16: -1,
-    0x17: 1,
-    0x18: 4,
-    0x19: 1,
-    0x1A: 0,
-    0x1C: 0,
-    0x1F: 0,
-    0x21: 2,
-    0x22: 2,
-    0x23: 2,
-    0x24: 1,
-    0x25: 1,
-    0x26: -2,
-    0x27: 4,
-    0x28: 1,
-    0x29: 1,
-    0x2A: 1,
-}
-
-
-def _parse_props(buf: bytes, i: int, end: int) -> dict[int, Any]:
-    """An MQTT 5 property block (2.2.2) as {id: value}; repeatable ones (user
-    properties, subscription identifiers) as lists."""
-    out: dict[int, Any] = {}
-    while i < end:
-        pid = buf[i]
-        i += 1
-        width = _FIXED.get(pid)
-        if width is None:
-            raise _ProtocolError(f"unknown property 0x{pid:02x}")
-        value: Any
-        if width > 0:
-            value = int.from_bytes(buf[i : i + width], "big")
-            i += width
-        elif width == -3:
-            value, i = _read_varint(buf, i)
-            out.setdefault(pid, []).append(value)
-            continue
-        else:
-            n = _H.unpack_from(buf, i)[0]
-            raw = buf[i + 2 : i + 2 + n]
-            i += 2 + n
-            if width == -2:
-                m = _H.unpack_from(buf, i)[0]
-                val2 = buf[i + 2 : i + 2 + m]
-                i += 2 + m
-                out.setdefault(pid, []).append(
-                    (raw.decode("utf-8", "replace"), val2.decode("utf-8", "replace"))
-                )
-                continue
-            value = bytes(raw) if width == -1 else raw.decode("utf-8", "replace")
-        out[pid] = value
-    if i != end:
-        raise _ProtocolError("property block overruns its length")
-    return out
-
-
-def _props_at(buf: bytes, i: int) -> tuple[dict[int, Any], int]:
-    n, j = _read_varint(buf, i)
-    return (_parse_props(buf, j, j + n) if n else {}), j + n
 
 
 class _Protocol(asyncio.Protocol):
@@ -964,50 +690,3 @@ class MqttClient:
         self._lost("closed")
         if self._connack is not None and self._connack.done() and not self._connack.cancelled():
             self._connack.exception()  # mark retrieved
-
-
-# OpenSSL verify results that mean "ca_file is not the CA that signed the broker's certificate".
-_WRONG_CA = (
-    "unable to get local issuer certificate",
-    "self-signed certificate",
-    "self signed certificate",
-    "unable to verify the first certificate",
-)
-_SSL_NOISE = re.compile(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\]\s*|\s*\(_ssl\.c:\d+\)$")
-
-
-def _describe_ssl(exc: OSError) -> str:
-    """An ssl.SSLError's words without the `[SSL: CODE]` prefix and the `(_ssl.c:NNN)` suffix."""
-    text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else str(exc)
-    return _SSL_NOISE.sub("", text).strip() or type(exc).__name__
-
-
-def _describe(exc: BaseException) -> str:
-    """One clause saying why a connect failed, for a log line and for /healthz."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        why = exc.verify_message or _describe_ssl(exc)
-        if any(w in why for w in _WRONG_CA):
-            # The most common cause by far: the wrong or a missing ca_file.
-            why += " (is ca_file the CA that signed the broker's certificate?)"
-        return f"TLS certificate verification failed: {why}"
-    if isinstance(exc, ssl.SSLError):
-        why = _describe_ssl(exc)
-        if "alert" in why:
-            return f"TLS handshake failed: the broker refused it ({why})"
-        if "wrong version number" in why or "record layer failure" in why:
-            return f"TLS handshake failed: {why} (is the port a TLS listener?)"
-        if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-            return f"TLS handshake failed: the broker closed the connection ({why})"
-        return f"TLS handshake failed: {why}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, socket.gaierror):
-        # "[Errno 111] Connection refused" -> "connection refused" (asyncio words it
-        # "Connect call failed (addr)": the errno says the same, shorter).
-        words = os.strerror(exc.errno)
-        return words[:1].lower() + words[1:]
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror  # DNS errors keep their words
-    if isinstance(exc, OSError) and exc.errno is None and not str(exc):
-        return type(exc).__name__
-    return str(exc) or type(exc).__name__
