@@ -68,7 +68,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_no_module_imports_paho() -> None:
-    # MQTT is edge_agent/mqtt.py, our own client; paho-mqtt is a test/bench dependency.
+    # MQTT is edge_agent/mqtt/, our own client; paho-mqtt is a test/bench dependency.
     allowed: set[str] = set()
     for pkg in PACKAGES:
         for path in (ROOT / pkg).rglob("*.py"):
