@@ -40,7 +40,7 @@ from edge_agent.ingest.connection import RECEIVE_MAXIMUM, LocalConnection
 from edge_agent.ingest.decode import REASON_TOO_LARGE, PayloadDecoder
 from edge_agent.ingest.delivery import DeliveryLog
 from edge_agent.ingest.router import TopicRouter
-from edge_agent.ingest.shed import SLICE_S, Shedder
+from edge_agent.ingest.shed import MIN_SAMPLE, SLICE_S, Shedder
 from edge_agent.mqtt import Message, MqttClient, MqttError
 from edge_agent.pipelines import Pipeline, build_pipeline, replan
 from edge_agent.sdnotify import SdNotifier, watchdog_interval
@@ -299,9 +299,12 @@ class Agent:
         if not inbox:
             return
         perf = time.perf_counter
-        t0, cpu0 = perf(), time.thread_time()
-        deadline = t0 + SLICE_S
         done, n = 0, len(inbox)
+        # The CPU clock is a system call (not in the vDSO, unlike perf_counter): read it
+        # only for a slice the shedder learns from, not for each small live read.
+        sample = n >= MIN_SAMPLE
+        t0, cpu0 = perf(), time.thread_time() if sample else 0.0
+        deadline = t0 + SLICE_S
         while done < n:
             chunk = inbox[done : done + 256]
             done += len(chunk)
@@ -313,7 +316,8 @@ class Agent:
         # The cost per message in CPU time of this thread: wall time would count the
         # moments the OS gave the core to someone else, shrink the limit and shed
         # while the agent is idle.
-        self.shedder.note_processed(done, time.thread_time() - cpu0)
+        if sample:
+            self.shedder.note_processed(done, time.thread_time() - cpu0)
         if self._inbox_paused and self._inbox_bytes <= _INBOX_HARD_BYTES // 2:
             self._inbox_paused = False
             local = self.local

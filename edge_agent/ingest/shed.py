@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["SLICE_S", "Shedder"]
+__all__ = ["MIN_SAMPLE", "SLICE_S", "Shedder"]
 
 SLICE_S = 0.05  # processing per event-loop turn before reading the socket again
 MIN_LIMIT = 8192  # messages the inbox may always hold
+MIN_SAMPLE = 64  # the fewest messages a slice needs to update the cost per message
 # 50 ms of processing per turn against at most one 256 KiB socket read (~5 ms of
 # parsing and shedding on this machine): >= 90 % of the time goes to readings kept.
 
@@ -69,7 +70,7 @@ class Shedder:
 
     def note_processed(self, messages: int, seconds: float) -> None:
         """The cost of a processing slice: keeps `limit` at `backlog_s` of work."""
-        if messages >= 64:
+        if messages >= MIN_SAMPLE:
             self.per_message += 0.2 * (seconds / messages - self.per_message)
             self.limit = self._limit()
 
