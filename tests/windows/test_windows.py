@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import bisect
+import marshal
 import math
 import random
 from typing import Any
 
+import cbor2
 import pytest
 
 from edge_agent.config import PipelineConfig
@@ -430,6 +432,31 @@ def test_checkpoint_of_another_window_shape_is_skipped() -> None:
     assert engine(size=10.0, allowed_lateness=5.0).restore(states) == 1  # lateness may change
     other = engine(size=20.0)
     assert other.restore(states) == 0 and other.keys() == 0
+
+
+def test_checkpoints_written_as_cbor_by_earlier_versions_still_restore() -> None:
+    # Key states were CBOR (cbor2.dumps of the same lists) before they were marshalled:
+    # a state dir from then restores to the same windows; a blob that is neither is skipped.
+    for window in ("tumbling", "sliding", "session", "count"):
+        cfg: dict[str, Any] = {
+            "window": window,
+            "size": 3 if window == "count" else 10.0,
+            "slide": 5.0,
+            "gap": 3.0,
+            "allowed_lateness": 30.0,
+            "aggregates": ("count", "mean", "p50"),
+        }
+        a, b, c = engine(**cfg), engine(**cfg), engine(**cfg)
+        feed(a, [("k", float(t), t / 7) for t in (1, 2, 4, 11, 13)] + [("j", 3.0, 1.0)])
+        states = {k: v for k, v in a.take_dirty().items() if v is not None}
+        assert set(states) == {"k", "j"}
+        old = [(k, cbor2.dumps(marshal.loads(v))) for k, v in states.items()]
+        assert all(0x80 <= raw[0] <= 0x9F for _, raw in old)  # what the CBOR path reads
+        assert b.restore(old) == 2, window
+        assert c.restore([*states.items(), ("x", b"\x00garbage")]) == 2, window
+        later = [("k", 12.0, 2.0), ("k", 40.0, 1.0), ("j", 41.0, 0.0)]
+        got_a, got_b, got_c = feed(a, later), feed(b, later), feed(c, later)
+        assert got_a.windows and got_b.windows == got_a.windows == got_c.windows, window
 
 
 def test_bad_configs_are_refused() -> None:
