@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Callable
 
 from edge_agent.mqtt.codec import (
@@ -303,6 +304,19 @@ class MqttClient(Connection):
             self._ping_task = self._loop.create_task(
                 self._keep_alive(), name=f"mqtt-ping-{self.host}:{self.port}"
             )
+
+    async def _keep_alive(self) -> None:
+        """PINGREQ when we sent nothing for half the keep-alive (3.1.2.10); the
+        connection is dead when nothing came back for 1.5 times it."""
+        ka = self._keepalive
+        while self._transport is not None:
+            await asyncio.sleep(max(0.5, ka / 4))
+            now = time.monotonic()
+            if now - self._last_heard > 1.5 * ka:
+                self._abort(f"no answer from the broker within {1.5 * ka:g} s (keep-alive)")
+                return
+            if now - self._last_sent >= ka / 2:
+                self._send(b"\xc0\x00")
 
     def _teardown(self) -> None:
         t, self._transport = self._transport, None

@@ -1,6 +1,6 @@
 """One MQTT 5 byte stream over an asyncio transport: the `Protocol` that parses what
 the event loop reads, writes batched once per loop turn, the in-flight limit on our
-publishes, manual acknowledgements, keep-alive and read backpressure.
+publishes, manual acknowledgements and read backpressure.
 
 `MqttClient` (client.py) builds on it with the API (connect, subscribe, publish);
 this layer owns the bytes and the per-connection state, nothing of the session.
@@ -383,19 +383,6 @@ class Connection:
         waiting = self._waiting
         while waiting and len(self._pending) - len(waiting) < self._inflight_cap:
             self._send(waiting.popleft()[1])
-
-    async def _keep_alive(self) -> None:
-        """PINGREQ when we sent nothing for half the keep-alive (3.1.2.10); the
-        connection is dead when nothing came back for 1.5 times it."""
-        ka = self._keepalive
-        while self._transport is not None:
-            await asyncio.sleep(max(0.5, ka / 4))
-            now = time.monotonic()
-            if now - self._last_heard > 1.5 * ka:
-                self._abort(f"no answer from the broker within {1.5 * ka:g} s (keep-alive)")
-                return
-            if now - self._last_sent >= ka / 2:
-                self._send(b"\xc0\x00")
 
     def _abort(self, why: str) -> None:
         t = self._transport
