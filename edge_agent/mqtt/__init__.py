@@ -19,7 +19,16 @@ is decided by the caller (the outbox).
 
 from edge_agent.mqtt.client import MAX_PACKET, MqttClient
 from edge_agent.mqtt.codec import reason_name
-from edge_agent.mqtt.messages import Message, MqttError, Will
+from edge_agent.mqtt.messages import Message, MqttError, PublishGroup, Will
 from edge_agent.mqtt.tls import TlsSettings
 
-__all__ = ["MAX_PACKET", "Message", "MqttClient", "MqttError", "TlsSettings", "Will", "reason_name"]
+__all__ = [
+    "MAX_PACKET",
+    "Message",
+    "MqttClient",
+    "MqttError",
+    "PublishGroup",
+    "TlsSettings",
+    "Will",
+    "reason_name",
+]

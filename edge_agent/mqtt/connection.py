@@ -34,7 +34,7 @@ from edge_agent.mqtt.codec import (
     _ProtocolError,
     reason_name,
 )
-from edge_agent.mqtt.messages import Message, MqttError
+from edge_agent.mqtt.messages import Message, MqttError, PublishGroup
 from edge_agent.mqtt.tls import _describe
 
 __all__ = ["MAX_PACKET", "Connection"]
@@ -95,7 +95,9 @@ class Connection:
         self._flush_handle: asyncio.Handle | None = None
         self._parse_handle: asyncio.Handle | None = None
         self._paused = False
-        self._pending: dict[int, asyncio.Future[None]] = {}  # QoS 1/2 publishes awaiting their ack
+        # QoS 1/2 publishes awaiting their ack: a future each (publish), or their group
+        # (publish_many)
+        self._pending: dict[int, asyncio.Future[None] | PublishGroup] = {}
         self._waiting: deque[tuple[int, bytes]] = deque()  # publishes past the in-flight limit
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._next_mid = 0
@@ -375,7 +377,9 @@ class Connection:
 
     def _ack_received(self, mid: int, code: int) -> None:
         fut = self._pending.pop(mid, None)
-        if fut is not None and not fut.done():
+        if isinstance(fut, PublishGroup):
+            fut.answer(mid, code)
+        elif fut is not None and not fut.done():
             if code >= 0x80:
                 fut.set_exception(MqttError(f"the broker refused the publish: {reason_name(code)}"))
             else:
@@ -403,7 +407,9 @@ class Connection:
         pending, self._pending = self._pending, {}
         self._waiting.clear()
         for fut in pending.values():
-            if not fut.done():
+            if isinstance(fut, PublishGroup):
+                fut.fail(why)
+            elif not fut.done():
                 fut.set_exception(MqttError(f"connection lost before PUBACK: {why}"))
                 fut.exception()  # retrieved: a caller that gave up on it is not an error
         for suback in self._subacks.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from edge_agent.errors import EdgeAgentError
@@ -60,3 +61,50 @@ class Message:
 
     def __repr__(self) -> str:
         return f"Message({self.topic!r}, {len(self.payload)} bytes, qos={self.qos}, mid={self.mid})"
+
+
+class PublishGroup:
+    """One completion for the PUBLISHes of one `MqttClient.publish_many` call.
+
+    `future` completes (result None) once every QoS 1/2 message of the group was
+    answered by the broker (PUBACK, or PUBCOMP for QoS 2), at once for QoS 0; it
+    fails with MqttError if the connection is lost first. Either way,
+    `undelivered()` says which messages (indices into the call's messages) the
+    broker did not take: refused, or never acknowledged. A future per message
+    costs about as much as the rest of a publish on a Pi (bench/bench_bridge.py).
+    """
+
+    __slots__ = ("_refused", "_unacked", "future")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+        self._unacked: dict[int, int] = {}  # packet id -> index in the group
+        self._refused: list[int] = []  # indices, in the order the refusals came
+
+    # Called by the connection, as the group's messages go and their answers come.
+
+    def track(self, mid: int, index: int) -> None:
+        self._unacked[mid] = index
+
+    def refuse(self, index: int) -> None:
+        self._refused.append(index)
+
+    def sent_all(self) -> None:
+        if not self._unacked and not self.future.done():
+            self.future.set_result(None)  # QoS 0, or nothing to wait for
+
+    def answer(self, mid: int, code: int) -> None:
+        index = self._unacked.pop(mid)
+        if code >= 0x80:
+            self._refused.append(index)
+        if not self._unacked and not self.future.done():
+            self.future.set_result(None)
+
+    def fail(self, why: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(MqttError(f"connection lost before PUBACK: {why}"))
+            self.future.exception()  # retrieved: a caller that gave up on it is not an error
+
+    def undelivered(self) -> list[int]:
+        """Indices of the messages the broker refused or had not acknowledged, in order."""
+        return sorted([*self._refused, *self._unacked.values()])
