@@ -1,7 +1,8 @@
 """Readings to the local broker: a bounded queue in front of edge_agent's MQTT client.
 
 The connection is edge_agent.mqtt.MqttClient, the agent's own MQTT 5 client (an
-asyncio Protocol; connect never blocks the loop), PUBACKs as futures.
+asyncio Protocol; connect never blocks the loop), each pump's messages published as
+one group with one completion (not a future per message).
 
 Flow control: frames wait in a bounded deque (queue_size, overflow per when_full,
 every drop counted) and are published only while connected, at most max_inflight
@@ -21,7 +22,7 @@ from collections import deque
 from pathlib import Path
 
 from edge_agent.backoff import Backoff
-from edge_agent.mqtt import MqttClient, MqttError
+from edge_agent.mqtt import MqttClient, MqttError, PublishGroup
 from firmware_bridge.config import PublishSection
 
 __all__ = ["CBOR", "JSON", "Publisher"]
@@ -47,13 +48,11 @@ class Publisher:
         self.connected = asyncio.Event()
         self._queue: deque[_Item] = deque()
         self._n = 0
-        # sent, in order; PUBACKs come in that order (MQTT 5, 4.6), so the done ones
-        # are swept from the left, and only the newest of each pump gets a callback
-        self._inflight: deque[tuple[asyncio.Future[None], _Item]] = deque()
-        self._unacked: list[_Item] = []
-        self._watched: asyncio.Future[None] | None = (
-            None  # lost with a connection: sent again first
-        )
+        # sent, one group of publishes per pump, in order; finished groups are swept
+        # from the left (a group's future completes when the broker answered it all)
+        self._inflight: deque[tuple[PublishGroup, list[_Item]]] = deque()
+        self._outstanding = 0  # messages in self._inflight
+        self._unacked: list[_Item] = []  # lost with a connection: sent again first
         self._limit = cfg.max_inflight  # lowered to the broker's Receive Maximum on connect
         self._pump_scheduled = False
         self._client: MqttClient | None = None
@@ -68,7 +67,7 @@ class Publisher:
 
     @property
     def outstanding(self) -> int:
-        return len(self._inflight)
+        return self._outstanding
 
     def submit(self, topic: str, payload: bytes, content_type: str) -> None:
         """Queue one message; never blocks, drops per when_full when the queue is full."""
@@ -158,40 +157,33 @@ class Publisher:
             self._queue.extendleft(reversed(self._unacked))
             self._unacked.clear()
         q = self._queue
-        inflight = self._inflight
-        qos = self.cfg.qos
-        limit = self._limit
-        publish = client.publish
-        fut = None
-        while q and len(inflight) < limit:
-            item = q.popleft()
-            fut = publish(item[1], item[2], qos, item[3])
-            if fut.done() and fut.exception() is not None:
-                q.appendleft(item)  # not connected after all: keep it for the next connection
-                fut = None
-                break
-            inflight.append((fut, item))
-        if fut is not None:
-            self._watch(fut)
-
-    def _watch(self, fut: asyncio.Future[None]) -> None:
-        if fut is not self._watched:
-            self._watched = fut
-            fut.add_done_callback(self._sweep)
+        n = min(len(q), self._limit - self._outstanding)
+        if n <= 0:
+            return
+        items = [q.popleft() for _ in range(n)]
+        try:
+            # one completion for the pump's messages: a future each cost as much as
+            # the rest of a publish (bench/bench_bridge.py)
+            group = client.publish_many(((i[1], i[2], i[3]) for i in items), self.cfg.qos)
+        except MqttError:  # not connected after all: keep them for the next connection
+            q.extendleft(reversed(items))
+            return
+        self._inflight.append((group, items))
+        self._outstanding += n
+        group.future.add_done_callback(self._sweep)
 
     def _sweep(self, _: object = None) -> None:
         """Count what the broker acknowledged; keep what a lost connection left unsent."""
         inflight = self._inflight
-        while inflight and inflight[0][0].done():
-            fut, item = inflight.popleft()
-            if fut.cancelled() or fut.exception() is not None:
-                self._unacked.append(item)  # the connection went: send it again
-            else:
-                self.published += 1
+        while inflight and inflight[0][0].future.done():
+            group, items = inflight.popleft()
+            self._outstanding -= len(items)
+            redo = group.undelivered()
+            if redo:  # the connection went (or the broker refused): send them again
+                self._unacked.extend(items[i] for i in redo)
+            self.published += len(items) - len(redo)
         if inflight and not self.connected.is_set():
             return
-        if inflight:  # acknowledged out of order: wait for the newest of them
-            self._watch(inflight[-1][0])
         if self._queue or self._unacked:
             self._schedule_pump()
 
