@@ -130,6 +130,8 @@ def decode_message(payload: bytes, encoding: str | None = None) -> Decoded:
     """Decode one message's payload; `encoding` is its MQTT 5 `content-encoding` user property."""
     if _is_deflated(payload, encoding):
         payload = inflate(payload)
+    if payload[:1] == b"\xff":  # cbor2 5 (armv7l) returns its break marker for this
+        raise BadMessage("not CBOR: a break code where a data item starts")
     try:
         doc = cbor2.loads(payload)
     except Exception as exc:  # cbor2 raises several types, ValueError among them

@@ -169,6 +169,11 @@ def _unsupported_tag(_decoder: Any, _value: Any) -> _UnsupportedTag:
 
 
 def _new_cbor_decoder() -> cbor2.CBORDecoder:
+    if not hasattr(cbor2.CBORDecoder, "strict_hashable_types"):
+        # cbor2 5 (armv7l, where PyPI has no cbor2 6 wheel): the same rules in Python.
+        from edge_agent.ingest import _cbor5
+
+        return _cbor5.new_decoder(64, UNSUPPORTED_TAG)  # type: ignore[no-any-return]
     # strict_hashable_types: integer/tuple map keys would allow hash-collision floods.
     return cbor2.CBORDecoder(
         io.BytesIO(b""),

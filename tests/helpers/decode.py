@@ -106,7 +106,11 @@ def reference(
 
     def cbor() -> Any:
         fp = io.BytesIO(payload)
-        obj = cbor2.CBORDecoder(fp, strict_hashable_types=True, max_depth=64).decode()
+        if CBOR2_STRICT:
+            obj = cbor2.CBORDecoder(fp, strict_hashable_types=True, max_depth=64).decode()
+        else:  # cbor2 5 (armv7l): the same rule checked after decoding
+            obj = cbor2.CBORDecoder(fp, max_depth=64).decode()
+            _only_string_keys(obj)
         if fp.tell() != len(payload):
             raise ValueError("trailing")
         return obj
@@ -164,6 +168,24 @@ def reference(
     if not out and not rej:
         rej["no_reading"] += 1
     return out, rej
+
+
+# cbor2 >= 6.2 rejects maps with keys other than text/byte strings itself; on cbor2 5
+# (armv7l without a cbor2 6 wheel, edge_agent/ingest/_cbor5.py) the reference checks.
+CBOR2_STRICT = hasattr(cbor2.CBORDecoder, "strict_hashable_types")
+
+
+def _only_string_keys(obj: Any) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if type(k) is not str and type(k) is not bytes:
+                raise ValueError("map key that is not a text or byte string")
+            _only_string_keys(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            _only_string_keys(v)
+    elif isinstance(obj, cbor2.CBORTag):
+        _only_string_keys(obj.value)
 
 
 _REF_SHAPE = re.compile(

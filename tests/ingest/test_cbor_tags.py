@@ -44,6 +44,11 @@ def test_every_tag_cbor2_gives_a_meaning_is_needed_or_neutralized() -> None:
             if not (isinstance(out, cbor2.CBORTag) and out.tag == tag):
                 native.add(tag)
                 break
+    if not hasattr(cbor2.CBORDecoder, "strict_hashable_types"):
+        # cbor2 5 (armv7l): edge_agent/ingest/_cbor5.py neutralizes every tag 5.x
+        # decodes other than NEEDED; 5.x knows fewer tags than 6 (not 52 and 54).
+        assert native - NEEDED <= set(NEUTRALIZED_TAGS)
+        return
     assert native - NEEDED == set(NEUTRALIZED_TAGS), (
         "a cbor2 release decodes new tags: review NEUTRALIZED_TAGS"
     )
