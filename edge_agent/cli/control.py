@@ -22,10 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +213,8 @@ def start(config_path: str, timeout: float = START_TIMEOUT) -> int:
         log_out = open(fd, "ab")  # noqa: SIM115 (handed to the child)
     except OSError as exc:
         raise EdgeAgentError(f"state_dir {state_dir}: {exc.strerror}") from exc
+    import tempfile  # here, not at the top: `run` starts faster without it
+
     with tempfile.TemporaryDirectory(prefix="edge-agent-start-") as tmp:
         sock_path = os.path.join(tmp, "notify")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -360,6 +359,11 @@ def _config_token(cfg: Config) -> str | None:
 
 
 def _fetch(url: str, token: str | None, timeout: float) -> tuple[int, object]:
+    # here, not at the top: urllib.request brings http.client and email (~8 MiB, ~20 ms),
+    # which `run` never needs
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
