@@ -253,9 +253,10 @@ def prelude(args: argparse.Namespace) -> str:
     lines = []
     if args.receive_maximum:
         lines += [
-            "import edge_agent.runtime as rt",
-            f"rt.RECEIVE_MAXIMUM = {args.receive_maximum}",
-            f"rt._ACK_FLUSH = max(1, {args.receive_maximum} // 4)",
+            "import edge_agent.ingest.connection as conn",
+            "import edge_agent.ingest_session as session",
+            f"conn.RECEIVE_MAXIMUM = {args.receive_maximum}",
+            f"session._ACK_FLUSH = max(1, {args.receive_maximum} // 4)",
         ]
     return "\n".join(lines)
 

@@ -34,7 +34,7 @@ class IngestState(Protocol):
     messages_qos0: int
     messages_duplicate: int
     ingest_pauses: int
-    _inbox: list[tuple[Message, float]]
+    inbox: list[tuple[Message, float]]
 
     @property
     def local(self) -> MqttClient | None: ...
@@ -174,7 +174,7 @@ class HealthReport:
                 "loop_lag_s": round(self._ingest.loop_lag, 3),
                 "overloaded": self._ingest.overloaded,
                 "shedding": shedder.shedding(),
-                "inbox": len(self._ingest._inbox),
+                "inbox": len(self._ingest.inbox),
                 "shed_limit": shedder.limit,
                 "paused": bool(self._ingest.local and self._ingest.local.reading_paused),
                 "pauses": self._ingest.ingest_pauses,

@@ -3,7 +3,6 @@ in counts, and what overflows is refused and counted."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import tracemalloc
@@ -78,19 +77,18 @@ size = "10s"
 
     async def run() -> tuple[int, Agent]:
         agent = Agent(load_config(cfg))
-        agent._loop = asyncio.get_running_loop()
-        agent._taking = True
+        agent.session.start()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             for i in range(1000):
                 topic = (f"{i:04d}/" + "k" * LONG).encode()
-                agent._on_message(
+                agent.session.on_message(
                     Message(topic, json.dumps({"value": i}).encode(), 0, 0, False, False)
                 )
                 if i % 50 == 49:
-                    agent._process_inbox(everything=True)
-            agent._process_inbox(everything=True)
+                    agent.session.process_inbox(everything=True)
+            agent.session.process_inbox(everything=True)
             grown = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()

@@ -8,7 +8,6 @@ is over the inbox limit is shed, and the test knows which readings were kept.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -67,21 +66,20 @@ async def test_flood_far_beyond_capacity_keeps_correct_windows_and_counts_every_
     tmp_path: Path,
 ) -> None:
     agent = Agent(load_config(_config(tmp_path)))
-    agent._loop = asyncio.get_running_loop()
-    agent._taking = True
-    limit = agent.shedder.limit
+    agent.session.start()
+    limit = agent.session.shedder.limit
     n = 3 * limit  # three times what the inbox may hold: two thirds must be shed
     offered: list[tuple[str, float, float]] = []
     for i in range(n):
         key = f"s/dev{i % 7}"
         reading = (key, T0 + (i % 1000) / 100, float(i))
         offered.append(reading)
-        agent._on_message(_msg(*reading))
+        agent.session.on_message(_msg(*reading))
         if i % 100 == 0:  # alarms arrive in the middle of the flood, after the limit too
-            agent._on_message(_msg("a/door", T0 + 1, 1.0))
+            agent.session.on_message(_msg("a/door", T0 + 1, 1.0))
     n_alarms = len(range(0, n, 100))
     # Nothing was processed yet: the flood is one burst. Now the agent catches up.
-    agent._process_inbox(everything=True)
+    agent.session.process_inbox(everything=True)
 
     climate, alarms = agent.pipelines
     kept = offered[: climate.readings_in]  # the first ones queued are the ones kept (FIFO)
@@ -121,12 +119,11 @@ async def test_flood_far_beyond_capacity_keeps_correct_windows_and_counts_every_
 
 async def test_qos1_is_never_shed(tmp_path: Path) -> None:
     agent = Agent(load_config(_config(tmp_path)))
-    agent._loop = asyncio.get_running_loop()
-    agent._taking = True
-    n = 3 * agent.shedder.limit
+    agent.session.start()
+    n = 3 * agent.session.shedder.limit
     for i in range(n):
-        agent._on_message(_msg(f"s/dev{i % 7}", T0 + 1, 1.0, qos=1, mid=i % 65535 + 1))
-    agent._process_inbox(everything=True)
+        agent.session.on_message(_msg(f"s/dev{i % 7}", T0 + 1, 1.0, qos=1, mid=i % 65535 + 1))
+    agent.session.process_inbox(everything=True)
     climate = agent.pipelines[0]
     assert climate.readings_shed == 0 and climate.readings_in == n
 
