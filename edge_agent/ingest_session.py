@@ -1,10 +1,5 @@
 """The ingest session: local messages in, readings to the engines, acks out.
 
-Its connection (`ingest/connection.py`) hands each PUBLISH to `on_message`, which
-queues it; `process_inbox` works through the inbox in time slices (load shedding:
-`ingest/shed.py`), routes, decodes and feeds each pipeline's engine, and hands what
-fired to the batcher.
-
 Durability rule (SPEC 3, last point): a reading is acknowledged to the local broker
 only after the transaction that holds its effect (window state, records, batches)
 has committed (`commit`). Messages whose effect is committed are remembered by a
@@ -55,9 +50,10 @@ _INBOX_HARD_BYTES = 32 * 1024 * 1024
 
 
 class IngestSession:
-    """The local subscription's messages in, acknowledgements out after each checkpoint.
-
-    `start()` (on the event loop) begins taking messages; until then, and after
+    """Its connection (`ingest/connection.py`) hands each PUBLISH to `on_message`, which
+    queues it; `process_inbox` works through the inbox in time slices (load shedding:
+    `ingest/shed.py`), routes, decodes, feeds each pipeline's engine and hands what
+    fired to the batcher. `start()` begins taking messages; until then, and after
     `stop_taking()`, they are left unacknowledged for the broker to redeliver.
     Its tasks: `conn.run()`, `commit_loop()`, `idle_loop()`, `lag_loop()`.
     """
@@ -146,8 +142,6 @@ class IngestSession:
         for p in leaving:
             p.engine.flush_all(self._emitted)
         self.batcher.take(self._emitted)
-
-    # -- ingest ------------------------------------------------------------------
 
     def on_message(self, msg: Message) -> None:
         if not self._taking:
@@ -315,16 +309,12 @@ class IngestSession:
             self._commit_now.set()
 
     async def idle_loop(self) -> None:
-        """Fire the windows of keys silent for idle_timeout, on the ingest clock.
-
-        idle_timeout is about a device going quiet, so it only runs while the agent
-        could hear from it: while the local broker is away, the socket is paused by
-        the ingest budget or the loop is overloaded, readings wait at the broker, and
-        firing their keys' windows as idle would turn them into late drops. The
-        ingest clock (edge_agent.clock.IngestClock) is monotonic, in wall-clock units
-        from the start, less every such stall: a wall-clock step does not move it.
-        Each tick also decides whether max_future_skew applies (WallClock.behind).
-        """
+        """Fire the windows of keys silent for idle_timeout, on the ingest clock: only
+        while the agent could hear from them (while the local broker is away, the socket
+        paused or the loop overloaded, readings wait at the broker, and firing their
+        windows as idle would make them late drops). The ingest clock (IngestClock) is
+        monotonic, in wall-clock units from the start, less every such stall. Each tick
+        also decides whether max_future_skew applies (WallClock.behind)."""
         tick = 0.25
         last = time.monotonic()
         while True:
