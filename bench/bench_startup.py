@@ -9,6 +9,14 @@
 - `edge-agent --version` and `edge-agent check -c cfg`: exec to exit;
 - baseline, same run: `python -c pass` (the interpreter's own start-up), exec to exit.
 
+Each figure twice: *installed*, with the bytecode of every module cached (what
+`pip install` leaves: it compiles .pyc files; here PYTHONPYCACHEPREFIX points to a
+throwaway directory warmed by one run), and *no bytecode cache* (an editable install
+run with PYTHONDONTWRITEBYTECODE=1, as on the development machines: the bench
+deletes edge_agent's __pycache__ directories before each such run, so each start
+compiles edge_agent's modules from source; the interpreter's and the dependencies'
+bytecode stays cached).
+
 Figures are medians of --runs. --importtime prints the 25 slowest cumulative
 imports of the run path (`python -X importtime`), once.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import Broker, free_port, median
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "edge_agent"
 CFG = """\
 [agent]
 id = "bench"
@@ -62,13 +72,13 @@ def _rss(pid: int, key: str) -> int:
     return 0
 
 
-def timed_exit(cmd: list[str]) -> float:
+def timed_exit(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
     return time.perf_counter() - t0
 
 
-def run_to_ready(work: Path, local: int, up: int) -> tuple[float, int]:
+def run_to_ready(work: Path, local: int, up: int, env0: dict[str, str]) -> tuple[float, int]:
     state = Path(tempfile.mkdtemp(dir=work))
     cfg = state / "agent.toml"
     cfg.write_text(CFG.format(state=state / "s", local=local, upstream=up, health=free_port()))
@@ -76,7 +86,7 @@ def run_to_ready(work: Path, local: int, up: int) -> tuple[float, int]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(30)
-    env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+    env = dict(env0, NOTIFY_SOCKET=sock_path)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
@@ -111,17 +121,29 @@ def main() -> int:
             check_cfg.write_text(
                 CFG.format(state=work / "cs", local=local.port, upstream=up.port, health=1)
             )
-            rows: dict[str, list[float]] = {k: [] for k in ("pass", "version", "check", "ready")}
-            rss: list[float] = []
+            cached = dict(os.environ, PYTHONPYCACHEPREFIX=str(work / "pyc"))
+            cached.pop("PYTHONDONTWRITEBYTECODE", None)
+            uncached = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+            uncached.pop("PYTHONPYCACHEPREFIX", None)
+            envs = {"installed": cached, "no bytecode cache": uncached}
+            run_to_ready(work, local.port, up.port, cached)  # warms the bytecode cache
+            keys = ("pass", "version", "check", "ready", "rss")
+            rows = {(e, k): [] for e in envs for k in keys}
             for _ in range(args.runs):  # interleaved: a load spike hits every figure alike
-                rows["pass"].append(timed_exit([py, "-c", "pass"]))
-                rows["version"].append(timed_exit([py, "-m", "edge_agent", "--version"]))
-                rows["check"].append(
-                    timed_exit([py, "-m", "edge_agent", "check", "-c", str(check_cfg)])
-                )
-                took, r = run_to_ready(work, local.port, up.port)
-                rows["ready"].append(took)
-                rss.append(r / 2**20)
+                for e, env in envs.items():
+                    if env is uncached:
+                        for d in PACKAGE.rglob("__pycache__"):
+                            shutil.rmtree(d, ignore_errors=True)
+                    rows[e, "pass"].append(timed_exit([py, "-c", "pass"], env))
+                    rows[e, "version"].append(
+                        timed_exit([py, "-m", "edge_agent", "--version"], env)
+                    )
+                    rows[e, "check"].append(
+                        timed_exit([py, "-m", "edge_agent", "check", "-c", str(check_cfg)], env)
+                    )
+                    took, r = run_to_ready(work, local.port, up.port, env)
+                    rows[e, "ready"].append(took)
+                    rows[e, "rss"].append(r / 2**20)
             if args.importtime:
                 out = subprocess.run(
                     [
@@ -145,10 +167,9 @@ def main() -> int:
                 for cum, self_us, name in sorted(parsed, reverse=True)[:25]:
                     print(f"  {cum:>8} {self_us:>8}  {name}")
                 print(f"  modules imported by the run path: {len(parsed)}")
-    base = median(rows["pass"])
     print(
         f"\nmedians of {args.runs} (load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}):\n"
-        "| figure | median | runs | over `python -c pass` |\n|---|---|---|---|"
+        "| figure | bytecode | median | runs | over `python -c pass` |\n|---|---|---|---|---|"
     )
     for key, label in (
         ("pass", "`python -c pass` (baseline)"),
@@ -156,14 +177,18 @@ def main() -> int:
         ("check", "`edge-agent check`"),
         ("ready", "`edge-agent run` -> READY=1"),
     ):
-        xs = rows[key]
+        for e in envs:
+            xs, base = rows[e, key], median(rows[e, "pass"])
+            print(
+                f"| {label} | {e} | {median(xs):.3f} s | {', '.join(f'{x:.3f}' for x in xs)} |"
+                f" +{median(xs) - base:.3f} s |"
+            )
+    for e in envs:
+        xs = rows[e, "rss"]
         print(
-            f"| {label} | {median(xs):.3f} s | {', '.join(f'{x:.3f}' for x in xs)} |"
-            f" +{median(xs) - base:.3f} s |"
+            f"| RSS right after READY=1 | {e} | {median(xs):.1f} MiB |"
+            f" {', '.join(f'{x:.1f}' for x in xs)} | |"
         )
-    print(
-        f"| RSS right after READY=1 | {median(rss):.1f} MiB | {', '.join(f'{x:.1f}' for x in rss)} | |"
-    )
     return 0
 
 
