@@ -13,20 +13,15 @@ made absolute here, so `systemd`'s working directory `/` does not matter.
 
 The package: `model` (the frozen sections), `schema` (the accepted keys and their
 converters, `converters`), `positions` (key lines and syntax errors, shared with the
-firmware bridge) and `loader` (text -> Config). Import from here.
+firmware bridge), `problems` (how a problem is said), `validator` (document ->
+Config), `identity` (the default agent id) and `loader` (file -> text -> Config). Import from here.
 """
 
 from __future__ import annotations
 
 from edge_agent.config.converters import _topic_filter_problem as _topic_filter_problem
-from edge_agent.config.loader import (
-    MACHINE_ID_PATH,
-    SECRET_FILE_KEYS,
-    config_from_text,
-    default_agent_id,
-    load_config,
-    restart_needed,
-)
+from edge_agent.config.identity import MACHINE_ID_PATH, default_agent_id
+from edge_agent.config.loader import config_from_text, load_config, restart_needed
 from edge_agent.config.model import (
     ENV_PREFIX,
     AgentSection,
@@ -41,6 +36,7 @@ from edge_agent.config.positions import KeyScanner
 from edge_agent.config.schema import _PIPELINE as _PIPELINE
 from edge_agent.config.schema import _SCHEMA as _SCHEMA
 from edge_agent.config.schema import NON_CONFIG_ENV, accepted_keys
+from edge_agent.config.validator import SECRET_FILE_KEYS
 from edge_agent.units import RateLimit
 
 _Scanner = KeyScanner  # the name tests know it by
