@@ -8,8 +8,6 @@ pipeline a key belongs to, and of two keys that disagree, the one set later.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.config.positions import dotted
@@ -24,22 +22,16 @@ def _suggest(word: str, options: list[str]) -> str:
 
 
 class _Problems:
-    def __init__(
-        self,
-        doc: dict[str, Any],
-        name: str,
-        locs: dict[tuple[Any, ...], int],
-        environ: Mapping[str, str],
-    ) -> None:
+    """The problems found in one document (`doc`, read from `name`, its keys' lines in
+    `locs`), each placed and worded; `env_origin` names the variable of a key set from
+    the environment. `errors` holds (line, message) pairs, sorted by the caller."""
+
+    def __init__(self, doc: dict[str, Any], name: str, locs: dict[tuple[Any, ...], int]) -> None:
         self.doc = doc
         self.name = name
         self.locs = locs
-        self.environ = environ
-        self.base = os.path.dirname(os.path.abspath(name))
         self.env_origin: dict[tuple[str, str], str] = {}
         self.errors: list[tuple[int, str]] = []
-
-    # -- reporting
 
     def order(self, path: tuple[Any, ...]) -> int:
         """Where a key was set: its line, after the file for overrides, -1 if defaulted."""

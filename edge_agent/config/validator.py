@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,19 @@ def _env_value(raw: str) -> object:
 
 
 class _Validator(_Problems):
-    # -- the document
+    """Walks one document: environment overrides, each section's keys, then the rules
+    across keys; `config()` returns the Config or raises every problem at once."""
+
+    def __init__(
+        self,
+        doc: dict[str, Any],
+        name: str,
+        locs: dict[tuple[Any, ...], int],
+        environ: Mapping[str, str],
+    ) -> None:
+        super().__init__(doc, name, locs)
+        self.environ = environ
+        self.base = os.path.dirname(os.path.abspath(name))  # relative paths start here
 
     def config(self) -> Config:
         self.apply_environment()
