@@ -1,5 +1,5 @@
 """The README's "Install on a device" recipe, run line by line inside the emulated
-arm64 Debian root. `EDGE_AGENT_ARM_STAGE=install scripts/arm-check arm64` runs it
+arm64 Debian root. `ARM_CHECK_STAGE=install scripts/arm-check arm64` runs it
 there with the root's own python3; never run it on a real machine.
 
 Every command line of the recipe runs as written, except what the root forces

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,19 @@ settings.register_profile(
 settings.load_profile("default")  # pytest --hypothesis-profile=ci picks the other
 
 SLOW_TIMEOUT = 300.0
+
+# Variables the agent and its CLI read from the environment: EDGE_AGENT_<SECTION>_<KEY>
+# overrides config keys (one that names no key is a config error, SPEC section 1) and
+# EDGE_HEALTH_TOKEN is `health`'s token. Each test starts without the caller's, so the
+# suite means the same in any shell (a test that wants one sets it with monkeypatch).
+AGENT_ENV_PREFIXES = ("EDGE_AGENT_", "EDGE_HEALTH_TOKEN")
+
+
+@pytest.fixture(autouse=True)
+def _no_agent_variables_from_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(AGENT_ENV_PREFIXES):
+            monkeypatch.delenv(name)
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:

@@ -99,3 +99,33 @@ def test_cited_measurements_are_kept_in_the_repository() -> None:
         "max_queued_messages 1000",
     ):
         assert figure in notes, figure
+
+
+# EDGE_AGENT_<SECTION>_<KEY> is the config's namespace: a variable there that names no
+# key stops the agent with a config error (SPEC 1). Our own tools (CI, scripts, benches,
+# the unit, the image) must keep their knobs out of it, and every override the docs show
+# must name a real key. (EDGE_AGENT_ARM_CHECK=0 once made .ci/run fail 13 tests.)
+_ENV_NAME = re.compile(r"\bEDGE_AGENT_([A-Z0-9_]*)")
+_ENV_WHERE = ("README.md", "docs", "systemd", "scripts", ".ci", "bench", "Dockerfile.arm64")
+
+
+def test_every_edge_agent_variable_in_the_repo_names_a_config_key() -> None:
+    accepted = set(accepted_keys())
+    files: list[Path] = []
+    for where in _ENV_WHERE:
+        p = ROOT / where
+        files += [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    wrong = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for m in _ENV_NAME.finditer(text):
+            rest = m.group(1)
+            if rest == "" or text[m.end() : m.end() + 1] in ("<", "{", "$"):
+                continue  # the bare prefix, or a placeholder like EDGE_AGENT_<SECTION>_<KEY>
+            section, _, key = rest.lower().partition("_")
+            if f"{section}.{key}" not in accepted:
+                wrong.append(f"{f.relative_to(ROOT)}: EDGE_AGENT_{rest}")
+    assert files and not wrong, wrong

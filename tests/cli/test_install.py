@@ -2,7 +2,7 @@
 first commands of a new user (`--version`, `scaffold`, `check`) from the installed copy.
 
 Offline after the first run: the build requirements and the dependencies are kept
-as wheels in a wheelhouse (`$EDGE_AGENT_WHEELHOUSE`, else ~/.cache/edge-agent-tests/
+as wheels in a wheelhouse (`$TEST_WHEELHOUSE`, else ~/.cache/edge-agent-tests/
 wheelhouse) and every pip call runs with `--no-index --find-links` on it. The first
 run fills it from PyPI.
 """
@@ -63,7 +63,7 @@ def the_line(lines: list[str], needle: str) -> str:
 @pytest.fixture(scope="module")
 def wheelhouse() -> Path:
     house = Path(
-        os.environ.get("EDGE_AGENT_WHEELHOUSE")
+        os.environ.get("TEST_WHEELHOUSE")
         or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         / "edge-agent-tests"
         / "wheelhouse"
