@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import zlib
+from array import array
 from collections.abc import Callable
 
 from edge_agent.batches.batcher import Batcher
@@ -98,7 +99,11 @@ class IngestSession:
         self.overloaded = False
         self._acks: list[int] = []  # packet ids to acknowledge after the next commit
         self._emitted = Emitted()
-        self.inbox: list[tuple[Message, float]] = []
+        # Messages read and not yet processed, and their arrival (wall) times in a
+        # parallel array: 8 bytes a message instead of a tuple and a float (80 bytes),
+        # ~25 % of what a queued reading costs (a full inbox holds up to 100,000).
+        self.inbox: list[Message] = []
+        self._arrivals = array("d")
         self._inbox_bytes = 0
         self._inbox_paused = False
         self._process_scheduled = False
@@ -160,7 +165,8 @@ class IngestSession:
             # Load shedding, before decoding: QoS 0 cannot be held back by withheld
             # acknowledgements, QoS 1 can (the broker stops at our Receive Maximum).
             return
-        inbox.append((msg, time.time()))
+        inbox.append(msg)
+        self._arrivals.append(time.time())
         self._inbox_bytes += len(msg.payload) + len(msg.topic_bytes)
         if (
             self._inbox_bytes > _INBOX_HARD_BYTES
@@ -194,14 +200,17 @@ class IngestSession:
         sample = n >= MIN_SAMPLE
         t0, cpu0 = perf(), time.thread_time() if sample else 0.0
         deadline = t0 + SLICE_S
+        arrivals = self._arrivals
         while done < n:
             chunk = inbox[done : done + 256]
+            times = arrivals[done : done + 256]
             done += len(chunk)
-            self._inbox_bytes -= sum([len(m.payload) + len(m.topic_bytes) for m, _ in chunk])
-            self._process_batch(chunk)
+            self._inbox_bytes -= sum([len(m.payload) + len(m.topic_bytes) for m in chunk])
+            self._process_batch(chunk, times)
             if not everything and perf() >= deadline:
                 break
         del inbox[:done]
+        del arrivals[:done]
         # The cost per message in CPU time of this thread: wall time would count the
         # moments the OS gave the core to someone else, shrink the limit and shed
         # while the agent is idle.
@@ -217,7 +226,7 @@ class IngestSession:
             assert self._loop is not None
             self._loop.call_soon(self.process_inbox)
 
-    def _process_batch(self, inbox: list[tuple[Message, float]]) -> None:
+    def _process_batch(self, inbox: list[Message], arrivals: array[float]) -> None:
         held, dirty, acks = self.delivery.table, self.delivery.dirty, self._acks
         route, pipelines = self.router.route, self.pipelines
         crc32 = zlib.crc32
@@ -225,7 +234,7 @@ class IngestSession:
         durable = self.durable
         local = self.local
         first_copy = self.router.first_copy
-        for msg, arrival in inbox:
+        for msg, arrival in zip(inbox, arrivals, strict=True):
             payload = msg.payload
             topic_b = msg.topic_bytes
             try:

@@ -34,7 +34,7 @@ class IngestState(Protocol):
     messages_qos0: int
     messages_duplicate: int
     ingest_pauses: int
-    inbox: list[tuple[Message, float]]
+    inbox: list[Message]
 
     @property
     def local(self) -> MqttClient | None: ...
