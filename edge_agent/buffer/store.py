@@ -50,12 +50,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from edge_agent.buffer.records import Checkpoint, CommitResult, NewBatch, OutboxRow, Restored
+from edge_agent.buffer.recovery import _Corrupt, _is_disk_full, _salvage_seqs, is_corrupt
 from edge_agent.errors import StateError
 
 __all__ = [
@@ -116,79 +117,6 @@ CREATE TABLE IF NOT EXISTS windows (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS held (block INTEGER PRIMARY KEY, fps BLOB NOT NULL);
 """
-
-
-@dataclass(slots=True)
-class NewBatch:
-    stream: int
-    seq: int
-    topic: str
-    payload: bytes
-    sent: float
-    priority: int = 0
-    born: float | None = None  # time.monotonic() when built; None: from `sent` (its wall-clock age)
-
-
-@dataclass(slots=True)
-class Checkpoint:
-    """What one transaction makes durable."""
-
-    batches: list[NewBatch] = field(default_factory=list)
-    seqs: dict[int, int] = field(default_factory=dict)  # stream -> next seq
-    pending_add: list[tuple[int, int, bytes]] = field(default_factory=list)  # (stream, n, record)
-    pending_done: dict[int, int] = field(default_factory=dict)  # stream -> first n still pending
-    windows: dict[str, dict[str, bytes | None]] = field(
-        default_factory=dict
-    )  # pipeline -> key -> state
-    windows_gone: list[str] = field(default_factory=list)  # pipelines removed by a reload
-    held: dict[int, bytes] = field(default_factory=dict)  # block -> 1 KiB of fingerprints
-    acked: list[tuple[int, int]] = field(default_factory=list)  # (outbox id, payload size) PUBACKed
-    # (outbox id, payload size) dropped by policy outside the store (ttl, seen by the
-    # outbox before sending): deleted here, counted by whoever dropped them.
-    drops: list[tuple[int, int]] = field(default_factory=list)
-
-    def empty(self) -> bool:
-        return not (
-            self.batches
-            or self.drops
-            or self.pending_add
-            or self.pending_done
-            or any(self.windows.values())
-            or self.windows_gone
-            or self.held
-            or self.acked
-        )
-
-
-@dataclass(slots=True)
-class OutboxRow:
-    id: int
-    stream: int
-    seq: int
-    topic: str
-    payload: bytes
-    sent: float
-    priority: int = 0
-    born: float = 0.0  # time.monotonic() when built (see the module doc)
-
-
-@dataclass(slots=True)
-class CommitResult:
-    ids: list[int]  # outbox ids of the new batches, in order
-    dropped: dict[str, int]  # reason -> batches dropped by the buffer policy
-    dropped_ids: list[int]  # outbox ids removed by the policy (the sender forgets them)
-
-
-@dataclass(slots=True)
-class Restored:
-    seqs: dict[int, int]
-    pending: dict[int, list[tuple[int, bytes]]]  # stream -> [(n, CBOR-encoded record)]
-    windows: dict[str, list[tuple[str, bytes]]]
-    held: dict[int, bytes]
-    outbox_batches: int
-    outbox_bytes: int
-    outbox_oldest_sent: float | None
-    meta: dict[str, Any]
 
 
 class Store:
@@ -712,47 +640,3 @@ class Store:
         if self._db is None:
             raise StateError("state database is not open")
         return self._db
-
-
-def _salvage_seqs(path: Path) -> dict[int, int]:
-    """The next seq per stream that a damaged database still shows (meta, outbox), best effort."""
-    seqs: dict[int, int] = {}
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return seqs
-    try:
-        for query in (
-            "SELECT CAST(substr(k, 5) AS INTEGER), v FROM meta WHERE k LIKE 'seq:%'",
-            "SELECT stream, max(seq) + 1 FROM outbox GROUP BY stream",
-        ):
-            with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
-                for stream, nxt in db.execute(query):
-                    seqs[int(stream)] = max(seqs.get(int(stream), 0), int(nxt))
-    finally:
-        db.close()
-    return seqs
-
-
-class _Corrupt(sqlite3.DatabaseError):
-    """quick_check found the file damaged."""
-
-
-# SQLite's primary result codes that prove a damaged file (sqlite3.h).
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
-
-
-def is_corrupt(exc: sqlite3.Error) -> bool:
-    """Proven corruption, as opposed to locked, read-only, I/O error or disk full."""
-    if isinstance(exc, _Corrupt):
-        return True
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    text = str(exc).lower()
-    return "not a database" in text or "malformed" in text
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    return "full" in str(exc).lower()
