@@ -55,6 +55,7 @@ from typing import Any
 
 import aiosqlite
 
+from edge_agent.buffer.bounds import Bounds, wal_limit
 from edge_agent.buffer.records import Checkpoint, CommitResult, NewBatch, OutboxRow, Restored
 from edge_agent.buffer.recovery import _Corrupt, _is_disk_full, _salvage_seqs, is_corrupt
 from edge_agent.errors import StateError
@@ -76,7 +77,6 @@ DB_NAME = "edge-agent.db"
 SEQ_FILE = "edge-agent.seq"  # seq numbers reserved ahead, for a database lost to corruption
 SEQ_RESERVE = 10_000
 SCHEMA_VERSION = 1
-_SHM_BYTES = 32 * 1024  # the WAL index (-shm) of a WAL smaller than ~4 MiB
 _NOT_STORED = -1  # the id of a batch dropped before it was written (CommitResult.ids/dropped_ids)
 
 
@@ -87,11 +87,6 @@ def boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""
-
-
-def wal_limit(max_bytes: int) -> int:
-    """Bytes the WAL may keep on disk for a buffer bounded by max_bytes."""
-    return min(4 * 1024 * 1024, max(64 * 1024, max_bytes // 8))
 
 
 _SCHEMA = """
@@ -133,9 +128,7 @@ class Store:
     ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DB_NAME
-        self.max_bytes = max_bytes
-        self.when_full = when_full
-        self.ttl = ttl
+        self.bounds = Bounds(max_bytes=max_bytes, when_full=when_full, ttl=ttl)
         self._synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         # Running totals of what the outbox holds, kept in step with each commit.
@@ -143,7 +136,6 @@ class Store:
         self.outbox_payload_bytes = 0
         self.outbox_oldest_sent: float | None = None
         self.outbox_oldest_born: float | None = None  # monotonic
-        self.page_size = 4096
         self._seq_floor: dict[int, int] = {}  # stream -> seq below which numbers may be in use
         self._lock = asyncio.Lock()  # one transaction at a time (commit and reclaim interleave)
         self.quarantined: list[tuple[str, str]] = []  # (moved to, why): corrupt files set aside
@@ -230,7 +222,7 @@ class Store:
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {self._synchronous}")
         # Bound the WAL left on disk after a checkpoint (SD cards, buffer.max_bytes).
-        limit = wal_limit(self.max_bytes)
+        limit = wal_limit(self.bounds.max_bytes)
         await db.execute(f"PRAGMA journal_size_limit = {limit}")
         async with db.execute("PRAGMA quick_check") as cur:
             row = await cur.fetchone()
@@ -244,8 +236,8 @@ class Store:
         if "born" not in columns:  # a file from before ages ran on the monotonic clock
             await db.execute("ALTER TABLE outbox ADD COLUMN born REAL")
         async with db.execute("PRAGMA page_size") as cur:
-            self.page_size = int((await cur.fetchone())[0])  # type: ignore[index]
-        await db.execute(f"PRAGMA wal_autocheckpoint = {max(8, limit // 2 // self.page_size)}")
+            page_size = self.bounds.page_size = int((await cur.fetchone())[0])  # type: ignore[index]
+        await db.execute(f"PRAGMA wal_autocheckpoint = {max(8, limit // 2 // page_size)}")
         meta: dict[str, Any] = {}
         async with db.execute("SELECT k, v FROM meta") as cur:
             async for k, v in cur:
@@ -334,7 +326,7 @@ class Store:
             if now is not None:
                 mono += now - time.time()
             result = await self._commit(cp, mono, keep or {}, keep_new)
-            if result.ids and self.disk_bytes() > self.max_bytes:
+            if result.ids and self.disk_bytes() > self.bounds.max_bytes:
                 # Free pages and a WAL grown by a big transaction still count on disk:
                 # give them back now rather than at the next idle reclaim.
                 with contextlib.suppress(sqlite3.Error):
@@ -370,26 +362,27 @@ class Store:
                     sizes = [r[0] async for r in cur]
                 acked_n, acked_bytes = acked_n + len(sizes), acked_bytes + sum(sizes)
             victims: list[tuple[int, int]] = []
-            await self._expire(db, mono, dropped, victims, keep)
-            if cp.batches and self.when_full == "drop_oldest" and not keep_new:
+            bounds = self.bounds
+            await bounds.expire(db, self.outbox_oldest_born, mono, dropped, victims, keep)
+            if cp.batches and bounds.when_full == "drop_oldest" and not keep_new:
                 # Make room first, so the file does not grow past the budget mid-transaction.
-                incoming = sum(self._row_cost(len(b.payload)) for b in cp.batches)
+                incoming = sum(bounds.row_cost(len(b.payload)) for b in cp.batches)
                 # Room is made from stored batches no more urgent than the incoming
                 # ones: a burst of normal batches never pushes out a high-priority one
                 # (what still does not fit is dropped by the fit after the insert,
                 # lowest priority first).
                 top = max(b.priority for b in cp.batches)
-                await self._fit(
-                    db, self.file_budget - incoming, dropped, victims, max_priority=top, keep=keep
+                await bounds.fit(
+                    db, bounds.file_budget - incoming, dropped, victims, max_priority=top, keep=keep
                 )
             skip: set[int] = set()
-            if cp.batches and self.when_full == "drop_newest" and not keep_new:
+            if cp.batches and bounds.when_full == "drop_newest" and not keep_new:
                 # The incoming batches are the newest: the ones that do not fit are
                 # dropped before they are written, so the file never passes the budget.
                 # A high-priority batch goes in; _fit below drops a normal one for it.
-                room = self.file_budget - await self._used_bytes(db)
+                room = bounds.file_budget - await bounds.used_bytes(db)
                 for k, b in enumerate(cp.batches):
-                    cost = self._row_cost(len(b.payload))
+                    cost = bounds.row_cost(len(b.payload))
                     if b.priority > 0 or cost <= room:
                         room -= cost
                     else:
@@ -438,7 +431,7 @@ class Store:
                     "INSERT OR REPLACE INTO held VALUES (?, ?)", list(cp.held.items())
                 )
             if cp.batches:
-                await self._fit(db, self.file_budget, dropped, victims, keep=keep)
+                await bounds.fit(db, bounds.file_budget, dropped, victims, keep=keep)
             dropped_ids.extend(i for i, _ in victims)
             batches = self.outbox_batches + len(cp.batches) - len(skip) - acked_n - len(victims)
             size = (
@@ -465,92 +458,10 @@ class Store:
         self.outbox_oldest_born = oldest_born
         return CommitResult(ids, dropped, dropped_ids)
 
-    async def _expire(
-        self,
-        db: aiosqlite.Connection,
-        mono: float,
-        dropped: dict[str, int],
-        victims: list[tuple[int, int]],
-        keep: dict[int, int],
-    ) -> None:
-        """Drop batches older than ttl (counted from their `sent`, on the monotonic clock).
-
-        Batches in flight (`keep`) were sent in time: their PUBACK decides.
-        """
-        oldest = self.outbox_oldest_born
-        if self.ttl <= 0 or oldest is None or oldest >= mono - self.ttl:
-            return
-        async with db.execute(
-            "SELECT id, length(payload) FROM outbox WHERE born < ?", (mono - self.ttl,)
-        ) as cur:
-            old = [(r[0], r[1]) async for r in cur if r[0] not in keep]
-        if old:
-            await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in old])
-            dropped["ttl"] = dropped.get("ttl", 0) + len(old)
-            victims.extend(old)
-
-    async def _fit(
-        self,
-        db: aiosqlite.Connection,
-        budget: int,
-        dropped: dict[str, int],
-        victims: list[tuple[int, int]],
-        max_priority: int | None = None,
-        keep: dict[int, int] | None = None,
-    ) -> None:
-        """Drop batches by the when_full policy until the pages in use fit `budget`.
-
-        Batches in `keep` are not backlog: neither dropped nor counted.
-        """
-        keep = keep or {}
-        moving = sum(self._row_cost(n) for n in keep.values())
-        used = await self._used_bytes(db) - moving
-        if used <= budget:
-            return
-        order = "ASC" if self.when_full == "drop_oldest" else "DESC"
-        n0 = len(victims)
-        for _ in range(64):  # each round frees about the excess; a few rounds at most
-            excess = used - budget
-            chosen: list[tuple[int, int]] = []
-            freed = 0
-            # Lower priority goes first; within a priority, the when_full policy decides.
-            where = "" if max_priority is None else f"WHERE priority <= {int(max_priority)}"
-            async with db.execute(
-                f"SELECT id, length(payload) FROM outbox {where} ORDER BY priority ASC, id {order} LIMIT 4096"
-            ) as cur:
-                async for i, size in cur:
-                    if freed >= excess:
-                        break
-                    if i in keep:
-                        continue
-                    chosen.append((i, size))
-                    freed += self._row_cost(size)
-            if not chosen:
-                break  # nothing left to drop: the other tables hold the rest
-            await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in chosen])
-            victims.extend(chosen)
-            used = await self._used_bytes(db) - moving
-            if used <= budget:
-                break
-        if len(victims) > n0:
-            dropped["full"] = dropped.get("full", 0) + len(victims) - n0
-
     @property
     def file_budget(self) -> int:
         """Bytes of database pages in use that the outbox may fill (see the module doc)."""
-        return max(16 * self.page_size, self.max_bytes - 2 * wal_limit(self.max_bytes) - _SHM_BYTES)
-
-    def _row_cost(self, payload_len: int) -> int:
-        """About what one outbox row takes in the file: a share of a leaf page, or whole pages."""
-        usable = self.page_size - 35  # SQLite's largest payload kept on a leaf page
-        if payload_len + 48 <= usable:
-            return payload_len + 48
-        return -(-(payload_len + 48) // (self.page_size - 4)) * self.page_size
-
-    async def _used_bytes(self, db: aiosqlite.Connection) -> int:
-        async with db.execute("SELECT * FROM pragma_page_count(), pragma_freelist_count()") as cur:
-            pages, free = await cur.fetchone()  # type: ignore[misc]
-        return (int(pages) - int(free)) * self.page_size
+        return self.bounds.file_budget
 
     async def reclaim(self) -> None:
         """Give free pages back to the file system and trim the WAL (idle moments)."""
