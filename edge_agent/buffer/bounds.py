@@ -1,7 +1,30 @@
-"""The bounds of the outbox on disk: `buffer.max_bytes` (what a database page costs,
-the file budget it leaves the outbox, the `when_full` drops that keep within it) and
-`buffer.ttl`. The store applies them inside its commit transaction (store.py's module
-doc has the arithmetic)."""
+"""The bounds of the outbox on disk: `buffer.max_bytes` and `buffer.ttl`, applied by
+the store inside its commit transaction.
+
+Bounds (`buffer.max_bytes` covers the database and its journal files on disk):
+the WAL is capped at `wal_limit` = max_bytes / 8, between 64 KiB and 4 MiB
+(auto-checkpoint at half of it, the file truncated back to it after each
+checkpoint), and the database file's pages in use are kept within
+`file_budget` = max_bytes - 2 * wal_limit - 32 KiB (the -shm index) by dropping
+batches after each commit. Pages freed by drops and acks are reused at once and
+returned to the file system by `reclaim`. The bound is measured in pages, not in
+payload bytes: a 5,000-byte batch takes two 4 KiB pages, and that is what the
+SD card holds. Margin: a single transaction's new pages may pass the WAL cap
+until the next checkpoint truncates it.
+
+The bound is on the backlog (SPEC 1): `commit(..., keep=ids, keep_new=True)`
+leaves the batches the uplink is moving (in flight, or just built while it is
+connected) out of the count, so a healthy uplink never causes a drop, whatever
+the bound; they are on disk for the moment until their PUBACK.
+
+Ages (`ttl`, the oldest batch's age) run on the monotonic clock: each batch keeps
+its wall-clock `sent` (part of its bytes) and `born`, time.monotonic() when it
+was built. CLOCK_MONOTONIC is shared by every process of one boot, so `born`
+stays valid across restarts of the agent; after a reboot (another boot_id) each
+batch's `born` is rebased once, at open, to the age its `sent` shows on the wall
+clock then (never negative: a clock set back by a missing RTC makes a batch
+younger, never older).
+"""
 
 from __future__ import annotations
 

@@ -7,43 +7,14 @@ messages whose effect that state holds, and the deletion of batches the upstream
 broker acknowledged. Readings are acknowledged to the local broker only after
 that transaction commits (see `edge_agent.runtime`).
 
-Tables:
-  meta(k, v)                 seq counters per stream, subscribed filters
-  outbox(id, stream, seq, topic, payload, sent, priority, born)  batches not yet PUBACKed
-  pending(stream, n, record) records not yet cut into a batch (n: arrival order)
-  windows(pipeline, key, state)                   open window state per key
-  held(block, fps)           delivery fingerprints, 256 packet ids per row
-
-Bounds (`buffer.max_bytes` covers the database and its journal files on disk):
-the WAL is capped at `wal_limit` = max_bytes / 8, between 64 KiB and 4 MiB
-(auto-checkpoint at half of it, the file truncated back to it after each
-checkpoint), and the database file's pages in use are kept within
-`file_budget` = max_bytes - 2 * wal_limit - 32 KiB (the -shm index) by dropping
-batches after each commit. Pages freed by drops and acks are reused at once and
-returned to the file system by `reclaim`. The bound is measured in pages, not in
-payload bytes: a 5,000-byte batch takes two 4 KiB pages, and that is what the
-SD card holds. Margin: a single transaction's new pages may pass the WAL cap
-until the next checkpoint truncates it.
-
-The bound is on the backlog (SPEC 1): `commit(..., keep=ids, keep_new=True)`
-leaves the batches the uplink is moving (in flight, or just built while it is
-connected) out of the count, so a healthy uplink never causes a drop, whatever
-the bound; they are on disk for the moment until their PUBACK.
-
-Ages (`ttl`, the oldest batch's age) run on the monotonic clock: each batch keeps
-its wall-clock `sent` (part of its bytes) and `born`, time.monotonic() when it
-was built. CLOCK_MONOTONIC is shared by every process of one boot, so `born`
-stays valid across restarts of the agent; after a reboot (another boot_id) each
-batch's `born` is rebased once, at open, to the age its `sent` shows on the wall
-clock then (never negative: a clock set back by a missing RTC makes a batch
-younger, never older).
+The schema is in schema.py; the disk and age bounds the commit applies (and why
+they are counted in pages, and on the backlog only) in bounds.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -57,7 +28,15 @@ import aiosqlite
 
 from edge_agent.buffer.bounds import Bounds, wal_limit
 from edge_agent.buffer.records import Checkpoint, CommitResult, NewBatch, OutboxRow, Restored
-from edge_agent.buffer.recovery import _Corrupt, _is_disk_full, _salvage_seqs, is_corrupt
+from edge_agent.buffer.recovery import (
+    _is_disk_full,
+    _salvage_seqs,
+    is_corrupt,
+    move_aside,
+    read_seq_floor,
+    reserve_seqs,
+)
+from edge_agent.buffer.schema import DB_NAME, boot_id, connect, read_back
 from edge_agent.errors import StateError
 
 __all__ = [
@@ -73,45 +52,7 @@ __all__ = [
 
 log = logging.getLogger("edge_agent.buffer")
 
-DB_NAME = "edge-agent.db"
-SEQ_FILE = "edge-agent.seq"  # seq numbers reserved ahead, for a database lost to corruption
-SEQ_RESERVE = 10_000
-SCHEMA_VERSION = 1
 _NOT_STORED = -1  # the id of a batch dropped before it was written (CommitResult.ids/dropped_ids)
-
-
-def boot_id() -> str:
-    """This boot's id: time.monotonic() values compare only within one boot."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    sent REAL NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    born REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_drop_order ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS pending (
-    stream INTEGER NOT NULL, n INTEGER NOT NULL, record BLOB NOT NULL,
-    PRIMARY KEY (stream, n)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS windows (
-    pipeline TEXT NOT NULL, key TEXT NOT NULL, state BLOB NOT NULL,
-    PRIMARY KEY (pipeline, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS held (block INTEGER PRIMARY KEY, fps BLOB NOT NULL);
-"""
 
 
 class Store:
@@ -160,7 +101,7 @@ class Store:
             ) from exc
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise StateError(f"state_dir {self.state_dir}: not writable by this user")
-        self._seq_floor = self._read_seq_floor()
+        self._seq_floor = read_seq_floor(self.state_dir)
         deadline = time.monotonic() + retry_for
         delay = 0.1
         while True:
@@ -187,7 +128,7 @@ class Store:
 
     async def _quarantine(self, exc: sqlite3.DatabaseError) -> Restored:
         """Proven corruption: move the file aside, loudly, and start a fresh one."""
-        aside = self._move_aside(str(exc))
+        aside = move_aside(self.path)
         self.quarantined.append((str(aside), str(exc)))
         seqs = _salvage_seqs(aside)
         for k, v in self._seq_floor.items():
@@ -213,82 +154,15 @@ class Store:
             ) from again
 
     async def _open_once(self) -> Restored:
-        # SQLite creates a new file 0644 (less the umask) and gives its -wal and -shm
-        # files the same mode: create it 0600 first.
-        with contextlib.suppress(OSError):
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        db = self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        # Bound the WAL left on disk after a checkpoint (SD cards, buffer.max_bytes).
-        limit = wal_limit(self.bounds.max_bytes)
-        await db.execute(f"PRAGMA journal_size_limit = {limit}")
-        async with db.execute("PRAGMA quick_check") as cur:
-            row = await cur.fetchone()
-        if row is None or row[0] != "ok":
-            raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
-        # One transaction: in autocommit each CREATE would be a commit of its own, and
-        # a new file would wait for ~8 fsyncs (~0.1 s here, far more on an SD card).
-        await db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")
-        async with db.execute("SELECT name FROM pragma_table_info('outbox')") as cur:
-            columns = {r[0] async for r in cur}
-        if "born" not in columns:  # a file from before ages ran on the monotonic clock
-            await db.execute("ALTER TABLE outbox ADD COLUMN born REAL")
-        async with db.execute("PRAGMA page_size") as cur:
-            page_size = self.bounds.page_size = int((await cur.fetchone())[0])  # type: ignore[index]
-        await db.execute(f"PRAGMA wal_autocheckpoint = {max(8, limit // 2 // page_size)}")
-        meta: dict[str, Any] = {}
-        async with db.execute("SELECT k, v FROM meta") as cur:
-            async for k, v in cur:
-                meta[k] = v
-        seqs = {int(k[4:]): int(v) for k, v in meta.items() if k.startswith("seq:")}
-        boot = boot_id()
-        if meta.get("boot") != boot or not boot:
-            # Another boot: monotonic times from it mean nothing now. Each batch's age
-            # restarts from what its wall-clock `sent` shows (never below 0).
-            await db.execute("BEGIN")  # one commit for both
-            await db.execute(
-                "UPDATE outbox SET born = ? - max(0.0, ? - sent)", (time.monotonic(), time.time())
-            )
-            await db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('boot', ?)", (boot,))
-            await db.execute("COMMIT")
-        pending: dict[int, list[tuple[int, bytes]]] = {}
-        async with db.execute("SELECT stream, n, record FROM pending ORDER BY stream, n") as cur:
-            async for stream, n, rec in cur:
-                pending.setdefault(stream, []).append((n, bytes(rec)))  # encoded, as stored
-        windows: dict[str, list[tuple[str, bytes]]] = {}
-        async with db.execute("SELECT pipeline, key, state FROM windows") as cur:
-            async for p, k, s in cur:
-                windows.setdefault(p, []).append((k, s))
-        held: dict[int, bytes] = {}
-        async with db.execute("SELECT block, fps FROM held") as cur:
-            async for b, f in cur:
-                held[b] = f
-        async with db.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
-        ) as cur:
-            n, size = await cur.fetchone()  # type: ignore[misc]
-        async with db.execute("SELECT sent, born FROM outbox ORDER BY id LIMIT 1") as cur:
-            row = await cur.fetchone()
-        oldest = row[0] if row else None
-        self.outbox_oldest_born = row[1] if row else None
-        self.outbox_batches, self.outbox_payload_bytes, self.outbox_oldest_sent = (
-            int(n),
-            int(size),
-            oldest,
+        db, self.bounds.page_size = await connect(
+            self.path, synchronous=self._synchronous, max_bytes=self.bounds.max_bytes
         )
-        return Restored(seqs, pending, windows, held, int(n), int(size), oldest, meta)
-
-    def _move_aside(self, reason: str) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                with contextlib.suppress(OSError):
-                    src.rename(Path(str(aside) + suffix))
-        return aside
+        self._db = db
+        restored, self.outbox_oldest_born = await read_back(db)
+        self.outbox_batches = restored.outbox_batches
+        self.outbox_payload_bytes = restored.outbox_bytes
+        self.outbox_oldest_sent = restored.outbox_oldest_sent
+        return restored
 
     async def _close_quietly(self) -> None:
         if self._db is not None:
@@ -340,7 +214,7 @@ class Store:
         ids: list[int] = []
         dropped: dict[str, int] = {}
         dropped_ids: list[int] = []
-        self._reserve_seqs(cp.seqs)
+        self._seq_floor = reserve_seqs(self.state_dir, self._seq_floor, cp.seqs)
         await db.execute("BEGIN IMMEDIATE")
         try:
             acked_n = 0
@@ -503,41 +377,6 @@ class Store:
     async def set_meta(self, items: Iterable[tuple[str, Any]]) -> None:
         db = self._require()
         await db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(items))
-
-    def _read_seq_floor(self) -> dict[int, int]:
-        try:
-            doc = json.loads((self.state_dir / SEQ_FILE).read_text())
-            return {int(k): int(v) for k, v in doc.items()}
-        except (OSError, ValueError, TypeError, AttributeError):
-            return {}
-
-    def _reserve_seqs(self, seqs: dict[int, int]) -> None:
-        """Before seqs up to `seqs` are committed, record a floor above them outside SQLite.
-
-        If the database is later lost to corruption, the fresh one starts above the
-        floor, so a seq is never reused (SPEC 4); the cost is one small file written
-        every SEQ_RESERVE batches.
-        """
-        floor = self._seq_floor
-        if all(v <= floor.get(k, -1) for k, v in seqs.items()):
-            return
-        new = {**floor, **{k: v + SEQ_RESERVE for k, v in seqs.items() if v > floor.get(k, -1)}}
-        path = self.state_dir / SEQ_FILE
-        tmp = path.with_name(SEQ_FILE + ".tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump({str(k): v for k, v in new.items()}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            # Reported like SQLite's own failures, so the caller retries the checkpoint.
-            raise sqlite3.OperationalError(
-                f"{path}: {exc.strerror or exc}: database or disk is full"
-                if exc.errno == errno.ENOSPC
-                else f"{path}: {exc}"
-            ) from exc
-        self._seq_floor = new
 
     def disk_bytes(self) -> int:
         """The database and its journal files on disk."""
