@@ -19,20 +19,20 @@ import time
 from collections.abc import Callable, Iterable
 
 from edge_agent.mqtt.codec import (
-    _H,
-    _I,
-    _binary,
-    _packet,
-    _props,
-    _props_at,
-    _ProtocolError,
-    _utf8,
-    _varint,
+    U16,
+    U32,
+    ProtocolError,
+    encode_binary,
+    encode_packet,
+    encode_props,
+    encode_utf8,
+    encode_varint,
+    read_props,
     reason_name,
 )
 from edge_agent.mqtt.connection import MAX_PACKET, Connection, _Protocol
 from edge_agent.mqtt.messages import Message, MqttError, PublishGroup, Will
-from edge_agent.mqtt.tls import TlsSettings, _describe
+from edge_agent.mqtt.tls import TlsSettings, describe_failure
 
 __all__ = ["MAX_PACKET", "MqttClient"]
 
@@ -97,7 +97,9 @@ class MqttClient(Connection):
             )
         except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
             self._teardown()
-            raise MqttError(f"cannot connect to {self.host}:{self.port}: {_describe(exc)}") from exc
+            raise MqttError(
+                f"cannot connect to {self.host}:{self.port}: {describe_failure(exc)}"
+            ) from exc
         self._send(self._connect_packet())
         try:
             return await asyncio.wait_for(asyncio.shield(self._connack), timeout)
@@ -114,25 +116,27 @@ class MqttClient(Connection):
         flags = 0x02 if self._clean_start else 0
         props = b""
         if self._session_expiry is not None:
-            props += b"\x11" + _I.pack(max(0, min(int(self._session_expiry), 0xFFFFFFFF)))
+            props += b"\x11" + U32.pack(max(0, min(int(self._session_expiry), 0xFFFFFFFF)))
         if self._receive_maximum is not None:
-            props += b"\x21" + _H.pack(max(1, min(int(self._receive_maximum), 65535)))
-        payload = _utf8(self._client_id)
+            props += b"\x21" + U16.pack(max(1, min(int(self._receive_maximum), 65535)))
+        payload = encode_utf8(self._client_id)
         w = self._will
         if w is not None:
             flags |= 0x04 | (w.qos << 3) | (0x20 if w.retain else 0)
             payload += (
-                _props(w.content_type, w.user_properties) + _utf8(w.topic) + _binary(w.payload)
+                encode_props(w.content_type, w.user_properties)
+                + encode_utf8(w.topic)
+                + encode_binary(w.payload)
             )
         if self._username:
             flags |= 0x80
-            payload += _utf8(self._username)
+            payload += encode_utf8(self._username)
         if self._password:
             flags |= 0x40
-            payload += _binary(self._password.encode("utf-8"))
-        body = b"\x00\x04MQTT\x05" + bytes((flags,)) + _H.pack(min(self._keepalive, 0xFFFF))
-        body += _varint(len(props)) + props + payload
-        return _packet(0x10, body)
+            payload += encode_binary(self._password.encode("utf-8"))
+        body = b"\x00\x04MQTT\x05" + bytes((flags,)) + U16.pack(min(self._keepalive, 0xFFFF))
+        body += encode_varint(len(props)) + props + payload
+        return encode_packet(0x10, body)
 
     async def disconnect(self, timeout: float = 2.0) -> None:
         """Make sure the broker applied what we sent, send DISCONNECT, and close."""
@@ -196,14 +200,16 @@ class MqttClient(Connection):
             groups.append((filters, b"\x00"))
         else:
             for (f, q), sid in zip(filters, ids, strict=True):
-                sp = b"\x0b" + _varint(sid)
-                groups.append(([(f, q)], _varint(len(sp)) + sp))
+                sp = b"\x0b" + encode_varint(sid)
+                groups.append(([(f, q)], encode_varint(len(sp)) + sp))
         waits: list[tuple[list[tuple[str, int]], int, asyncio.Future[list[int]]]] = []
         for group, props in groups:
             mid = self._alloc_mid()
-            body = _H.pack(mid) + props + b"".join(_utf8(f) + bytes((q & 3,)) for f, q in group)
+            body = (
+                U16.pack(mid) + props + b"".join(encode_utf8(f) + bytes((q & 3,)) for f, q in group)
+            )
             fut = self._subacks[mid] = self._future()
-            self._send(_packet(0x82, body))
+            self._send(encode_packet(0x82, body))
             waits.append((group, mid, fut))
         granted: list[int] = []
         try:
@@ -227,7 +233,9 @@ class MqttClient(Connection):
             return
         mid = self._alloc_mid()
         fut = self._subacks[mid] = self._future()
-        self._send(_packet(0xA2, _H.pack(mid) + b"\x00" + b"".join(_utf8(f) for f in filters)))
+        self._send(
+            encode_packet(0xA2, U16.pack(mid) + b"\x00" + b"".join(encode_utf8(f) for f in filters))
+        )
         try:
             await asyncio.wait_for(fut, timeout)
         finally:
@@ -256,20 +264,22 @@ class MqttClient(Connection):
         fut = self._future()
         first = 0x30 | (qos << 1) | (1 if retain else 0)
         props = (
-            _props(content_type, user_properties) if (content_type or user_properties) else b"\x00"
+            encode_props(content_type, user_properties)
+            if (content_type or user_properties)
+            else b"\x00"
         )
         try:
-            t = _utf8(topic)
+            t = encode_utf8(topic)
         except MqttError as exc:
             fut.set_exception(exc)
             return fut
         if qos == 0:
-            self._send(_packet(first, t + props + payload))
+            self._send(encode_packet(first, t + props + payload))
             fut.set_result(None)
             return fut
         mid = self._alloc_mid()
         self._pending[mid] = fut
-        pkt = _packet(first, t + _H.pack(mid) + props + payload)
+        pkt = encode_packet(first, t + U16.pack(mid) + props + payload)
         if len(self._pending) - len(self._waiting) > self._inflight_cap or self._waiting:
             self._waiting.append((mid, pkt))  # sent when an acknowledgement frees a slot
         else:
@@ -295,15 +305,15 @@ class MqttClient(Connection):
             head = heads.get((topic, content_type))
             if head is None:
                 try:
-                    t = _utf8(topic)
+                    t = encode_utf8(topic)
                 except MqttError:
                     group.refuse(index)
                     continue
-                p = _props(content_type) if content_type else b"\x00"
+                p = encode_props(content_type) if content_type else b"\x00"
                 head = heads[topic, content_type] = (t, p)
             t, p = head
             if qos == 0:
-                out.append(_packet(first, t + p + payload))
+                out.append(encode_packet(first, t + p + payload))
                 continue
             mid = self._alloc_mid()
             pending[mid] = group
@@ -311,9 +321,9 @@ class MqttClient(Connection):
             n = len(t) + len(p) + len(payload) + 2
             pkt = b"".join(
                 (
-                    bytes((first, n)) if n < 0x80 else bytes((first,)) + _varint(n),
+                    bytes((first, n)) if n < 0x80 else bytes((first,)) + encode_varint(n),
                     t,
-                    _H.pack(mid),
+                    U16.pack(mid),
                     p,
                     payload,
                 )
@@ -336,9 +346,9 @@ class MqttClient(Connection):
     def _connack_received(self, buf: bytes, i: int, end: int) -> None:
         fut = self._connack
         if fut is None or fut.done():
-            raise _ProtocolError("a second CONNACK")
+            raise ProtocolError("a second CONNACK")
         present, code = bool(buf[i] & 1), buf[i + 1]
-        props, _ = _props_at(buf, i + 2) if end > i + 2 else ({}, end)
+        props, _ = read_props(buf, i + 2) if end > i + 2 else ({}, end)
         if code >= 0x80:
             fut.set_exception(
                 MqttError(

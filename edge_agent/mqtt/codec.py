@@ -8,23 +8,30 @@ from typing import Any
 
 from edge_agent.mqtt.messages import MqttError
 
-# Packet types (MQTT 5 2.1.2), as the first byte's high nibble.
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-_SUBSCRIBE, _SUBACK, _UNSUBSCRIBE, _UNSUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = (
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-)
+__all__ = [
+    "ACK4",
+    "U16",
+    "U32",
+    "ProtocolError",
+    "decode_varint",
+    "encode_binary",
+    "encode_packet",
+    "encode_props",
+    "encode_utf8",
+    "encode_varint",
+    "parse_props",
+    "read_props",
+    "reason_name",
+]
 
-_H = struct.Struct(">H")
-_I = struct.Struct(">I")
-_ACK4 = struct.Struct(
-    ">BBH"
-)  # PUBACK/PUBREC/PUBREL/PUBCOMP with Success and no properties (3.4.2.1)
+# Packet types (MQTT 5 2.1.2), as the first byte's high nibble.
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = range(1, 8)
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = range(8, 15)
+
+U16 = struct.Struct(">H")
+U32 = struct.Struct(">I")
+# PUBACK/PUBREC/PUBREL/PUBCOMP with Success and no properties (3.4.2.1)
+ACK4 = struct.Struct(">BBH")
 
 _REASONS = {
     0x80: "unspecified error",
@@ -70,14 +77,14 @@ def reason_name(code: int) -> str:
     return _REASONS.get(code, f"reason code 0x{code:02x}")
 
 
-class _ProtocolError(Exception):
+class ProtocolError(Exception):
     """The peer sent something MQTT 5 does not allow; the connection is closed."""
 
 
 # -- encoding ---------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -89,38 +96,38 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _utf8(s: str) -> bytes:
+def encode_utf8(s: str) -> bytes:
     b = s.encode("utf-8")
     if len(b) > 0xFFFF:
         raise MqttError(f"string of {len(b)} bytes is longer than MQTT allows (65,535)")
-    return _H.pack(len(b)) + b
+    return U16.pack(len(b)) + b
 
 
-def _binary(b: bytes) -> bytes:
-    return _H.pack(len(b)) + b
+def encode_binary(b: bytes) -> bytes:
+    return U16.pack(len(b)) + b
 
 
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _varint(len(body)) + body
+def encode_packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + encode_varint(len(body)) + body
 
 
-def _props(
+def encode_props(
     content_type: str | None = None,
     user: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
     extra: bytes = b"",
 ) -> bytes:
     body = extra
     if content_type:
-        body += b"\x03" + _utf8(content_type)
+        body += b"\x03" + encode_utf8(content_type)
     for k, v in user:
-        body += b"\x26" + _utf8(k) + _utf8(v)
-    return _varint(len(body)) + body
+        body += b"\x26" + encode_utf8(k) + encode_utf8(v)
+    return encode_varint(len(body)) + body
 
 
 # -- decoding ---------------------------------------------------------------------------
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+def decode_varint(buf: bytes, i: int) -> tuple[int, int]:
     n = shift = 0
     for _ in range(4):
         b = buf[i]
@@ -129,7 +136,7 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
         if b < 0x80:
             return n, i
         shift += 7
-    raise _ProtocolError("malformed variable byte integer")
+    raise ProtocolError("malformed variable byte integer")
 
 
 _FIXED = {
@@ -164,7 +171,7 @@ _FIXED = {
 }
 
 
-def _parse_props(buf: bytes, i: int, end: int) -> dict[int, Any]:
+def parse_props(buf: bytes, i: int, end: int) -> dict[int, Any]:
     """An MQTT 5 property block (2.2.2) as {id: value}; repeatable ones (user
     properties, subscription identifiers) as lists."""
     out: dict[int, Any] = {}
@@ -173,21 +180,21 @@ def _parse_props(buf: bytes, i: int, end: int) -> dict[int, Any]:
         i += 1
         width = _FIXED.get(pid)
         if width is None:
-            raise _ProtocolError(f"unknown property 0x{pid:02x}")
+            raise ProtocolError(f"unknown property 0x{pid:02x}")
         value: Any
         if width > 0:
             value = int.from_bytes(buf[i : i + width], "big")
             i += width
         elif width == -3:
-            value, i = _read_varint(buf, i)
+            value, i = decode_varint(buf, i)
             out.setdefault(pid, []).append(value)
             continue
         else:
-            n = _H.unpack_from(buf, i)[0]
+            n = U16.unpack_from(buf, i)[0]
             raw = buf[i + 2 : i + 2 + n]
             i += 2 + n
             if width == -2:
-                m = _H.unpack_from(buf, i)[0]
+                m = U16.unpack_from(buf, i)[0]
                 val2 = buf[i + 2 : i + 2 + m]
                 i += 2 + m
                 out.setdefault(pid, []).append(
@@ -197,10 +204,10 @@ def _parse_props(buf: bytes, i: int, end: int) -> dict[int, Any]:
             value = bytes(raw) if width == -1 else raw.decode("utf-8", "replace")
         out[pid] = value
     if i != end:
-        raise _ProtocolError("property block overruns its length")
+        raise ProtocolError("property block overruns its length")
     return out
 
 
-def _props_at(buf: bytes, i: int) -> tuple[dict[int, Any], int]:
-    n, j = _read_varint(buf, i)
-    return (_parse_props(buf, j, j + n) if n else {}), j + n
+def read_props(buf: bytes, i: int) -> tuple[dict[int, Any], int]:
+    n, j = decode_varint(buf, i)
+    return (parse_props(buf, j, j + n) if n else {}), j + n

@@ -18,24 +18,24 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.mqtt.codec import (
-    _ACK4,
-    _CONNACK,
-    _DISCONNECT,
-    _H,
-    _PINGRESP,
-    _PUBACK,
-    _PUBCOMP,
-    _PUBLISH,
-    _PUBREC,
-    _PUBREL,
-    _SUBACK,
-    _UNSUBACK,
-    _props_at,
-    _ProtocolError,
+    ACK4,
+    CONNACK,
+    DISCONNECT,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    U16,
+    UNSUBACK,
+    ProtocolError,
+    read_props,
     reason_name,
 )
 from edge_agent.mqtt.messages import Message, MqttError, PublishGroup
-from edge_agent.mqtt.tls import _describe
+from edge_agent.mqtt.tls import describe_failure
 
 __all__ = ["MAX_PACKET", "Connection"]
 
@@ -115,13 +115,13 @@ class Connection:
     def ack(self, mid: int, qos: int = 1) -> None:
         """Acknowledge a received message (manual_ack mode): PUBACK, or PUBREC for QoS 2."""
         if self._transport is not None and qos > 0:
-            self._send(_ACK4.pack(0x40 if qos == 1 else 0x50, 2, mid))
+            self._send(ACK4.pack(0x40 if qos == 1 else 0x50, 2, mid))
 
     def ack_many(self, mids: list[int]) -> None:
         """PUBACKs for QoS 1 messages, written as one buffer (3.4.2.1: 4 bytes each)."""
         if self._transport is None or not mids:
             return
-        pack = _ACK4.pack
+        pack = ACK4.pack
         self._send(b"".join([pack(0x40, 2, m) for m in mids]))
 
     @property
@@ -188,7 +188,11 @@ class Connection:
         if exc is None:
             why = "connection closed by the broker"
         else:
-            why = _describe(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
+            why = (
+                describe_failure(exc)
+                if isinstance(exc, OSError)
+                else str(exc) or type(exc).__name__
+            )
         self._lost(why)
 
     def _lost(self, why: str) -> None:
@@ -222,7 +226,7 @@ class Connection:
     def _parse(self) -> None:
         try:
             self._parse_packets()
-        except (_ProtocolError, IndexError, struct.error, ValueError) as exc:
+        except (ProtocolError, IndexError, struct.error, ValueError) as exc:
             log.warning("%s:%d sent a malformed packet: %s", self.host, self.port, exc)
             self._abort(f"protocol error: {exc}")
 
@@ -259,12 +263,12 @@ class Connection:
                             break
                         shift += 7
                         if shift > 21:
-                            raise _ProtocolError("malformed remaining length")
+                            raise ProtocolError("malformed remaining length")
                     if rl < 0:
                         break
                 if rl > MAX_PACKET:
-                    if b0 >> 4 != _PUBLISH:
-                        raise _ProtocolError(f"a packet of {rl} bytes (more than {MAX_PACKET})")
+                    if b0 >> 4 != PUBLISH:
+                        raise ProtocolError(f"a packet of {rl} bytes (more than {MAX_PACKET})")
                     qos = (b0 >> 1) & 3
                     if i + 2 > n:
                         break
@@ -293,7 +297,7 @@ class Connection:
                         msg.topic[:200],
                     )
                     if qos and not manual:
-                        self._send(_ACK4.pack(0x40 if qos == 1 else 0x50, 2, msg.mid))
+                        self._send(ACK4.pack(0x40 if qos == 1 else 0x50, 2, msg.mid))
                     if on_message is not None:
                         try:
                             on_message(msg)
@@ -305,7 +309,7 @@ class Connection:
                     break
                 pos = end
                 kind = b0 >> 4
-                if kind == _PUBLISH:
+                if kind == PUBLISH:
                     qos = (b0 >> 1) & 3
                     tl = (buf[i] << 8) | buf[i + 1]
                     j = i + 2 + tl
@@ -318,13 +322,13 @@ class Connection:
                         props = None
                         j += 1
                     else:
-                        props, j = _props_at(buf, j)
+                        props, j = read_props(buf, j)
                     if j > end:
-                        raise _ProtocolError("PUBLISH shorter than its headers")
+                        raise ProtocolError("PUBLISH shorter than its headers")
                     msg = Message(topic, buf[j:end], qos, mid, bool(b0 & 8), bool(b0 & 1))
                     if props:
                         if 0x23 in props:
-                            raise _ProtocolError("topic alias without a Topic Alias Maximum")
+                            raise ProtocolError("topic alias without a Topic Alias Maximum")
                         msg.content_type = props.get(0x03)
                         msg.subscription_ids = tuple(props.get(0x0B, ()))
                         msg.user_properties = tuple(props.get(0x26, ()))
@@ -332,41 +336,41 @@ class Connection:
                     if qos and not manual:
                         if acks is None:
                             acks = []
-                        acks.append(_ACK4.pack(0x40 if qos == 1 else 0x50, 2, mid))
+                        acks.append(ACK4.pack(0x40 if qos == 1 else 0x50, 2, mid))
                     if on_message is not None:
                         try:
                             on_message(msg)
                         except Exception:  # one bad handler call never ends the connection
                             log.exception("message handler failed")
-                elif kind in (_PUBACK, _PUBCOMP):
-                    self._ack_received(_H.unpack_from(buf, i)[0], buf[i + 2] if rl > 2 else 0)
-                elif kind == _PUBREC:
-                    mid = _H.unpack_from(buf, i)[0]
+                elif kind in (PUBACK, PUBCOMP):
+                    self._ack_received(U16.unpack_from(buf, i)[0], buf[i + 2] if rl > 2 else 0)
+                elif kind == PUBREC:
+                    mid = U16.unpack_from(buf, i)[0]
                     code = buf[i + 2] if rl > 2 else 0
                     if code >= 0x80:
                         self._ack_received(mid, code)
                     else:
-                        self._send(_ACK4.pack(0x62, 2, mid))  # PUBREL
-                elif kind == _PUBREL:
-                    self._send(_ACK4.pack(0x70, 2, _H.unpack_from(buf, i)[0]))  # PUBCOMP
-                elif kind in (_SUBACK, _UNSUBACK):
-                    mid = _H.unpack_from(buf, i)[0]
-                    _, k = _props_at(buf, i + 2)
+                        self._send(ACK4.pack(0x62, 2, mid))  # PUBREL
+                elif kind == PUBREL:
+                    self._send(ACK4.pack(0x70, 2, U16.unpack_from(buf, i)[0]))  # PUBCOMP
+                elif kind in (SUBACK, UNSUBACK):
+                    mid = U16.unpack_from(buf, i)[0]
+                    _, k = read_props(buf, i + 2)
                     fut = self._subacks.get(mid)
                     if fut is not None and not fut.done():
                         fut.set_result(list(buf[k:end]))
-                elif kind == _PINGRESP:
+                elif kind == PINGRESP:
                     pass
-                elif kind == _CONNACK:
+                elif kind == CONNACK:
                     self._connack_received(buf, i, end)
-                elif kind == _DISCONNECT:
+                elif kind == DISCONNECT:
                     code = buf[i] if rl else 0
                     self._abort(
                         f"the broker disconnected: {reason_name(code) if code else 'normal'}"
                     )
                     return
                 else:
-                    raise _ProtocolError(f"unexpected packet type {kind}")
+                    raise ProtocolError(f"unexpected packet type {kind}")
         finally:
             self._buf = buf[pos:] if pos < n else b""
             if acks:

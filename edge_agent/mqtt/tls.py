@@ -69,7 +69,7 @@ def _describe_ssl(exc: OSError) -> str:
     return _SSL_NOISE.sub("", text).strip() or type(exc).__name__
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     """One clause saying why a connect failed, for a log line and for /healthz."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = exc.verify_message or _describe_ssl(exc)
