@@ -48,6 +48,9 @@ _BUDGET_RECORDS = 100_000
 # Payload bytes read from the local socket and not yet processed: QoS 0 is shed past
 # 16 MiB (ingest/shed.py); QoS 1 (never shed) pauses the socket past this.
 _INBOX_HARD_BYTES = 32 * 1024 * 1024
+# How long the first message into an empty inbox waits for company (see on_message):
+# far below any window, checkpoint (250 ms) or batch delay.
+COALESCE_S = 0.005
 
 
 class IngestSession:
@@ -179,9 +182,14 @@ class IngestSession:
             self.local.pause_reading()
             self._inbox_paused = True
         if not self._process_scheduled:
+            # The first message into an empty inbox: process a moment later, with what
+            # the next socket reads bring. At live rates a read holds a few messages,
+            # and processing each read alone paid the per-slice costs (routing set-up,
+            # key limits, engines, batcher) every few messages. A full inbox is
+            # processed again at once (process_inbox), so only idle-to-busy waits.
             self._process_scheduled = True
             assert self._loop is not None
-            self._loop.call_soon(self.process_inbox)
+            self._loop.call_later(COALESCE_S, self.process_inbox)
 
     def process_inbox(self, everything: bool = False) -> None:
         """Process the inbox for one time slice (SLICE_S) or, with `everything`, all of it.
