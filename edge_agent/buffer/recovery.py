@@ -12,13 +12,21 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["is_corrupt", "move_aside", "read_seq_floor", "reserve_seqs"]
+__all__ = [
+    "CorruptDatabase",
+    "is_corrupt",
+    "is_disk_full",
+    "move_aside",
+    "read_seq_floor",
+    "reserve_seqs",
+    "salvage_seqs",
+]
 
 SEQ_FILE = "edge-agent.seq"  # seq numbers reserved ahead, for a database lost to corruption
 SEQ_RESERVE = 10_000
 
 
-def _salvage_seqs(path: Path) -> dict[int, int]:
+def salvage_seqs(path: Path) -> dict[int, int]:
     """The next seq per stream that a damaged database still shows (meta, outbox), best effort."""
     seqs: dict[int, int] = {}
     try:
@@ -38,7 +46,7 @@ def _salvage_seqs(path: Path) -> dict[int, int]:
     return seqs
 
 
-class _Corrupt(sqlite3.DatabaseError):
+class CorruptDatabase(sqlite3.DatabaseError):
     """quick_check found the file damaged."""
 
 
@@ -49,7 +57,7 @@ _SQLITE_NOTADB = 26
 
 def is_corrupt(exc: sqlite3.Error) -> bool:
     """Proven corruption, as opposed to locked, read-only, I/O error or disk full."""
-    if isinstance(exc, _Corrupt):
+    if isinstance(exc, CorruptDatabase):
         return True
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -58,7 +66,7 @@ def is_corrupt(exc: sqlite3.Error) -> bool:
     return "not a database" in text or "malformed" in text
 
 
-def _is_disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
     return "full" in str(exc).lower()
 
 

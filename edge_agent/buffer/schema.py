@@ -21,7 +21,7 @@ import aiosqlite
 
 from edge_agent.buffer.bounds import wal_limit
 from edge_agent.buffer.records import Restored
-from edge_agent.buffer.recovery import _Corrupt
+from edge_agent.buffer.recovery import CorruptDatabase
 
 __all__ = ["DB_NAME", "SCHEMA_VERSION", "boot_id", "connect", "read_back"]
 
@@ -67,7 +67,7 @@ async def connect(
     path: Path, *, synchronous: str, max_bytes: int
 ) -> tuple[aiosqlite.Connection, int]:
     """Open (or create, 0600) the database with its pragmas and schema; return it and its
-    page size. Raises _Corrupt when quick_check finds the file damaged (closed)."""
+    page size. Raises CorruptDatabase when quick_check finds the file damaged (closed)."""
     # SQLite creates a new file 0644 (less the umask) and gives its -wal and -shm
     # files the same mode: create it 0600 first.
     with contextlib.suppress(OSError):
@@ -83,7 +83,7 @@ async def connect(
         async with db.execute("PRAGMA quick_check") as cur:
             row = await cur.fetchone()
         if row is None or row[0] != "ok":
-            raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
+            raise CorruptDatabase(f"quick_check: {row[0] if row else 'no answer'}")
         # One transaction: in autocommit each CREATE would be a commit of its own, and
         # a new file would wait for ~8 fsyncs (~0.1 s here, far more on an SD card).
         await db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")

@@ -29,12 +29,12 @@ import aiosqlite
 from edge_agent.buffer.bounds import Bounds, wal_limit
 from edge_agent.buffer.records import Checkpoint, CommitResult, NewBatch, OutboxRow, Restored
 from edge_agent.buffer.recovery import (
-    _is_disk_full,
-    _salvage_seqs,
     is_corrupt,
+    is_disk_full,
     move_aside,
     read_seq_floor,
     reserve_seqs,
+    salvage_seqs,
 )
 from edge_agent.buffer.schema import DB_NAME, boot_id, connect, read_back
 from edge_agent.errors import StateError
@@ -113,7 +113,7 @@ class Store:
                     return await self._quarantine(exc)
                 self.last_error = str(exc)
                 if time.monotonic() >= deadline:
-                    what = "disk full" if _is_disk_full(exc) else str(exc)
+                    what = "disk full" if is_disk_full(exc) else str(exc)
                     raise StateError(
                         f"state_dir {self.state_dir}: {what} (nothing was moved)"
                     ) from exc
@@ -130,7 +130,7 @@ class Store:
         """Proven corruption: move the file aside, loudly, and start a fresh one."""
         aside = move_aside(self.path)
         self.quarantined.append((str(aside), str(exc)))
-        seqs = _salvage_seqs(aside)
+        seqs = salvage_seqs(aside)
         for k, v in self._seq_floor.items():
             seqs[k] = max(seqs.get(k, 0), v)
         log.error(
