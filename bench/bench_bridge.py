@@ -1,6 +1,7 @@
 """Benchmark: frames/s from a pty through firmware-bridge into mosquitto, and CPU per 1,000 frames.
 
     python bench/bench_bridge.py [--frames 20000] [--runs 5] [--format json|kv|cobs_cbor]
+    python bench/bench_bridge.py --publisher [--frames 50000] [--runs 5]
 
 Each run starts a fresh `python -m firmware_bridge run` process reading a simulated
 board's pty (blocking writes, so the board goes exactly as fast as the bridge reads)
@@ -8,6 +9,11 @@ and publishing at QoS 1 to a real mosquitto. Throughput is frames until the last
 PUBACK (the bridge's own `published` figure, read over its health endpoint) over
 wall time; CPU is the bridge process's user+system time over the same span. The
 median of the runs is reported, with min and max.
+
+`--publisher` times the publish path alone, in this process: firmware_bridge's
+Publisher and edge_agent's MqttClient publishing readings at QoS 1 to mosquitto, in
+reads of 20 as from a pty, until the last PUBACK; CPU of this process per message
+(the broker's is not counted).
 """
 
 from __future__ import annotations
@@ -90,12 +96,65 @@ def one_run(broker: Broker, work: Path, frames: int, fmt: str) -> tuple[float, f
     return frames / (t1 - t0), cpu / frames * 1000.0
 
 
+async def publisher_run(port: int, messages: int) -> float:
+    """CPU microseconds per message of the Publisher -> MqttClient path (see the doc)."""
+    import asyncio
+
+    from firmware_bridge.config import PublishSection
+    from firmware_bridge.publish import JSON, Publisher
+
+    pub = Publisher(PublishSection(port=port, max_inflight=1000))
+    await pub.start()
+    await asyncio.wait_for(pub.connected.wait(), 10)
+    payload = b'{"id":"b1","t":1700000000.123,"temp":21.5,"hum":40}'
+    c0 = time.process_time()
+    for n in range(messages):
+        pub.submit(f"sensors/b{n % 4}", payload, JSON)
+        if n % 20 == 19:  # a read's worth of frames
+            await asyncio.sleep(0)
+            while pub.queued > 5000:
+                await asyncio.sleep(0.001)
+    while pub.published < messages:
+        await asyncio.sleep(0.001)
+    cpu = time.process_time() - c0
+    await pub.close()
+    return cpu / messages * 1e6
+
+
+def publisher_main(frames: int, runs: int) -> None:
+    import asyncio
+
+    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
+        us = [asyncio.run(publisher_run(broker.port, frames)) for _ in range(runs)]
+    for i, u in enumerate(us):
+        print(f"run {i + 1}: {u:.2f} us CPU per message", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "publisher_only": True,
+                "messages": frames,
+                "runs": runs,
+                "cpu_us_per_message": {
+                    "median": round(statistics.median(us), 2),
+                    "min": round(min(us), 2),
+                    "max": round(max(us), 2),
+                },
+            },
+            indent=2,
+        )
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--format", choices=("json", "kv", "cobs_cbor"), default="json")
+    ap.add_argument("--publisher", action="store_true", help="time the publish path alone")
     args = ap.parse_args()
+    if args.publisher:
+        publisher_main(args.frames, args.runs)
+        return
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
         rates, cpus = [], []
         for i in range(args.runs):
