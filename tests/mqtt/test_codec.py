@@ -26,9 +26,7 @@ from edge_agent.mqtt.codec import (
 
 VARINT_MAX = 268_435_455  # MQTT 5 1.5.5: at most four bytes
 # MQTT 5 1.5.4: no surrogates, no U+0000 (paho refuses both)
-texts = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40
-)
+texts = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
 
 
 @given(st.integers(0, VARINT_MAX), st.binary(max_size=3))
