@@ -22,12 +22,12 @@ WHEEL=$(ls /wheels/edge_agent*.whl) || fail "no wheel"
 log "built $(basename "$WHEEL") in $((SECONDS - s)) s"
 
 # ---- a venv with the wheel and its dependencies from PyPI ------------------------
+PIP_ARGS=()
 if [ "$(uname -m)" = armv7l ]; then
-    # PyPI has no armv7 wheel of cbor2 6.x (edge-agent needs >= 6.2) and its sdist
-    # needs a Rust toolchain; Raspberry Pi OS's piwheels may have one (README).
-    if ! command -v cargo >/dev/null 2>&1; then
-        fail "armhf: cbor2>=6.2 has no armv7 wheel on PyPI and needs Rust to build (README, Raspberry Pi)"
-    fi
+    # PyPI has no armv7 wheel of cbor2 6 and its sdist needs a Rust toolchain (and
+    # crates.io); --only-binary cbor2 makes pip take the newest cbor2 with a wheel
+    # (5.9, pure Python; edge_agent/ingest/_cbor5.py), as the README's armhf line does.
+    PIP_ARGS=(--only-binary cbor2)
     # The test extra's cryptography needs cffi, which has no armv7 wheel either and
     # builds only with libffi's headers (the agent itself does not need them).
     if [ ! -e /usr/include/ffi.h ] && [ ! -e /usr/include/arm-linux-gnueabihf/ffi.h ]; then
@@ -37,11 +37,11 @@ if [ "$(uname -m)" = armv7l ]; then
 fi
 s=$SECONDS
 rm -rf /opt/edge-agent; python3 -m venv /opt/edge-agent
-/opt/edge-agent/bin/pip install -q --report /out/install-report.json "$WHEEL" > /out/pip.log 2>&1 \
+/opt/edge-agent/bin/pip install -q "${PIP_ARGS[@]}" --report /out/install-report.json "$WHEEL" > /out/pip.log 2>&1 \
     || { tail -30 /out/pip.log >&2; fail "pip install of the wheel and its dependencies"; }
 # The test extra (pytest, hypothesis, cryptography for test certificates, ...);
 # cryptography only as a wheel (from source it needs a Rust toolchain).
-/opt/edge-agent/bin/pip install -q --only-binary cryptography --report /out/test-report.json "$WHEEL[test]" >> /out/pip.log 2>&1 \
+/opt/edge-agent/bin/pip install -q "${PIP_ARGS[@]}" --only-binary cryptography --report /out/test-report.json "$WHEEL[test]" >> /out/pip.log 2>&1 \
     || { tail -30 /out/pip.log >&2; fail "pip install of the test extra"; }
 /opt/edge-agent/bin/python - <<'PY' > /out/wheels.txt
 import json
@@ -64,6 +64,17 @@ for m in (edge_agent, f):
 done
 edge-agent --version > /out/version.txt 2>&1 || fail "edge-agent --version"
 log "$(cat /out/version.txt)"
+
+# ---- or a benchmark instead of the demo and tests (ARM_CHECK_STAGE=bench) -----
+if [ -n "${ARM_CHECK_BENCH:-}" ]; then
+    cd /check
+    read -r -a bench <<< "$ARM_CHECK_BENCH"
+    log "bench: ${bench[*]}"
+    /opt/edge-agent/bin/python "${bench[@]}" > /out/bench.log 2>&1
+    echo "$?" > /out/bench.rc
+    cat /out/bench.log >&2
+    exit 0
+fi
 
 # ---- the demo --------------------------------------------------------------------
 s=$SECONDS
