@@ -12,14 +12,23 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.health.http import (
+    JSON,
+    Reject,
+    Request,
+    check_request_line,
+    end_of_head,
+    error_response,
+    http_response,
+    json_body,
+    parse_head,
+)
 from edge_agent.health.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_agent.health.metrics import render_metrics
 
@@ -29,47 +38,9 @@ log = logging.getLogger(__name__)
 
 _ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 _ALLOWED = "GET, HEAD"
-_JSON = "application/json"
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
-# RFC 9112 3: request-line = method SP request-target SP HTTP-version. The method is
-# an RFC 9110 token; the target is visible ASCII (no spaces, no controls).
-_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/(\d)\.(\d)")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
-# What an unfinished request line may hold: a TLS hello or binary junk is refused at
-# its first byte instead of waiting for a line end that may never come.
-_PARTIAL_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: [\x20-\x7e]*)?\r?")
-_MAX_HEADERS = 100
 _DRAIN_BYTES = 64 * 1024  # what we read and discard after answering, at most
 _DRAIN_SECONDS = 1.0
 _REFUSE_SECONDS = 0.25  # write and drain budget for a 503 past the connection cap
-
-
-class _Reject(Exception):
-    """The request cannot be served; carries the status to answer with."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Request:
-    __slots__ = ("authorization", "method", "path")
-
-    def __init__(self, method: str, path: str, authorization: str | None) -> None:
-        self.method = method
-        self.path = path
-        self.authorization = authorization
 
 
 class _Conn:
@@ -88,74 +59,6 @@ class _Conn:
         # one: a head still dribbling in after a while, or an answered one still draining.
         self.evictable_at = evictable_at
         self.task: asyncio.Task[None] | None = None
-
-
-def _end_of_head(buf: bytearray, start: int) -> int:
-    """Index just past the blank line ending the head, or -1; bare LF lines are accepted.
-
-    Only bytes from `start` on are searched, so a byte-at-a-time client costs linear time.
-    """
-    i = buf.find(b"\r\n\r\n", start)
-    j = buf.find(b"\n\n", start)
-    if i < 0 and j < 0:
-        return -1
-    if j < 0 or (0 <= i < j):
-        return i + 4
-    return j + 2
-
-
-def _check_request_line(buf: bytearray) -> bool:
-    """Fail fast on bytes that cannot form an HTTP request line; True once it is complete."""
-    nl = buf.find(b"\n")
-    if nl < 0:
-        # Only part of the line so far: visible ASCII and spaces, starting with a token byte.
-        if _PARTIAL_LINE.fullmatch(buf) is None:
-            raise _Reject(400)
-        return False
-    if _REQUEST_LINE.fullmatch(bytes(buf[:nl]).rstrip(b"\r")) is None:
-        raise _Reject(400)
-    return True
-
-
-def _parse_head(head: bytes) -> _Request:
-    lines = head.split(b"\n")
-    request_line = lines[0].rstrip(b"\r")
-    m = _REQUEST_LINE.fullmatch(request_line)
-    if m is None:
-        raise _Reject(400)
-    method = m.group(1).decode("ascii")
-    target = m.group(2).decode("ascii")
-    if m.group(3) != b"1":
-        raise _Reject(505)
-    authorization: str | None = None
-    for count, raw in enumerate(lines[1:], 1):
-        line = raw.rstrip(b"\r")
-        if not line:
-            break
-        if count > _MAX_HEADERS:
-            raise _Reject(431)
-        hm = _HEADER_LINE.fullmatch(line)
-        if hm is None:  # includes obsolete line folding and "Name : value" (RFC 9112 5.1)
-            raise _Reject(400)
-        if hm.group(1).lower() == b"authorization":
-            if authorization is not None:
-                raise _Reject(400)  # two credentials: refuse rather than pick one
-            authorization = hm.group(2).decode("latin-1")
-    return _Request(method, _path_of(target), authorization)
-
-
-def _path_of(target: str) -> str:
-    """The path of an origin-form or absolute-form target; query and fragment ignored."""
-    if not target.startswith("/"):
-        scheme, sep, rest = target.partition("://")
-        if sep and scheme.lower() in ("http", "https"):
-            slash = rest.find("/")
-            target = rest[slash:] if slash >= 0 else "/"
-        else:
-            return target  # "*" or garbage: no route will match
-    for stop in ("?", "#"):
-        target = target.partition(stop)[0]
-    return target
 
 
 def _peer_of(writer: asyncio.StreamWriter) -> str:
@@ -182,48 +85,6 @@ def client_key(host: str) -> str:
     if addr.is_loopback:
         return str(addr)
     return str(ipaddress.IPv6Network((addr, 64), strict=False))
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats with None: JSON has no NaN or Infinity."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _json_body(obj: Any) -> bytes:
-    try:
-        text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        text = json.dumps(_json_safe(obj), allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8")
-
-
-def _response(
-    status: int,
-    body: bytes = b"",
-    content_type: str | None = None,
-    extra: tuple[tuple[str, str], ...] = (),
-    head_only: bool = False,
-) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-    if content_type is not None:
-        lines.append(f"Content-Type: {content_type}")
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append("Cache-Control: no-store")
-    lines.extend(f"{k}: {v}" for k, v in extra)
-    lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-    return head if head_only else head + body
-
-
-def _error(status: int, extra: tuple[tuple[str, str], ...] = (), head_only: bool = False) -> bytes:
-    body = _json_body({"error": _REASONS.get(status, "Error")})
-    return _response(status, body, _JSON, extra, head_only)
 
 
 class HealthServer:
@@ -372,7 +233,7 @@ class HealthServer:
         self._refusing[writer] = conn
         try:
             await self._finish(
-                reader, writer, _error(503, (("Retry-After", "1"),)), _REFUSE_SECONDS
+                reader, writer, error_response(503, (("Retry-After", "1"),)), _REFUSE_SECONDS
             )
         except Exception:  # never out of the handler
             log.exception("health endpoint: unexpected error refusing a connection")
@@ -402,9 +263,9 @@ class HealthServer:
             async with asyncio.timeout(self._timeout):
                 head = await self._read_head(reader)
         except TimeoutError:
-            response = _error(408)
-        except _Reject as r:
-            response = _error(r.status)
+            response = error_response(408)
+        except Reject as r:
+            response = error_response(r.status)
         except (ConnectionError, asyncio.IncompleteReadError):
             writer.transport.abort()
             return
@@ -413,9 +274,9 @@ class HealthServer:
                 writer.close()
                 return
             try:
-                request = _parse_head(head)
-            except _Reject as r:
-                response = _error(r.status)
+                request = parse_head(head)
+            except Reject as r:
+                response = error_response(r.status)
             else:
                 head_only = request.method == "HEAD"
                 response = self._route(request, head_only)
@@ -434,18 +295,18 @@ class HealthServer:
             if not chunk:
                 if not buf:
                     return None
-                raise _Reject(400)  # closed mid-head
+                raise Reject(400)  # closed mid-head
             scanned = max(0, len(buf) - 3)
             buf += chunk
-            end = _end_of_head(buf, scanned)
+            end = end_of_head(buf, scanned)
             if end >= 0:
                 if end > self._max_bytes:
-                    raise _Reject(431)
+                    raise Reject(431)
                 return bytes(buf[:end])
             if not line_done:
-                line_done = _check_request_line(buf)
+                line_done = check_request_line(buf)
             if len(buf) > self._max_bytes:
-                raise _Reject(431 if line_done else 400)
+                raise Reject(431 if line_done else 400)
 
     async def _finish(
         self,
@@ -484,7 +345,7 @@ class HealthServer:
 
     # -- routing --------------------------------------------------------------------
 
-    def _authorized(self, request: _Request) -> bool:
+    def _authorized(self, request: Request) -> bool:
         if self._token is None:
             return True
         scheme, _, credentials = (request.authorization or "").strip().partition(" ")
@@ -493,25 +354,25 @@ class HealthServer:
         given = credentials.strip().encode("latin-1", errors="replace")
         return hmac.compare_digest(given, self._token)
 
-    def _route(self, request: _Request, head_only: bool) -> bytes:
+    def _route(self, request: Request, head_only: bool) -> bytes:
         if not self._authorized(request):
-            return _response(401, extra=(("WWW-Authenticate", 'Bearer realm="edge-agent"'),))
+            return http_response(401, extra=(("WWW-Authenticate", 'Bearer realm="edge-agent"'),))
         if request.path not in _ROUTES or (request.path == "/metrics" and self._metrics is None):
-            return _error(404, head_only=head_only)
+            return error_response(404, head_only=head_only)
         if request.method not in ("GET", "HEAD"):
-            return _error(405, (("Allow", _ALLOWED),))
+            return error_response(405, (("Allow", _ALLOWED),))
         try:
             if request.path == "/readyz":
                 ready = bool(self._ready())
-                return _response(
-                    200 if ready else 503, _json_body({"ready": ready}), _JSON, head_only=head_only
+                return http_response(
+                    200 if ready else 503, json_body({"ready": ready}), JSON, head_only=head_only
                 )
             health = self._health()
             if request.path == "/metrics" and self._metrics is not None:
                 body = self._metrics(health).encode("utf-8")
-                return _response(200, body, METRICS_CONTENT_TYPE, head_only=head_only)
+                return http_response(200, body, METRICS_CONTENT_TYPE, head_only=head_only)
             status = 503 if health.get("status") == "failing" else 200
-            return _response(status, _json_body(health), _JSON, head_only=head_only)
+            return http_response(status, json_body(health), JSON, head_only=head_only)
         except Exception:
             log.exception("health endpoint: %s failed", request.path)
-            return _error(500, head_only=head_only)
+            return error_response(500, head_only=head_only)
