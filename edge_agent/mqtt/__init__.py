@@ -7,14 +7,12 @@ figures): paho's read loop costs ~45 us per message at QoS 0 (three recv() and a
 select() per packet), a Protocol fed by the event loop's own reads costs a few
 microseconds, whatever the codec. Only public asyncio and ssl APIs are used.
 
-What the client does, and no more: MQTT 5 CONNECT (clean start, session expiry,
-Receive Maximum, username/password, will with retain, content type and user
-properties), TLS through an `ssl.SSLContext`, SUBSCRIBE with Subscription
-Identifiers, UNSUBSCRIBE, PUBLISH QoS 0/1/2 both ways (content type, retain, user
-properties), acknowledgements in batches (`manual_ack`), keep-alive, and read
-backpressure. `connect()` may be called again after the connection is lost (the
-bridge does); nothing queued survives a disconnect: what is resent after an outage
-is decided by the caller (the outbox).
+The parts, each importable on its own: `client.py` (MqttClient: connect, subscribe,
+publish, will, TLS; what it does and does not do is in its doc), `connection.py`
+(the Protocol: stream parsing, batched writes, in-flight limit, pause/resume),
+`codec.py` (packet bytes: pure functions, no I/O), `messages.py` (Message, Will,
+PublishGroup, MqttError) and `tls.py` (TlsSettings, connect failures in words).
+Callers import from `edge_agent.mqtt`.
 """
 
 from edge_agent.mqtt.client import MAX_PACKET, MqttClient
