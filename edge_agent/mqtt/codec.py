@@ -21,6 +21,7 @@ __all__ = [
     "encode_varint",
     "parse_props",
     "read_props",
+    "read_remaining_length",
     "reason_name",
 ]
 
@@ -137,6 +138,24 @@ def decode_varint(buf: bytes, i: int) -> tuple[int, int]:
             return n, i
         shift += 7
     raise ProtocolError("malformed variable byte integer")
+
+
+def read_remaining_length(buf: bytes, i: int) -> tuple[int, int]:
+    """A fixed header's Remaining Length at buf[i] (2.1.4) and the index after it, or
+    (-1, i) when buf ends inside it; more than four bytes is a ProtocolError."""
+    n = len(buf)
+    rl = shift = 0
+    while True:
+        if i >= n:
+            return -1, i
+        b = buf[i]
+        i += 1
+        rl |= (b & 0x7F) << shift
+        if b < 0x80:
+            return rl, i
+        shift += 7
+        if shift > 21:
+            raise ProtocolError("malformed remaining length")
 
 
 _FIXED = {

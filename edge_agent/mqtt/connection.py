@@ -32,6 +32,7 @@ from edge_agent.mqtt.codec import (
     UNSUBACK,
     ProtocolError,
     read_props,
+    read_remaining_length,
     reason_name,
 )
 from edge_agent.mqtt.messages import Message, MqttError, PublishGroup
@@ -245,25 +246,11 @@ class Connection:
                 if i >= n:
                     break
                 b = buf[i]
-                if b < 0x80:
+                if b < 0x80:  # one byte: most packets, read inline
                     rl = b
                     i += 1
                 else:
-                    rl = b & 0x7F
-                    shift = 7
-                    i += 1
-                    while True:
-                        if i >= n:
-                            rl = -1
-                            break
-                        b = buf[i]
-                        i += 1
-                        rl |= (b & 0x7F) << shift
-                        if b < 0x80:
-                            break
-                        shift += 7
-                        if shift > 21:
-                            raise ProtocolError("malformed remaining length")
+                    rl, i = read_remaining_length(buf, i)
                     if rl < 0:
                         break
                 if rl > MAX_PACKET:

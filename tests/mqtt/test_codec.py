@@ -21,6 +21,7 @@ from edge_agent.mqtt.codec import (
     encode_varint,
     parse_props,
     read_props,
+    read_remaining_length,
     reason_name,
 )
 
@@ -54,6 +55,21 @@ def test_varint_boundaries_from_the_spec() -> None:
         assert decode_varint(raw, 0) == (n, len(raw))
     with pytest.raises(ProtocolError, match="variable byte integer"):
         decode_varint(b"\xff\xff\xff\xff\x01", 0)  # a fifth byte is malformed
+
+
+@given(st.integers(0, VARINT_MAX), st.binary(max_size=3))
+def test_remaining_length_reads_the_varint_or_says_it_is_incomplete(n: int, tail: bytes) -> None:
+    raw = encode_varint(n)
+    assert read_remaining_length(b"\x30" + raw + tail, 1) == (n, 1 + len(raw))
+    for cut in range(len(raw)):  # the stream ends inside it: wait for more
+        assert read_remaining_length(b"\x30" + raw[:cut], 1)[0] == -1
+
+
+def test_remaining_length_of_five_bytes_is_malformed() -> None:
+    with pytest.raises(ProtocolError, match="remaining length"):
+        read_remaining_length(b"\x80\x80\x80\x80\x01", 0)
+    with pytest.raises(ProtocolError, match="remaining length"):
+        read_remaining_length(b"\xff\xff\xff\xff", 0)  # no need to wait for a fifth
 
 
 @given(texts)
