@@ -37,7 +37,7 @@ from typing import Any
 
 import cbor2
 import paho.mqtt.client as paho
-from common import REPO, Broker, free_port, median, wait_for  # type: ignore[import-not-found]
+from common import REPO, Broker, cpu_seconds, free_port, median, wait_for  # type: ignore[import-not-found]
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -115,31 +115,60 @@ def _consumer(port: int, db: str, client_id: str, share: str, log: Path) -> subp
         return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
 
 
-def _count(db: str) -> int:
-    async def q() -> int:
-        s = open_storage(db)
+class _Progress:
+    """Batches stored so far, read over one connection kept open (the `batches` table is
+    small: polling it costs the database almost nothing, unlike counting `windows`)."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self.loop = asyncio.new_event_loop()
+        self.pg: Any = None
+        self.lite: Any = None
+        self.backend_pid = 0
         if db.startswith("postgresql"):
             import asyncpg
 
-            c = await asyncpg.connect(db)
-            try:
-                return int(await c.fetchval("SELECT count(*) FROM windows"))
-            except asyncpg.UndefinedTableError:
-                return 0
-            finally:
-                await c.close()
-        import sqlite3
+            self.pg = self.loop.run_until_complete(asyncpg.connect(db))
+            self.backend_pid = int(
+                self.loop.run_until_complete(self.pg.fetchval("SELECT pg_backend_pid()"))
+            )
+        else:
+            import sqlite3
 
-        from edge_agent.consume.storage import sqlite_path
+            from edge_agent.consume.storage import sqlite_path
 
-        _ = s
-        try:
-            with sqlite3.connect(sqlite_path(db) or db, timeout=5) as c:
-                return int(c.execute("SELECT count(*) FROM windows").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
+            self.lite = sqlite3.connect(sqlite_path(db) or db, timeout=5, isolation_level=None)
 
-    return asyncio.run(q())
+    def batches(self) -> int:
+        if self.pg is not None:
+            return int(
+                self.loop.run_until_complete(self.pg.fetchval("SELECT count(*) FROM batches"))
+            )
+        return int(self.lite.execute("SELECT count(*) FROM batches").fetchone()[0])
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.loop.run_until_complete(self.pg.close())
+        if self.lite is not None:
+            self.lite.close()
+        self.loop.close()
+
+
+def _pg_cpu(pg: Postgres | None, skip: int) -> dict[int, float]:
+    """CPU seconds of every process of the PostgreSQL server (postmaster and children),
+    but the bench's own polling backend `skip`."""
+    if pg is None:
+        return {}
+    import psutil
+
+    pm = int((pg.data / "postmaster.pid").read_text().split()[0])
+    out = {}
+    root = psutil.Process(pm)
+    for p in [root, *root.children()]:
+        if p.pid != skip:
+            with contextlib.suppress(psutil.Error):
+                out[p.pid] = cpu_seconds(p.pid)
+    return out
 
 
 def _fresh_db(kind: str, tmp: Path, pg: Postgres | None, tag: str) -> str:
@@ -162,43 +191,92 @@ def _fresh_db(kind: str, tmp: Path, pg: Postgres | None, tag: str) -> str:
 
 def consume_run(
     kind: str, consumers: int, n_batches: int, tmp: Path, pg: Postgres | None, tag: str
-) -> float:
-    """Window records stored per second by `consumers` consumers draining a queued backlog."""
+) -> dict[str, Any]:
+    """`consumers` consumers draining a backlog already queued at the broker.
+
+    Returns records/s (wall, from the first consumer's connect to the last batch in
+    the database), each consumer's own CPU time per record (its process, user +
+    system, over the same interval), the database server's and the broker's, and
+    the 1-minute load average at the end.
+    """
     db = _fresh_db(kind, tmp, pg, tag)
     msgs = _batches(n_batches)
     total = n_batches * RECORDS_PER_BATCH
     with Broker(tmp / f"broker-{tag}") as broker:
+        assert broker.proc is not None
         share = "bench" if consumers > 1 else ""
         ids = [f"bench-{tag}-{i}" for i in range(consumers)]
-        log = tmp / f"consume-{tag}.log"
+        logs = [tmp / f"consume-{tag}-{i}.log" for i in range(consumers)]
         # Make the sessions (and the tables), then stop: the backlog queues for them.
-        procs = [_consumer(broker.port, db, cid, share, log) for cid in ids]
-        if not wait_for(lambda: len(_log_times(log, "subscribed to")) == consumers, 60, 0.1):
-            raise RuntimeError(f"consumers did not subscribe; see {log}")
+        procs = [
+            _consumer(broker.port, db, cid, share, lg) for cid, lg in zip(ids, logs, strict=True)
+        ]
+        if not wait_for(lambda: all(_log_times(lg, "subscribed to") for lg in logs), 60, 0.1):
+            raise RuntimeError(f"consumers did not subscribe; see {logs}")
         for p in procs:
             p.send_signal(signal.SIGTERM)
             p.wait(20)
         _publish(broker.port, msgs)
-        log.write_text("")
-        procs = [_consumer(broker.port, db, cid, share, log) for cid in ids]
+        for lg in logs:
+            lg.write_text("")
+        progress = _Progress(db)
+        procs = [
+            _consumer(broker.port, db, cid, share, lg) for cid, lg in zip(ids, logs, strict=True)
+        ]
         try:
+            # Each consumer's CPU from the moment it starts connecting (start-up and
+            # imports are not throughput), sampled as soon as its log says so.
+            cpu0: dict[int, float] = {}
+            deadline = time.monotonic() + 60
+            while len(cpu0) < consumers and time.monotonic() < deadline:
+                for i, (p, lg) in enumerate(zip(procs, logs, strict=True)):
+                    if i not in cpu0 and _log_times(lg, "connecting to"):
+                        cpu0[i] = cpu_seconds(p.pid)
+                time.sleep(0.002)
+            pg0 = _pg_cpu(pg, progress.backend_pid)
+            broker0 = cpu_seconds(broker.proc.pid)
             last = 0.0
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                if _count(db) >= total:
+                if progress.batches() >= n_batches:
                     last = time.time()
                     break
-                time.sleep(0.05)
+                time.sleep(0.01)
             if not last:
-                raise RuntimeError(f"only {_count(db)} of {total} records stored; see {log}")
-            # From the first consumer's SUBACK (its log line) to the last record stored:
-            # process start-up is not the consumer's throughput.
-            first = min(_log_times(log, "subscribed to"))
+                raise RuntimeError(f"only {progress.batches()} of {n_batches} batches; see {logs}")
+            cpu = [cpu_seconds(p.pid) - cpu0[i] for i, p in enumerate(procs)]
+            pg1 = _pg_cpu(pg, progress.backend_pid)
+            broker_cpu = cpu_seconds(broker.proc.pid) - broker0
+            load = os.getloadavg()[0]
+            first = min(min(_log_times(lg, "connecting to")) for lg in logs)
         finally:
+            progress.close()
             for p in procs:
                 p.send_signal(signal.SIGTERM)
                 p.wait(30)
-    return total / (last - first)
+    pg_cpu = sum(v - pg0.get(k, 0.0) for k, v in pg1.items())
+    # Each consumer's own share, from the totals it logs at exit.
+    stored = [_stored_records(lg) for lg in logs]
+    return {
+        "rate": total / (last - first),
+        # each consumer's CPU per record it stored itself
+        "cpu_us": [c / max(n, 1) * 1e6 for c, n in zip(cpu, stored, strict=True)],
+        "share": [n / total for n in stored],
+        "consumers_us": sum(cpu) / total * 1e6,
+        "db_us": pg_cpu / total * 1e6,
+        "broker_us": broker_cpu / total * 1e6,
+        "load": load,
+    }
+
+
+def _stored_records(log: Path) -> int:
+    """Window records a consumer stored, from its last totals line."""
+    import re
+
+    found = re.findall(
+        r"stored \d+ batches \(\d+ duplicates skipped\), (\d+) window records", log.read_text()
+    )
+    return int(found[-1]) if found else 0
 
 
 def storage_only(kind: str, n_batches: int, tmp: Path, pg: Postgres | None, tag: str) -> float:
@@ -473,39 +551,63 @@ def bytes_run(
             sub.disconnect()
 
 
+def _report_consume(
+    kind: str, base: list[float], one: list[dict[str, Any]], two: list[dict[str, Any]]
+) -> None:
+    def m(runs: list[dict[str, Any]], k: str) -> float:
+        return median([r[k] for r in runs])
+
+    def total_us(r: dict[str, Any]) -> float:
+        return float(r["consumers_us"] + r["db_us"] + r["broker_us"])
+
+    r1, r2 = m(one, "rate"), m(two, "rate")
+    print(
+        f"consume {kind}: storage alone {median(base):,.0f} records/s; "
+        f"one consumer {r1:,.0f}/s; two on $share {r2:,.0f}/s = {r2 / r1:.2f}x one "
+        f"(runs: one {[round(r['rate']) for r in one]}, two {[round(r['rate']) for r in two]}; "
+        f"load average {[round(r['load'], 1) for r in one]} / {[round(r['load'], 1) for r in two]})",
+        flush=True,
+    )
+    print(
+        f"  CPU per record, medians: one consumer {median([r['cpu_us'][0] for r in one]):.2f} us "
+        f"in its process; two: {median([min(r['cpu_us']) for r in two]):.2f} / "
+        f"{median([max(r['cpu_us']) for r in two]):.2f} us each (shares "
+        f"{[[round(x, 2) for x in r['share']] for r in two]}); database server "
+        f"{m(one, 'db_us'):.2f} / {m(two, 'db_us'):.2f} us, broker {m(one, 'broker_us'):.2f} / "
+        f"{m(two, 'broker_us'):.2f} us; whole pipeline {median([total_us(r) for r in one]):.2f} / "
+        f"{median([total_us(r) for r in two]):.2f} us per record (one / two)",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["consume", "status", "bytes"], default=None)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(
-        "--batches", type=int, default=200, help="batches of 500 records per consume run"
+        "--batches", type=int, default=400, help="batches of 500 records per consume run"
     )
     ap.add_argument("--keepalive", type=int, default=4)
+    ap.add_argument(
+        "--db", choices=["sqlite", "postgresql"], default=None, help="consume: only this one"
+    )
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     try:
         if a.only in (None, "consume"):
             with Postgres() as pg:
                 for kind in ("sqlite", "postgresql"):
-                    base = [
-                        storage_only(kind, a.batches, tmp, pg, f"{kind}_base{i}")
-                        for i in range(a.runs)
-                    ]
-                    one = [
-                        consume_run(kind, 1, a.batches, tmp, pg, f"{kind}_one{i}")
-                        for i in range(a.runs)
-                    ]
-                    two = [
-                        consume_run(kind, 2, a.batches, tmp, pg, f"{kind}_two{i}")
-                        for i in range(a.runs)
-                    ]
-                    print(
-                        f"consume {kind}: storage alone {median(base):,.0f} records/s; one consumer "
-                        f"{median(one):,.0f}/s ({median(one) / median(base):.2f}x the storage alone); "
-                        f"two on $share {median(two):,.0f}/s ({median(two) / median(one):.2f}x one)  "
-                        f"runs: one {[round(x) for x in one]}, two {[round(x) for x in two]}",
-                        flush=True,
-                    )
+                    if a.db and kind != a.db:
+                        continue
+                    base = []
+                    one: list[dict[str, Any]] = []
+                    two: list[dict[str, Any]] = []
+                    # Interleaved, so the host's load drifts over both alike.
+                    for i in range(a.runs):
+                        base.append(storage_only(kind, a.batches, tmp, pg, f"{kind}_base{i}"))
+                        one.append(consume_run(kind, 1, a.batches, tmp, pg, f"{kind}_one{i}"))
+                        two.append(consume_run(kind, 2, a.batches, tmp, pg, f"{kind}_two{i}"))
+                    _report_consume(kind, base, one, two)
         if a.only in (None, "status"):
             res = [status_run(tmp / f"s{i}", a.keepalive, False) for i in range(a.runs)]
             cut = [status_run(tmp / f"c{i}", a.keepalive, True) for i in range(a.runs)]

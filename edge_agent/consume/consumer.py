@@ -135,6 +135,10 @@ class Consumer:
                     on_message=self._on_message,
                 )
                 self.pending = []  # what the last connection delivered unacked comes again
+                if not last_error:  # once per outage, not once per retry
+                    log.info(
+                        "connecting to %s:%d as %s", self.opts.host, self.opts.port, self.client_id
+                    )
                 try:
                     await client.connect(timeout=10.0)
                     await client.subscribe([(f, 1) for f in self.opts.filters])
