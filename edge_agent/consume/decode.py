@@ -39,6 +39,10 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _INF = (math.inf, -math.inf)
 # Entries of a window record that have their own columns; the rest are aggregates.
 _WINDOW_FIELDS = frozenset(("pipeline", "key", "start", "end", "rev", "count", "replaces"))
+_Layout = tuple[str, tuple[Any, ...]]
+_FORMATS: dict[tuple[Any, ...], _Layout] = {}  # a record's keys -> (JSON format, aggregate names)
+_MAX_FORMATS = 256
+_FREPR = float.__repr__
 
 WindowRow = tuple[str, str, str, float, float, int, int, str, int]
 # agent, pipeline, key, window_start, window_end, rev, count, aggregates JSON, seq
@@ -63,6 +67,7 @@ class Decoded:
     replaced: list[Replaced] = field(default_factory=list)
     readings: list[ReadingRow] = field(default_factory=list)
     device: DeviceRow | None = None
+    pipelines: set[str] = field(default_factory=set)  # of the windows (the storage's lock keys)
 
     @property
     def records(self) -> int:
@@ -126,6 +131,33 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+def _layout(r: dict[Any, Any], formats: dict[tuple[Any, ...], _Layout]) -> _Layout:
+    """The format string and aggregate names for records with the keys of `r` (cached)."""
+    names = tuple(k for k in r if k not in _WINDOW_FIELDS)
+    if all(type(k) is str for k in names):
+        fmt = "{" + ",".join(_ENCODE(k).replace("%", "%%") + ":%s" for k in names) + "}"
+    else:
+        fmt = ""  # a non-string key: never the fast path (the general way converts or refuses it)
+        names = (object(),)  # a key no record has: the lookup raises, the general way runs
+    if len(formats) >= _MAX_FORMATS:  # a producer inventing key layouts: stay bounded
+        formats.clear()
+    formats[tuple(r)] = layout = (fmt, names)
+    return layout
+
+
+def _aggregates_json(r: dict[Any, Any], i: int) -> str:
+    aggs = {k: v for k, v in r.items() if k not in _WINDOW_FIELDS}
+    try:
+        try:
+            return _ENCODE(aggs)
+        except ValueError:  # NaN or infinity: JSON has none (and jsonb refuses the tokens)
+            return _ENCODE({k: _json_value(v) for k, v in aggs.items()})
+    except TypeError:
+        raise BadMessage(
+            f"windows[{i}]: an aggregate that JSON cannot hold (not a number)"
+        ) from None
+
+
 def decode_message(payload: bytes, encoding: str | None = None) -> Decoded:
     """Decode one message's payload; `encoding` is its MQTT 5 `content-encoding` user property."""
     if _is_deflated(payload, encoding):
@@ -150,9 +182,11 @@ def decode_message(payload: bytes, encoding: str | None = None) -> Decoded:
     readings = doc.get("readings", ())
     if not isinstance(windows, list | tuple) or not isinstance(readings, list | tuple):
         raise BadMessage("windows and readings must be lists")
-    dumps = _ENCODE
-    fields = _WINDOW_FIELDS
+    formats = _FORMATS
+    frepr = _FREPR
     append = out.windows.append
+    pipelines = out.pipelines
+    last_pipeline: str | None = None
     for i, r in enumerate(windows):
         try:
             pipeline, key = r["pipeline"], r["key"]
@@ -172,12 +206,25 @@ def decode_message(payload: bytes, encoding: str | None = None) -> Decoded:
             rev = _uint(rev, f"windows[{i}].rev")
         if type(count) is not int or count < 0:
             count = _uint(count, f"windows[{i}].count")
-        aggs = {k: v for k, v in r.items() if k not in fields}
+        # The aggregates as JSON text. Fast path: a format string per key layout
+        # (one per pipeline), filled with float reprs (what json writes for a float);
+        # it takes only finite floats: anything else goes the general way below.
+        layout = formats.get(tuple(r))
+        if layout is None:
+            layout = _layout(r, formats)
+        fmt, names = layout
         try:
-            text = dumps(aggs)
-        except ValueError:  # NaN or infinity: JSON has none (and jsonb refuses the tokens)
-            text = json.dumps({k: _json_value(v) for k, v in aggs.items()}, separators=(",", ":"))
+            vals = tuple(map(r.__getitem__, names))
+            total = sum(vals)
+            if total - total != 0.0:  # NaN or infinity among them (or an overflow)
+                raise TypeError
+            text = fmt % tuple(map(frepr, vals))
+        except (TypeError, KeyError):
+            text = _aggregates_json(r, i)
         append((agent, pipeline, key, start, end, rev, count, text, seq))
+        if pipeline != last_pipeline:
+            pipelines.add(pipeline)
+            last_pipeline = pipeline
         rep = r.get("replaces")
         if rep:
             if not isinstance(rep, list | tuple):

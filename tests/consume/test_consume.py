@@ -103,6 +103,20 @@ def test_decode_batch_columns_and_aggregates_json() -> None:
     assert d.readings == [("dev-1", "raw", "r", 15.0, 2.0, False, 7)]
 
 
+def test_decode_aggregates_json_is_what_json_writes_for_any_values() -> None:
+    # The fast path (a format per key layout, float reprs) and the general one agree;
+    # NaN and infinity become null (JSON has neither), integers and strings pass.
+    values: list[Any] = [1.5, -0.0, 1e-7, 1e300, 0.1 + 0.2, 2, 10**30, True, None, "x", 1e308]
+    for i, v in enumerate(values):
+        for w in (v, 1e308 if i % 2 else 2.5):
+            d = decode_message(cbor2.dumps(batch(1, [win("k", 0, 1, **{'q%"é': v, "w": w})])))
+            expect = {**AGG, 'q%"é': v, "w": w}
+            assert d.windows[0][7] == json.dumps(expect, separators=(",", ":")), (v, w)
+    nan = decode_message(cbor2.dumps(batch(1, [win("k", 0, 1, a=float("nan"), b=float("inf"))])))
+    assert json.loads(nan.windows[0][7]) == {**AGG, "a": None, "b": None}
+    assert nan.pipelines == {"p"}
+
+
 def test_decode_late_batch_flags_readings_late() -> None:
     d = decode_message(
         cbor2.dumps(
@@ -155,6 +169,7 @@ def test_decode_string_references() -> None:
         (cbor2.dumps(batch(1, [win("k", 0, float("nan"))])), "finite"),
         (cbor2.dumps(batch(1, [win("k", 0, 1, replaces=[[0]])])), "replaces"),
         (cbor2.dumps({**status(), "time": "x"}), "time"),
+        (cbor2.dumps(batch(1, [win("k", 0, 1, p99=b"\x01")])), "JSON cannot hold"),
     ],
 )
 def test_decode_rejects_with_a_reason(payload: bytes, why: str) -> None:
