@@ -55,6 +55,10 @@ class ConsumeOptions:
     # Unacknowledged messages the broker may have in flight to us (MQTT 5 Receive
     # Maximum): the most one group can hold. Larger groups mean fewer commits.
     receive_maximum: int = 1000
+    # Records (window records and readings) one transaction takes at most: a backlog
+    # is written in groups of about this size, the next one decoded while the
+    # previous is written, instead of decoding everything before the first write.
+    group_records: int = 10_000
     keepalive: int = 30
 
     @property
@@ -194,7 +198,7 @@ class Consumer:
                     # Take nothing new; what is here already gets stored and acked.
                     client.pause_reading()
                 if self.pending:
-                    group, self.pending = self.pending, []
+                    group = self._take()
                     await self._store(group, stop)
                     if lost.done():
                         return  # acks now would go to a new connection's packet ids
@@ -204,6 +208,18 @@ class Consumer:
         finally:
             for f in (lost, stopping):
                 f.cancel()
+
+    def _take(self) -> list[tuple[Message, Decoded | BadMessage]]:
+        """The next group: the oldest pending messages, up to `group_records` records."""
+        pending, cap, n = self.pending, self.opts.group_records, 0
+        for i, (_, item) in enumerate(pending):
+            n += item.records if isinstance(item, Decoded) else 1
+            if n >= cap:
+                group = pending[: i + 1]
+                del pending[: i + 1]
+                return group
+        self.pending = []
+        return pending
 
     async def _store(
         self, group: list[tuple[Message, Decoded | BadMessage]], stop: asyncio.Event

@@ -83,22 +83,33 @@ ON CONFLICT (agent, pipeline, key, window_start, window_end) DO UPDATE SET
     rev = excluded.rev, count = excluded.count, aggregates = excluded.aggregates, seq = excluded.seq
 WHERE excluded.rev > windows.rev
 """
-_WINDOW = "INSERT INTO windows VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)" + _UPSERT_TAIL
-_COPY_FROM = 200  # rows: fewer go by executemany, more through COPY + one upsert
+_PK = "agent, pipeline, key, window_start, window_end"
+_COLUMNS = "agent, pipeline, key, window_start, window_end, rev, count, aggregates, seq"
+# The rows of a group go in as one statement, which may touch a row only once: so
+# PostgreSQL keeps each window's highest rev of the group (DISTINCT ON), and inserts
+# in key order (the same row-lock order in every consumer). No per-record work in
+# Python: large groups come through COPY into a temp table, small ones as arrays.
+_COPY_FROM = 200  # rows: fewer go as arrays in one statement, more through COPY
 _STAGE = "CREATE TEMP TABLE IF NOT EXISTS windows_in (LIKE windows) ON COMMIT DELETE ROWS"
-_FROM_STAGE = (
-    "INSERT INTO windows SELECT * FROM windows_in"
-    " ORDER BY agent, pipeline, key, window_start, window_end" + _UPSERT_TAIL
+_STAGED = "windows_in"
+_ARRAYS = (
+    "unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::bigint[],"
+    f" $7::bigint[], $8::jsonb[], $9::bigint[]) AS windows_in({_COLUMNS})"
 )
-_WINDOW_GUARDED = (
-    """
-INSERT INTO windows (agent, pipeline, key, window_start, window_end, rev, count, aggregates, seq)
-SELECT $1::text, $2::text, $3::text, $4::float8, $5::float8, $6::bigint, $7::bigint, $8::jsonb, $9::bigint
-WHERE NOT EXISTS (SELECT 1 FROM replaced r WHERE r.agent = $1 AND r.pipeline = $2 AND r.key = $3
-                  AND r.window_start = $4 AND r.window_end = $5)
-"""
-    + _UPSERT_TAIL
-)
+
+
+def _upsert(source: str, guarded: bool) -> str:
+    rows = f"SELECT DISTINCT ON ({_PK}) {_COLUMNS} FROM {source} ORDER BY {_PK}, rev DESC"
+    if guarded:  # some (agent, pipeline) has tombstones: a window named there stays out
+        rows = (
+            f"SELECT * FROM ({rows}) AS s WHERE NOT EXISTS (SELECT 1 FROM replaced r"
+            " WHERE r.agent = s.agent AND r.pipeline = s.pipeline AND r.key = s.key"
+            " AND r.window_start = s.window_start AND r.window_end = s.window_end)"
+        )
+    return f"INSERT INTO windows ({_COLUMNS}) {rows}" + _UPSERT_TAIL
+
+
+_UPSERTS = {(src, g): _upsert(src, g) for src in (_STAGED, _ARRAYS) for g in (False, True)}
 # Per (agent, pipeline): writers of tombstones take an exclusive transaction lock,
 # every other writer a shared one, in key order (no deadlock between them). So plain
 # writers never wait for each other, and a tombstone and a window it names are never
@@ -190,6 +201,7 @@ class PostgresStorage:
             windows: list[Any] = []
             replaced: list[Any] = []
             readings: list[Any] = []
+            stored: list[Decoded] = []
             for b in batches:
                 k = (b.schema, b.agent, b.seq)
                 if k not in new:
@@ -197,11 +209,12 @@ class PostgresStorage:
                     continue
                 new.discard(k)  # the same batch twice in one group: store it once
                 res.batches += 1
+                stored.append(b)
                 windows += b.windows
                 replaced += b.replaced
                 readings += b.readings
             if windows or replaced:
-                pairs = {(w[0], w[1]) for w in windows}
+                pairs = {(b.agent, p) for b in stored for p in b.pipelines}
                 exclusive = {(r[0], r[1]) for r in replaced}
                 pairs |= exclusive
                 keys = sorted((_lock_key(a, p), (a, p) in exclusive) for a, p in pairs)
@@ -211,30 +224,16 @@ class PostgresStorage:
                 await conn.executemany(_REPLACED, replaced)
                 await conn.executemany(_DELETE, replaced)
             if windows:
-                # by window, revisions in order: same row lock order in every consumer
-                windows.sort(key=lambda w: (w[0], w[1], w[2], w[3], w[4], w[5]))
-                plist = sorted({(w[0], w[1]) for w in windows})
-                guarded = {
-                    (r[0], r[1])
-                    for r in await conn.fetch(
-                        _HAS_TOMBSTONES, [a for a, _ in plist], [p for _, p in plist]
-                    )
-                }
-                plain = [w for w in windows if (w[0], w[1]) not in guarded] if guarded else windows
-                if len(plain) > _COPY_FROM:
-                    # COPY into a temp table, then one upsert: one statement may touch a
-                    # row once, so only each window's highest rev of this group goes in
-                    # (sorted above: later entries of a window have higher revs).
-                    best = {w[:5]: w for w in plain}
+                plist = sorted({(b.agent, p) for b in stored for p in b.pipelines})
+                guarded = bool(
+                    await conn.fetch(_HAS_TOMBSTONES, [a for a, _ in plist], [p for _, p in plist])
+                )
+                if len(windows) > _COPY_FROM:
                     await conn.execute(_STAGE)
-                    await conn.copy_records_to_table("windows_in", records=list(best.values()))
-                    await conn.execute(_FROM_STAGE)
-                elif plain:
-                    await conn.executemany(_WINDOW, plain)
-                if guarded:
-                    await conn.executemany(
-                        _WINDOW_GUARDED, [w for w in windows if (w[0], w[1]) in guarded]
-                    )
+                    await conn.copy_records_to_table(_STAGED, records=windows)
+                    await conn.execute(_UPSERTS[_STAGED, guarded])
+                else:
+                    await conn.execute(_UPSERTS[_ARRAYS, guarded], *zip(*windows, strict=True))
             if readings:
                 await conn.copy_records_to_table(
                     "readings", records=readings, columns=_READING_COLUMNS

@@ -190,6 +190,7 @@ class SqliteStorage:
             db.execute("BEGIN IMMEDIATE")
             try:
                 windows, replaced, readings, devices = [], [], [], []
+                pairs: set[tuple[str, str]] = set()
                 for it in items:
                     if it.device is not None:
                         devices.append(it.device)
@@ -201,6 +202,7 @@ class SqliteStorage:
                     windows += it.windows
                     replaced += it.replaced
                     readings += it.readings
+                    pairs.update((it.agent, p) for p in it.pipelines)
                 if replaced:
                     db.executemany(_SQLITE_REPLACED, replaced)
                     db.executemany(_SQLITE_DELETE, replaced)
@@ -208,20 +210,10 @@ class SqliteStorage:
                     # Only pipelines with merged sessions have tombstones: the rest (all
                     # but session windows) take the plain upsert. Writers are serialized
                     # (BEGIN IMMEDIATE), so the check cannot race another consumer.
-                    guarded = {
-                        pair
-                        for pair in {(w[0], w[1]) for w in windows}
-                        if db.execute(_SQLITE_HAS_TOMBSTONES, pair).fetchone()
-                    }
-                    if guarded:
-                        db.executemany(
-                            _SQLITE_WINDOW_GUARDED, [w for w in windows if (w[0], w[1]) in guarded]
-                        )
-                        db.executemany(
-                            _SQLITE_WINDOW, [w for w in windows if (w[0], w[1]) not in guarded]
-                        )
-                    else:
-                        db.executemany(_SQLITE_WINDOW, windows)
+                    guarded = any(
+                        db.execute(_SQLITE_HAS_TOMBSTONES, pair).fetchone() for pair in pairs
+                    )
+                    db.executemany(_SQLITE_WINDOW_GUARDED if guarded else _SQLITE_WINDOW, windows)
                 if readings:
                     db.executemany(_SQLITE_READING, readings)
                 if devices:
