@@ -248,6 +248,34 @@ async def store(url: str, *groups: list[dict[str, Any]]) -> list[Any]:
         await s.close()
 
 
+def test_sqlite_writers_take_turns_through_the_lock_file(tmp_path: Path) -> None:
+    # A second consumer on the same file waits on the writer lock file (a blocking
+    # flock, woken at the other's commit), not in SQLite's sleeping busy handler.
+    import fcntl
+
+    url = f"sqlite:///{tmp_path}/consume.db"
+
+    async def go() -> None:
+        s = open_storage(url)
+        await s.open()
+        try:
+            with open(tmp_path / "consume.db-writer.lock", "ab") as other:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX)  # another consumer is writing
+                item = decode_message(cbor2.dumps(batch(0, [win("k", 0, 10)])))
+                w = asyncio.ensure_future(s.write([item]))
+                await asyncio.sleep(0.3)
+                assert not w.done()
+                assert query(url, "SELECT count(*) FROM windows") == [(0,)]
+                fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+                res = await asyncio.wait_for(w, 10)
+            assert (res.batches, res.windows) == (1, 1)
+        finally:
+            await s.close()
+
+    run(go())
+    assert query(url, "SELECT key FROM windows") == [("k",)]
+
+
 def test_highest_rev_wins_in_any_order_and_duplicates_change_nothing(db_url: str) -> None:
     b0 = batch(0, [win("k", 0, 10, rev=0, count=1), win("j", 0, 10)])
     b1 = batch(1, [win("k", 0, 10, rev=2, count=3)])
