@@ -59,7 +59,7 @@ class IngestSession:
     `ingest/shed.py`), routes, decodes, feeds each pipeline's engine and hands what
     fired to the batcher. `start()` begins taking messages; until then, and after
     `stop_taking()`, they are left unacknowledged for the broker to redeliver.
-    Its tasks: `conn.run()`, `commit_loop()`, `idle_loop()`, `lag_loop()`.
+    Its tasks: `conn.run()`, `commit_loop()`, `lag_loop()`; idle firing is `idle.py`'s.
     """
 
     def __init__(
@@ -284,7 +284,7 @@ class IngestSession:
                 p = pipelines[i]
                 p.decoder.decode(topic, payload, ctype, arrival, p.buf, p.rejects)
                 touched.add(i)
-        clock = self.ingest_clock()  # see idle_loop
+        clock = self.ingest_clock()  # see idle.py
         emitted = self._emitted
         for i in touched:
             p = pipelines[i]
@@ -324,38 +324,6 @@ class IngestSession:
                 local.pause_reading()
                 self.ingest_pauses += 1
             self._commit_now.set()
-
-    async def idle_loop(self) -> None:
-        """Fire the windows of keys silent for idle_timeout, on the ingest clock: only
-        while the agent could hear from them (while the local broker is away, the socket
-        paused or the loop overloaded, readings wait at the broker, and firing their
-        windows as idle would make them late drops). The ingest clock (IngestClock) is
-        monotonic, in wall-clock units from the start, less every such stall. Each tick
-        also decides whether max_future_skew applies (WallClock.behind)."""
-        tick = 0.25
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            local = self.local
-            stalled = (
-                not self.conn.connected or local is None or local.reading_paused or self.overloaded
-            )
-            if stalled:
-                self.ingest_clock.stalled += now - last
-                last = now
-                continue
-            # A tick that comes late means the loop was busy (a big checkpoint, a burst):
-            # no reading was processed meanwhile, so that time is a stall too.
-            self.ingest_clock.stalled += max(0.0, now - last - 2 * tick)
-            last = now
-            relaxed = self.wall_clock.behind()
-            for p in self.pipelines:
-                p.decoder.relax_future_skew(relaxed)
-            clock = self.ingest_clock()
-            for p in self.pipelines:
-                p.engine.advance_idle(clock, self._emitted)
-            self.batcher.take(self._emitted)
 
     async def commit_loop(self) -> None:
         # Stopped by _closing, never cancelled mid-commit: a commit cut short after its

@@ -24,6 +24,7 @@ from edge_agent.config import Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.health.endpoint import HealthEndpoint
 from edge_agent.health.report import HealthReport
+from edge_agent.idle import IdleTimer
 from edge_agent.ingest.decode import PayloadDecoder
 from edge_agent.ingest_session import IngestSession
 from edge_agent.mqtt import MqttError
@@ -72,7 +73,7 @@ class Supervisor:
         self._spawn("local", session.conn.run())
         self._spawn("uplink", a.uplink.run())
         self._spawn("commit", session.commit_loop())
-        self._spawn("idle", session.idle_loop())
+        self._spawn("idle", IdleTimer(session).run())
         self._spawn("reclaim", self._reclaim_loop())
         self._spawn("lag", session.lag_loop())
         self._spawn("devstatus", self._device_status_loop())
