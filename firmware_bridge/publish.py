@@ -162,8 +162,8 @@ class Publisher:
             return
         items = [q.popleft() for _ in range(n)]
         try:
-            # one completion for the pump's messages: a future each cost as much as
-            # the rest of a publish (bench/bench_bridge.py)
+            # one completion for the pump's messages, not a future each: 0.77x the
+            # CPU per message (bench/README.md, bench_bridge.py --publisher)
             group = client.publish_many(((i[1], i[2], i[3]) for i in items), self.cfg.qos)
         except MqttError:  # not connected after all: keep them for the next connection
             q.extendleft(reversed(items))
