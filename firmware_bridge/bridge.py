@@ -242,7 +242,7 @@ class Bridge:
             },
             "broker": {"connected": pub.connected.is_set(), "connects": pub.connects},
             "frames_in": p.frames_in,
-            "dropped": dict(p.dropped, queue_full=pub.dropped),
+            "dropped": dict(p.dropped, queue_full=pub.dropped, refused=pub.refused),
             "published": pub.published,
             "queued": pub.queued + pub.outstanding,
             "boards": {

@@ -38,6 +38,7 @@ DROP_REASONS = (
     "duplicate",  # same seq twice in a row
     "too_many_boards",  # more distinct ids than frames.max_boards
     "queue_full",  # the publish queue overflowed while the broker was away
+    "refused",  # the broker refused the message (PUBACK >= 0x80), or it cannot be encoded
 )
 
 _BRACE = 0x7B  # '{'

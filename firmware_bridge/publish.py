@@ -8,7 +8,10 @@ Flow control: frames wait in a bounded deque (queue_size, overflow per when_full
 every drop counted) and are published only while connected, at most max_inflight
 (and never more than the broker's Receive Maximum) unacknowledged at once. Messages
 unacknowledged when the connection drops go back to the front of the queue, in
-order, and are sent again after the reconnect (at least once, as before).
+order, and are sent again after the reconnect (at least once, as before). A message
+the broker refuses (PUBACK reason code >= 0x80, e.g. 0x87 not authorized by its ACL)
+or that cannot be encoded (a topic over 65,535 bytes) is dropped, counted as
+`refused` and logged: sending it again would only be refused again.
 Reconnects back off exponentially with full jitter (edge_agent.backoff).
 """
 
@@ -44,6 +47,7 @@ class Publisher:
         self.cfg = cfg
         self.published = 0  # acknowledged by the broker (sent, for QoS 0)
         self.dropped = 0  # queue overflow
+        self.refused = 0  # refused by the broker, or unencodable: dropped, not resent
         self.connects = 0
         self.connected = asyncio.Event()
         self._queue: deque[_Item] = deque()
@@ -178,10 +182,18 @@ class Publisher:
         while inflight and inflight[0][0].future.done():
             group, items = inflight.popleft()
             self._outstanding -= len(items)
-            redo = group.undelivered()
-            if redo:  # the connection went (or the broker refused): send them again
+            redo = group.unacknowledged()
+            if redo:  # the connection went before their PUBACK: send them again
                 self._unacked.extend(items[i] for i in redo)
-            self.published += len(items) - len(redo)
+            refused = group.refused()
+            if refused:  # for good: sent again, they would only be refused again
+                self.refused += len(refused)
+                log.warning(
+                    "the broker refused %d message(s), dropped (the first to topic %.80r)",
+                    len(refused),
+                    items[refused[0]][1],
+                )
+            self.published += len(items) - len(redo) - len(refused)
         if inflight and not self.connected.is_set():
             return
         if self._queue or self._unacked:

@@ -108,3 +108,13 @@ class PublishGroup:
     def undelivered(self) -> list[int]:
         """Indices of the messages the broker refused or had not acknowledged, in order."""
         return sorted([*self._refused, *self._unacked.values()])
+
+    def refused(self) -> list[int]:
+        """Indices of the messages refused for good, in order: by the broker (a reason
+        code >= 0x80 ends the exchange, MQTT 5 4.3.2), or here, unencodable (a topic
+        over 65,535 bytes). Sending them again would be refused again."""
+        return sorted(self._refused)
+
+    def unacknowledged(self) -> list[int]:
+        """Indices of the messages sent but never answered (the connection went first)."""
+        return sorted(self._unacked.values())

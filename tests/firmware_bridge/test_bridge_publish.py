@@ -45,3 +45,23 @@ async def test_unacknowledged_messages_are_resent_after_a_reconnect_and_only_the
         "sensors/b1",
         "sensors/b0",
     ]
+
+
+async def test_a_refused_message_is_counted_and_dropped_not_sent_again() -> None:
+    # the broker refuses one topic (0x87, not authorized, as an ACL denial answers) and
+    # a topic over 65,535 bytes cannot be encoded at all: both are dropped and counted,
+    # the others published; a marker sent last proves nothing was retried (retries
+    # would go out before it: what is sent again goes to the front of the queue)
+    async with FakeBroker(answer=lambda mid, payload: 0x87 if payload == b"bad" else 0) as fake:
+        cfg = PublishSection(port=fake.port, reconnect_min=0.01, reconnect_max=0.05)
+        async with Publisher(cfg) as pub:
+            await _until(pub.connected.is_set)
+            pub.submit("sensors/a", b"1", JSON)
+            pub.submit("sensors/denied", b"bad", JSON)
+            pub.submit("s" * 70_000, b"long", JSON)
+            pub.submit("sensors/a", b"2", JSON)
+            await _until(lambda: pub.published == 2 and pub.refused == 2)
+            pub.submit("sensors/a", b"marker", JSON)
+            await _until(lambda: pub.published == 3)
+            assert pub.queued == 0 and pub.outstanding == 0 and pub.connects == 1
+    assert [p.payload for p in fake.published] == [b"1", b"bad", b"2", b"marker"]
