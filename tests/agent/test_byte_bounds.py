@@ -138,3 +138,42 @@ def test_an_oversized_message_is_skipped_counted_and_acknowledged(
         agent.wait_ready()
         time.sleep(1.0)
         assert agent.health()["rejected_by_reason"] == {}
+
+
+def test_queued_messages_share_one_copy_of_each_short_topic_name(tmp_path: Path) -> None:
+    # Each parsed message brings its own bytes of the topic name; while queued they
+    # share one (a full inbox holds up to 100,000). Long names keep their own copy,
+    # so the shared table stays small; what is processed is the same either way.
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"""
+[agent]
+id = "share"
+state_dir = "{tmp_path / "state"}"
+[health]
+listen = ""
+[[pipeline]]
+name = "p"
+topics = ["#"]
+size = "10s"
+""")
+
+    async def run() -> Agent:
+        agent = Agent(load_config(cfg))
+        agent.session.start()
+        for topic in (b"s/1", b"s/2", b"s/1", b"s/2", b"s/1", b"L" * 200, b"L" * 200):
+            payload = json.dumps({"value": 1.0}).encode()
+            fresh = bytes(bytearray(topic))  # its own object, as the parser makes
+            agent.session.on_message(Message(fresh, payload, 0, 0, False, False))
+        return agent
+
+    agent = run_async(run())
+    inbox = agent.session.inbox
+    assert len(inbox) == 7
+    assert inbox[0].topic_bytes is inbox[2].topic_bytes is inbox[4].topic_bytes
+    assert inbox[1].topic_bytes is inbox[3].topic_bytes
+    assert inbox[0].topic_bytes is not inbox[1].topic_bytes
+    assert inbox[5].topic_bytes == inbox[6].topic_bytes
+    assert inbox[5].topic_bytes is not inbox[6].topic_bytes  # over 128 bytes: not shared
+    agent.session.process_inbox(everything=True)
+    p = agent.pipelines[0]
+    assert p.readings_in == 7 and p.engine.keys() == 3
