@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 
 from edge_agent.config.model import PipelineConfig
+from edge_agent.custom_decoders import resolve_custom_decoder
 from edge_agent.errors import ConfigError
 from edge_agent.units import (
     RateLimit,
@@ -260,8 +261,6 @@ def _format(v: object) -> str:
         return s
     # A custom decoder: "package.module:function" or an entry point in group
     # edge_agent.decoders. Resolved here, so a typo is refused with its line.
-    from edge_agent.ingest.decode import resolve_custom_decoder
-
     if _DECODER.fullmatch(s) or _decoder_entry_point(s):
         try:
             resolve_custom_decoder(s)

@@ -32,21 +32,20 @@ Decisions where SPEC 2 is silent (also for the README):
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import json.scanner
 import numbers
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final
 
 import cbor2
 
-from edge_agent.errors import ConfigError
+from edge_agent.custom_decoders import ENTRY_POINT_GROUP, CustomDecoder, resolve_custom_decoder
 
 __all__ = [
     "DECODER_ERROR_PREFIX",
@@ -73,7 +72,6 @@ __all__ = [
 
 MAX_PAYLOAD: Final = 65536
 MIN_EVENT_TIME: Final = 946684800.0  # 2000-01-01T00:00:00Z
-ENTRY_POINT_GROUP: Final = "edge_agent.decoders"
 
 REASON_TOO_LARGE: Final = "too_large"  # payload over MAX_PAYLOAD bytes (counts once)
 REASON_BAD_JSON: Final = "bad_json"  # format "json": not JSON
@@ -88,8 +86,6 @@ REASON_TS_IN_FUTURE: Final = "ts_in_future"  # more than max_future_skew ahead o
 REASON_NO_READING: Final = "no_reading"  # the message yields no reading at all
 REASON_BAD_READING: Final = "bad_reading"  # custom decoder yielded something that is not a reading
 DECODER_ERROR_PREFIX: Final = "decoder_error:"  # + the custom decoder's exception class name
-
-CustomDecoder = Callable[[str, bytes], Iterable[Any]]
 
 _ABSENT: Final = object()
 _JSON_WS: Final = " \t\n\r"  # RFC 8259 whitespace, exactly what json.decoder.WHITESPACE allows
@@ -247,37 +243,6 @@ def parse_rfc3339(text: str) -> float | None:
 def _is_cbor_content_type(content_type: str) -> bool:
     # "application/cbor; foo=bar": media types are case-insensitive (RFC 9110 8.3.1)
     return content_type.partition(";")[0].strip().lower() == "application/cbor"
-
-
-def resolve_custom_decoder(spec: str) -> CustomDecoder:
-    """Load "package.module:function" or an entry point in group edge_agent.decoders."""
-    try:
-        if ":" in spec:
-            module_name, _, attr = spec.partition(":")
-            if not module_name or not attr:
-                raise ValueError("expected 'package.module:function'")
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        else:
-            # here, not at the top: importlib.metadata costs ~9 ms and ~4 MiB at start,
-            # and only an entry-point decoder needs it
-            from importlib.metadata import entry_points
-
-            found = entry_points(group=ENTRY_POINT_GROUP, name=spec)
-            if not found:
-                raise LookupError(
-                    f"not 'json', 'cbor', 'auto', 'module:function' or an entry point "
-                    f"in group {ENTRY_POINT_GROUP!r}"
-                )
-            obj = next(iter(found)).load()
-    except Exception as exc:  # an import runs arbitrary code; whatever it raises, say so
-        raise ConfigError(
-            f"cannot load custom decoder {spec!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not callable(obj):
-        raise ConfigError(f"custom decoder {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
 
 
 _JSON, _CBOR, _AUTO, _CUSTOM = range(4)
