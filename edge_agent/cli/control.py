@@ -283,13 +283,25 @@ def start(config_path: str, timeout: float = START_TIMEOUT) -> int:
                     raise EdgeAgentError(
                         f"exited with code {code} before it was ready: {_log_tail(state_dir)}"
                     )
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+        stop_child(proc)
         raise EdgeAgentError(
             f"not ready within {timeout:g} s (not subscribed on the local broker "
             f"{cfg.local.host}:{cfg.local.port}); stopped it. {_log_tail(state_dir)}"
         )
+
+
+def stop_child(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Stop an agent `start` gave up on, for sure: SIGTERM (its graceful stages), then
+    after `grace` s a second SIGTERM (it stops at once), then SIGKILL (safe: nothing
+    acknowledged is lost across a kill -9). Returns once the process is gone."""
+    for stop in (proc.terminate, proc.terminate, proc.kill):
+        stop()
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
 
 
 def _log_tail(state_dir: Path, lines: int = 5) -> str:

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from edge_agent import __version__
+from edge_agent.cli import control
 from edge_agent.cli.main import main
 from firmware_bridge.cli import main as bridge_main
 from tests.helpers.agent_harness import AgentProcess, healthz, write_config
@@ -168,3 +172,38 @@ def test_demo_in_process_runs_the_whole_path_and_loses_nothing(
     published, counted, batches, lost = map(int, m.groups())
     # 2 sensors x 4/s for 8 s, plus the simulated board's frames: certainly some.
     assert published > 0 and counted == published and lost == 0 and batches > 0, m.group(0)
+
+
+# A child that installs its SIGTERM handling, says so, then waits for signals.
+_CHILD = """
+import signal, sys, time
+mode = sys.argv[1]
+terms = []
+def on_term(*_):
+    terms.append(1)
+    if mode == "second" and len(terms) == 2:
+        sys.exit(7)  # as the agent's second signal: stop at once
+signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "deaf" else on_term)
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize(("mode", "code"), [("second", 7), ("deaf", -signal.SIGKILL)])
+def test_start_stops_an_agent_it_gave_up_on_for_sure(mode: str, code: int) -> None:
+    # `start` once sent one SIGTERM, waited 10 s and said "stopped it" while the agent,
+    # slow in its graceful stages on a loaded machine, still ran (seen in CI under load).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, mode], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        control.stop_child(proc, grace=0.5)
+        assert proc.returncode == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

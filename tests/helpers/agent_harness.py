@@ -52,18 +52,32 @@ T = TypeVar("T")
 TIME_SCALE = float(os.environ.get("EDGE_TEST_TIME_SCALE", "2"))
 
 
-def poll(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+def poll(
+    cond: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "",
+    progress: Callable[[], object] | None = None,
+) -> T:
     """Call `cond` until it returns something truthy; return that, or fail after
     `timeout` (times TIME_SCALE) seconds. The one polling helper of the tests
-    (`apoll` is the same for coroutines)."""
+    (`apoll` is the same for coroutines).
+
+    With `progress` (e.g. a counter), the timeout runs from its last change: work
+    that advances slowly on a loaded machine is waited for, a stall still fails.
+    """
     timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout
+    seen = progress() if progress is not None else None
     while True:
         value = cond()
         if value:
             return value
+        if progress is not None and (now := progress()) != seen:
+            seen, deadline = now, time.monotonic() + timeout
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
+            stalled = f" (no progress: {seen!r})" if progress is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}{stalled}")
         time.sleep(interval)
 
 

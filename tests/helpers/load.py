@@ -80,7 +80,14 @@ class LoadPublisher:
         self._stop.set()
         if self._thread.is_alive():
             join(self._thread)
-        poll(lambda: self.acked >= self.sent, 15, what="every sensor message acknowledged")
+        # The agent may hold a loaded machine's backlog of QoS 1 acks (backpressure):
+        # wait while acks keep coming, fail when they stall for 15 s.
+        poll(
+            lambda: self.acked >= self.sent,
+            15,
+            what=f"every sensor message acknowledged ({self.sent} sent)",
+            progress=lambda: self.acked,
+        )
         self.client.disconnect()
         self.client.loop_stop()
         n = self.sent
