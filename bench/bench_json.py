@@ -3,7 +3,7 @@
     python bench/bench_json.py [--messages N] [--runs 5]
 
 Each figure is the median of --runs passes over N distinct payloads of three
-realistic shapes. "stdlib scanner" is what edge_agent/ingest/decode.py does (the C
+realistic shapes. "stdlib scanner" is what edge_agent/ingest/formats.py does (the C
 scanner under json.loads, called directly); "json.loads" is the plain call. orjson
 and msgspec are measured when installed (`pip install orjson msgspec`); the ratio
 column is against the stdlib scanner measured in the same run. Only the parse is

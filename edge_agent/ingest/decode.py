@@ -32,26 +32,46 @@ Decisions where SPEC 2 is silent (also for the README):
 
 from __future__ import annotations
 
-import io
-import json
-import json.scanner
 import numbers
-import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final
 
-import cbor2
-
 from edge_agent.custom_decoders import ENTRY_POINT_GROUP, CustomDecoder, resolve_custom_decoder
+from edge_agent.ingest.formats import (
+    NEUTRALIZED_TAGS,
+    UNSUPPORTED_TAG,
+    _new_cbor_decoder,
+    _parse_cbor,
+    _parse_json,
+)
+from edge_agent.ingest.reasons import (
+    DECODER_ERROR_PREFIX,
+    MAX_PAYLOAD,
+    MIN_EVENT_TIME,
+    REASON_BAD_CBOR,
+    REASON_BAD_FIELD,
+    REASON_BAD_JSON,
+    REASON_BAD_PAYLOAD,
+    REASON_BAD_READING,
+    REASON_BAD_TS,
+    REASON_NO_READING,
+    REASON_NON_FINITE,
+    REASON_NOT_A_NUMBER,
+    REASON_TOO_LARGE,
+    REASON_TS_IN_FUTURE,
+    REASON_TS_TOO_OLD,
+)
+from edge_agent.ingest.timestamps import parse_rfc3339
 
 __all__ = [
     "DECODER_ERROR_PREFIX",
     "ENTRY_POINT_GROUP",
     "MAX_PAYLOAD",
     "MIN_EVENT_TIME",
+    "NEUTRALIZED_TAGS",
     "REASON_BAD_CBOR",
     "REASON_BAD_FIELD",
     "REASON_BAD_JSON",
@@ -64,179 +84,14 @@ __all__ = [
     "REASON_TOO_LARGE",
     "REASON_TS_IN_FUTURE",
     "REASON_TS_TOO_OLD",
+    "UNSUPPORTED_TAG",
     "CustomDecoder",
     "PayloadDecoder",
     "parse_rfc3339",
     "resolve_custom_decoder",
 ]
 
-MAX_PAYLOAD: Final = 65536
-MIN_EVENT_TIME: Final = 946684800.0  # 2000-01-01T00:00:00Z
-
-REASON_TOO_LARGE: Final = "too_large"  # payload over MAX_PAYLOAD bytes (counts once)
-REASON_BAD_JSON: Final = "bad_json"  # format "json": not JSON
-REASON_BAD_CBOR: Final = "bad_cbor"  # format "cbor" or CBOR content type: not one CBOR item
-REASON_BAD_PAYLOAD: Final = "bad_payload"  # format "auto": neither JSON nor CBOR
-REASON_NOT_A_NUMBER: Final = "not_a_number"  # bare payload / `value` not a number
-REASON_NON_FINITE: Final = "non_finite"  # NaN or +-Infinity (or an int beyond float range)
-REASON_BAD_FIELD: Final = "bad_field"  # object without `value`: bool/null/array/map/... field
-REASON_BAD_TS: Final = "bad_ts"  # `ts` neither a finite number nor an RFC 3339 string with offset
-REASON_TS_TOO_OLD: Final = "ts_too_old"  # before 2000-01-01T00:00:00Z
-REASON_TS_IN_FUTURE: Final = "ts_in_future"  # more than max_future_skew ahead of arrival
-REASON_NO_READING: Final = "no_reading"  # the message yields no reading at all
-REASON_BAD_READING: Final = "bad_reading"  # custom decoder yielded something that is not a reading
-DECODER_ERROR_PREFIX: Final = "decoder_error:"  # + the custom decoder's exception class name
-
 _ABSENT: Final = object()
-_JSON_WS: Final = " \t\n\r"  # RFC 8259 whitespace, exactly what json.decoder.WHITESPACE allows
-# The scanner json.loads runs underneath (the C one when available); calling it
-# directly skips detect_encoding() and two regex matches: ~2.5x faster on small payloads.
-_json_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-_json_loads = json.loads
-
-
-try:  # a hard dependency; the stdlib path alone still works without it
-    import orjson
-
-    _orjson_loads: Callable[[bytes], Any] | None = orjson.loads
-    _OrjsonError: type[Exception] = orjson.JSONDecodeError
-except ImportError:  # pragma: no cover
-    _orjson_loads, _OrjsonError = None, ValueError
-
-
-def _parse_json(payload: bytes) -> Any:
-    """json.loads(payload), exactly, but faster; raises on anything json.loads refuses.
-
-    orjson first (2-5x faster than the stdlib scanner on readings, bench/bench_json.py;
-    wheels for aarch64 and armv7l). It is stricter than json.loads, never looser, so
-    what it refuses goes to the stdlib path and the accepted language stays exactly
-    json.loads's: NaN/Infinity tokens, lone surrogate escapes, a BOM, numbers beyond
-    a double. One difference that does not change a reading: integers above 2**64
-    come back as the float they convert to.
-    """
-    if _orjson_loads is not None:
-        try:
-            return _orjson_loads(payload)
-        except _OrjsonError:
-            pass
-    return _parse_json_stdlib(payload)
-
-
-def _parse_json_stdlib(payload: bytes) -> Any:
-    b0 = payload[0]
-    if b0 == 0 or b0 >= 0xEF or (len(payload) > 1 and payload[1] == 0):
-        # A BOM or NUL bytes: json.detect_encoding may pick UTF-8-sig/16/32; let it.
-        return _json_loads(payload)
-    s = payload.decode("utf-8", "surrogatepass")  # json.loads(bytes) decodes so too
-    idx = 0
-    if s[0] in _JSON_WS:
-        idx = len(s) - len(s.lstrip(_JSON_WS))
-    obj, end = _json_scan(s, idx)  # StopIteration when nothing parses at idx
-    if end != len(s) and len(s.rstrip(_JSON_WS)) != end:
-        raise ValueError("extra data after the JSON value")
-    return obj
-
-
-class _UnsupportedTag:
-    """What a CBOR tag readings never need decodes to: not a number, not a timestamp."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<unsupported CBOR tag>"
-
-
-UNSUPPORTED_TAG: Final = _UnsupportedTag()
-# Tags cbor2 gives a meaning to, other than the ones readings use: 0/1 (date/time,
-# for `ts`), 2/3 (bignums), 25/256 (string references) and 28/29 (shared values),
-# 55799 (self-described CBOR). Their decoders can cost hundreds of milliseconds per
-# 60 KB payload (a regular expression compiled, a MIME message parsed, a decimal or
-# bigfloat with a huge exponent computed) and would stall the event loop; here they
-# yield UNSUPPORTED_TAG without that work: the content is read as plain CBOR (linear
-# in its size) and nothing is computed from it. Tags cbor2 does not know stay CBORTag
-# objects (content read the same way). tests/ingest/test_decode.py checks this list against
-# every tag cbor2 decodes itself, so a cbor2 release that adds one fails the test.
-NEUTRALIZED_TAGS: Final = frozenset({4, 5, 30, 35, 36, 37, 52, 54, 100, 258, 260, 261, 1004})
-
-
-def _unsupported_tag(_decoder: Any, _value: Any) -> _UnsupportedTag:
-    return UNSUPPORTED_TAG
-
-
-def _new_cbor_decoder() -> cbor2.CBORDecoder:
-    if not hasattr(cbor2.CBORDecoder, "strict_hashable_types"):
-        # cbor2 5 (armv7l, where PyPI has no cbor2 6 wheel): the same rules in Python.
-        from edge_agent.ingest import _cbor5
-
-        return _cbor5.new_decoder(64, UNSUPPORTED_TAG)  # type: ignore[no-any-return]
-    # strict_hashable_types: integer/tuple map keys would allow hash-collision floods.
-    return cbor2.CBORDecoder(
-        io.BytesIO(b""),
-        strict_hashable_types=True,
-        max_depth=64,
-        semantic_decoders=dict.fromkeys(NEUTRALIZED_TAGS, _unsupported_tag),
-    )
-
-
-def _parse_cbor(decoder: cbor2.CBORDecoder, payload: bytes) -> Any:
-    """Exactly one CBOR data item; cbor2.loads would ignore trailing bytes.
-
-    The decoder is reused (building one costs more than the decode): cbor2 resets
-    its shared-value and string-reference tables on every decode(), also after an
-    error, so nothing leaks from one message into the next (tested).
-    """
-    fp = io.BytesIO(payload)
-    decoder.fp = fp
-    obj = decoder.decode()
-    if fp.tell() != len(payload):
-        raise ValueError("extra data after the CBOR item")
-    return obj
-
-
-# RFC 3339 section 5.6 date-time; re.ASCII so that \d is 0-9 only.
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d+)?(?:[Zz]|([+-])(\d\d):(\d\d))",
-    re.ASCII,
-)
-_DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def _days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-@lru_cache(maxsize=4096)
-def parse_rfc3339(text: str) -> float | None:
-    """Epoch seconds of an RFC 3339 date-time with offset, or None if it is not one.
-
-    Cached: devices that stamp whole seconds repeat strings, and every pipeline
-    taking a message parses the same `ts`.
-    """
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        return None
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    if not 1 <= month <= 12 or day < 1:
-        return None
-    leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    if day > _DAYS_IN_MONTH[month] + leap or hour > 23 or minute > 59 or second > 60:
-        return None
-    t = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-    sign = m.group(8)
-    if sign is not None:
-        oh, om = int(m.group(9)), int(m.group(10))
-        if oh > 23 or om > 59:
-            return None
-        offset = oh * 3600 + om * 60
-        t = t - offset if sign == "+" else t + offset
-    frac = m.group(7)
-    return t + float(frac) if frac is not None else float(t)
 
 
 @lru_cache(maxsize=256)
