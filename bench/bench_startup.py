@@ -158,7 +158,7 @@ def main() -> int:
                         "-X",
                         "importtime",
                         "-c",
-                        "import edge_agent.cli.control, edge_agent.runtime",
+                        "import edge_agent.cli.daemon, edge_agent.runtime",
                     ],
                     cwd=REPO,
                     capture_output=True,

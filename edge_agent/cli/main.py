@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config)
         if args.command == "run":
-            from edge_agent.cli.control import run
+            from edge_agent.cli.daemon import run
 
             return run(args.config, args.log_file)
         if args.command == "start":
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return status(args.config)
         if args.command == "health":
-            from edge_agent.cli.control import health
+            from edge_agent.cli.health_client import health
 
             return health(args.url, args.config, args.token, args.timeout, args.token_file)
         if args.command == "consume":
