@@ -13,9 +13,9 @@ so this subclass of 5.x's pure-Python decoder gives the same decisions:
   regular expression compiled, no MIME parsed, no decimal computed);
 - containers nest at most `max_depth` deep (5.x's own check).
 
-Used only when the installed cbor2 lacks `strict_hashable_types`; tests/ingest
-run the same decoding tests against it (tests/ingest/test_cbor5_compat.py) and
-scripts/arm-check armhf runs the ingest tests on armv7l with it. It leans on
+Used only when the installed cbor2 lacks `strict_hashable_types`: `.ci/lowest`
+(cbor2 5.9, the floor) runs the decoding tests against it on x86_64, and
+`scripts/arm-check armhf` runs them on armv7l. It leans on
 5.x's private attributes (`_decode_length`, `_immutable`, `_share_index`, ...),
 which is why pyproject pins cbor2 5 to >= 5.9 and the class checks they exist.
 """
