@@ -94,7 +94,9 @@ def _publish(port: int, msgs: list[tuple[str, bytes]]) -> None:
     c.disconnect()
 
 
-def _consumer(port: int, db: str, client_id: str, share: str, log: Path) -> subprocess.Popen[bytes]:
+def _consumer(
+    port: int, db: str, client_id: str, share: str, log: Path, src: Path = REPO
+) -> subprocess.Popen[bytes]:
     args = [
         sys.executable,
         "-m",
@@ -112,7 +114,9 @@ def _consumer(port: int, db: str, client_id: str, share: str, log: Path) -> subp
     if share:
         args += ["--share", share]
     with open(log, "ab") as err:
-        return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        # `python -m` imports edge_agent from the working directory first: `src` may be
+        # another checkout (--before), measured in the same run.
+        return subprocess.Popen(args, cwd=src, stdout=subprocess.DEVNULL, stderr=err)
 
 
 class _Progress:
@@ -190,7 +194,13 @@ def _fresh_db(kind: str, tmp: Path, pg: Postgres | None, tag: str) -> str:
 
 
 def consume_run(
-    kind: str, consumers: int, n_batches: int, tmp: Path, pg: Postgres | None, tag: str
+    kind: str,
+    consumers: int,
+    n_batches: int,
+    tmp: Path,
+    pg: Postgres | None,
+    tag: str,
+    src: Path = REPO,
 ) -> dict[str, Any]:
     """`consumers` consumers draining a backlog already queued at the broker.
 
@@ -209,7 +219,8 @@ def consume_run(
         logs = [tmp / f"consume-{tag}-{i}.log" for i in range(consumers)]
         # Make the sessions (and the tables), then stop: the backlog queues for them.
         procs = [
-            _consumer(broker.port, db, cid, share, lg) for cid, lg in zip(ids, logs, strict=True)
+            _consumer(broker.port, db, cid, share, lg, src)
+            for cid, lg in zip(ids, logs, strict=True)
         ]
         if not wait_for(lambda: all(_log_times(lg, "subscribed to") for lg in logs), 60, 0.1):
             raise RuntimeError(f"consumers did not subscribe; see {logs}")
@@ -221,7 +232,8 @@ def consume_run(
             lg.write_text("")
         progress = _Progress(db)
         procs = [
-            _consumer(broker.port, db, cid, share, lg) for cid, lg in zip(ids, logs, strict=True)
+            _consumer(broker.port, db, cid, share, lg, src)
+            for cid, lg in zip(ids, logs, strict=True)
         ]
         try:
             # Each consumer's CPU from the moment it starts connecting (start-up and
@@ -589,6 +601,13 @@ def main() -> None:
     )
     ap.add_argument("--keepalive", type=int, default=4)
     ap.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="consume: also run the consumers of this checkout (e.g. git archive of an older "
+        "commit), interleaved with these, for a before/after in the same run",
+    )
+    ap.add_argument(
         "--db", choices=["sqlite", "postgresql"], default=None, help="consume: only this one"
     )
     a = ap.parse_args()
@@ -602,12 +621,24 @@ def main() -> None:
                     base = []
                     one: list[dict[str, Any]] = []
                     two: list[dict[str, Any]] = []
-                    # Interleaved, so the host's load drifts over both alike.
+                    old_one: list[dict[str, Any]] = []
+                    old_two: list[dict[str, Any]] = []
+                    # Interleaved, so the host's load drifts over all alike.
                     for i in range(a.runs):
                         base.append(storage_only(kind, a.batches, tmp, pg, f"{kind}_base{i}"))
                         one.append(consume_run(kind, 1, a.batches, tmp, pg, f"{kind}_one{i}"))
                         two.append(consume_run(kind, 2, a.batches, tmp, pg, f"{kind}_two{i}"))
+                        if a.before:
+                            old_one.append(
+                                consume_run(kind, 1, a.batches, tmp, pg, f"{kind}_b1{i}", a.before)
+                            )
+                            old_two.append(
+                                consume_run(kind, 2, a.batches, tmp, pg, f"{kind}_b2{i}", a.before)
+                            )
                     _report_consume(kind, base, one, two)
+                    if a.before:
+                        print(f"  --before {a.before}, same run:", flush=True)
+                        _report_consume(kind, base, old_one, old_two)
         if a.only in (None, "status"):
             res = [status_run(tmp / f"s{i}", a.keepalive, False) for i in range(a.runs)]
             cut = [status_run(tmp / f"c{i}", a.keepalive, True) for i in range(a.runs)]
