@@ -119,6 +119,14 @@ def _consumer(
         return subprocess.Popen(args, cwd=src, stdout=subprocess.DEVNULL, stderr=err)
 
 
+_PG_POLL = """
+SELECT (SELECT count(*) FROM batches),
+       count(*) FILTER (WHERE wait_event_type = 'Lock'),
+       count(*) FILTER (WHERE state = 'active')
+FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+"""
+
+
 class _Progress:
     """Batches stored so far, read over one connection kept open (the `batches` table is
     small: polling it costs the database almost nothing, unlike counting `windows`)."""
@@ -143,11 +151,17 @@ class _Progress:
 
             self.lite = sqlite3.connect(sqlite_path(db) or db, timeout=5, isolation_level=None)
 
+        # PostgreSQL: what the consumers' server processes are doing at each poll, to
+        # see whether anything serialises them (a lock wait) or they just run.
+        self.samples = self.lock_waits = self.active = 0
+
     def batches(self) -> int:
         if self.pg is not None:
-            return int(
-                self.loop.run_until_complete(self.pg.fetchval("SELECT count(*) FROM batches"))
-            )
+            row = self.loop.run_until_complete(self.pg.fetchrow(_PG_POLL))
+            self.samples += 1
+            self.lock_waits += int(row[1])
+            self.active += int(row[2])
+            return int(row[0])
         return int(self.lite.execute("SELECT count(*) FROM batches").fetchone()[0])
 
     def close(self) -> None:
@@ -261,6 +275,7 @@ def consume_run(
             broker_cpu = cpu_seconds(broker.proc.pid) - broker0
             load = os.getloadavg()[0]
             first = min(min(_log_times(lg, "connecting to")) for lg in logs)
+            waits = (progress.lock_waits, progress.active, progress.samples)
         finally:
             progress.close()
             for p in procs:
@@ -278,6 +293,8 @@ def consume_run(
         "db_us": pg_cpu / total * 1e6,
         "broker_us": broker_cpu / total * 1e6,
         "load": load,
+        # PostgreSQL, over the polls: backends waiting on a lock, backends running
+        "waits": waits,
     }
 
 
@@ -590,6 +607,12 @@ def _report_consume(
         f"{median([total_us(r) for r in two]):.2f} us per record (one / two)",
         flush=True,
     )
+    if kind == "postgresql":
+        print(
+            "  consumers' server processes over the polls (lock waits / active / polls): one "
+            f"{[r['waits'] for r in one]}, two {[r['waits'] for r in two]}",
+            flush=True,
+        )
 
 
 def main() -> None:
