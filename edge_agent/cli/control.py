@@ -19,13 +19,7 @@ import time
 from pathlib import Path
 
 from edge_agent.cli.daemon import run
-from edge_agent.cli.health_client import (
-    _base_url,
-    _buffer_line,
-    _config_token,
-    _fetch,
-    health,
-)
+from edge_agent.cli.health_client import health, print_health_summary
 from edge_agent.cli.lock import read_pid
 from edge_agent.config import load_config
 from edge_agent.errors import EdgeAgentError
@@ -178,13 +172,5 @@ def status(config_path: str) -> int:
     print(f"edge-agent is running (pid {pid})")
     addr = cfg.health.address
     if addr is not None:
-        _, body = _fetch(_base_url(cfg.health.listen) + "/healthz", _config_token(cfg), 3.0)
-        if isinstance(body, dict):
-            reasons = "; ".join(body.get("reasons") or []) or "-"
-            print(f"health: {body.get('status')} ({reasons})")
-            c = body.get("counters", {})
-            print("counters: " + ", ".join(f"{k}={v}" for k, v in c.items()))
-            print(_buffer_line(body.get("buffer", {})))
-        else:
-            print(f"health: unreachable ({body})")
+        print_health_summary(cfg)
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 from edge_agent.config import Config, load_config
 from edge_agent.errors import EdgeAgentError
 
-__all__ = ["TOKEN_ENV", "health", "health_url"]
+__all__ = ["TOKEN_ENV", "health", "health_url", "print_health_summary"]
 
 TOKEN_ENV = "EDGE_HEALTH_TOKEN"  # `health`'s bearer token (not EDGE_AGENT_: those are config keys)
 
@@ -98,6 +98,19 @@ def health(
         return 2
     print(json.dumps(body, indent=2))
     return {"ok": 0, "degraded": 1}.get(str(body["status"]), 2)
+
+
+def print_health_summary(cfg: Config) -> None:
+    """`status`'s health lines: the agent's verdict, counters and buffer, from its endpoint."""
+    _, body = _fetch(_base_url(cfg.health.listen) + "/healthz", _config_token(cfg), 3.0)
+    if isinstance(body, dict):
+        reasons = "; ".join(body.get("reasons") or []) or "-"
+        print(f"health: {body.get('status')} ({reasons})")
+        c = body.get("counters", {})
+        print("counters: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+        print(_buffer_line(body.get("buffer", {})))
+    else:
+        print(f"health: unreachable ({body})")
 
 
 def _buffer_line(buf: dict[str, Any]) -> str:
