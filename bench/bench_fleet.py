@@ -122,7 +122,8 @@ def _consumer(
 _PG_POLL = """
 SELECT (SELECT count(*) FROM batches),
        count(*) FILTER (WHERE wait_event_type = 'Lock'),
-       count(*) FILTER (WHERE state = 'active')
+       count(*) FILTER (WHERE state = 'active'),
+       string_agg(wait_event, ' ') FILTER (WHERE wait_event_type = 'Lock')
 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
 
@@ -154,6 +155,7 @@ class _Progress:
         # PostgreSQL: what the consumers' server processes are doing at each poll, to
         # see whether anything serialises them (a lock wait) or they just run.
         self.samples = self.lock_waits = self.active = 0
+        self.waited_on: dict[str, int] = {}  # lock type (pg_stat_activity.wait_event) -> polls
 
     def batches(self) -> int:
         if self.pg is not None:
@@ -161,6 +163,8 @@ class _Progress:
             self.samples += 1
             self.lock_waits += int(row[1])
             self.active += int(row[2])
+            for what in (row[3] or "").split():
+                self.waited_on[what] = self.waited_on.get(what, 0) + 1
             return int(row[0])
         return int(self.lite.execute("SELECT count(*) FROM batches").fetchone()[0])
 
@@ -275,7 +279,7 @@ def consume_run(
             broker_cpu = cpu_seconds(broker.proc.pid) - broker0
             load = os.getloadavg()[0]
             first = min(min(_log_times(lg, "connecting to")) for lg in logs)
-            waits = (progress.lock_waits, progress.active, progress.samples)
+            waits = (progress.lock_waits, progress.active, progress.samples, progress.waited_on)
         finally:
             progress.close()
             for p in procs:
@@ -609,7 +613,8 @@ def _report_consume(
     )
     if kind == "postgresql":
         print(
-            "  consumers' server processes over the polls (lock waits / active / polls): one "
+            "  consumers' server processes over the polls (lock waits / active / polls / on what): "
+            "one "
             f"{[r['waits'] for r in one]}, two {[r['waits'] for r in two]}",
             flush=True,
         )
