@@ -323,6 +323,19 @@ def test_session_replaces_removes_absorbed_windows_even_when_they_arrive_later(d
     assert query(db_url, "SELECT window_start, window_end, rev FROM windows") == [(0.0, 20.0, 2)]
 
 
+def test_a_large_group_after_a_merge_keeps_absorbed_windows_out(db_url: str) -> None:
+    """The tombstone guard on the bulk path (PostgreSQL: COPY, then one guarded upsert):
+    a late copy of an absorbed session window in a group of hundreds stays out."""
+    merged = win("s", 0, 13, rev=1, count=6, replaces=[[0, 5], [8, 13]])
+    others = [win(f"k{i}", 0, 10) for i in range(300)]
+    late = batch(1, [win("s", 0, 5, rev=0), *others, win("s", 8, 13, rev=3)])
+    run(store(db_url, [batch(2, [merged])], [late]))
+    assert query(db_url, "SELECT window_start, window_end, rev FROM windows WHERE key = 's'") == [
+        (0.0, 13.0, 1)
+    ]
+    assert query(db_url, "SELECT count(*) FROM windows WHERE key <> 's'") == [(300,)]
+
+
 def test_late_and_raw_readings_and_the_latest_windows_view(db_url: str) -> None:
     raw = batch(0, readings=[{"pipeline": "raw", "key": "r", "ts": 1.5, "value": 4.0}])
     late = batch(
