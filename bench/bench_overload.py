@@ -1,7 +1,8 @@
 """QoS 0 overload: the agent against the naive paho forwarder, same run, same brokers.
 
     python bench/bench_overload.py [--runs 3] [--rates 5000,10000,...] [--duration 5]
-                                   [--sensors 1000] [--pi]
+                                   [--sensors 1000] [--pi] [--subjects naive,agent]
+                                   [--variant NAME=backlog_s=0.5,max_limit=50000,...]
 
 Sensors (hand-built QoS 0 PUBLISH packets from publisher processes, `--sensors`
 topics) publish JSON readings to a local mosquitto at each rate of a ramp for
@@ -24,6 +25,14 @@ upstream) and the agent (tumbling 1 s windows, CBOR batches upstream). Per step:
 Then one step at 2x the agent's own sustained rate: its goodput there against its
 sustained rate. Figures are medians over --runs, ratios against the naive forwarder
 measured in the same run.
+
+--subjects runs only the subjects named (e.g. `agent`: no forwarder baseline, no
+ratios). --variant (repeatable) runs the agent once per variant in each run, with the
+shedder's inbox bound changed in its process before start (`backlog_s`, `max_limit`,
+`min_limit`, `max_bytes`; an empty spec is the shipped bound), in an order rotated
+from run to run so that the variants alternate under the same machine load; each
+variant gets its own table of medians. The agent's largest inbox and its shed limit
+(/healthz `ingest`, sampled every 0.2 s) are reported per step.
 
 --pi runs both subjects pinned to one core (taskset -c 0) with a CPU quota of half a
 core (cgroup v2 cpu.max, else cgroup v1 cpu.cfs_quota_us, else a SIGSTOP/SIGCONT
@@ -180,15 +189,34 @@ class Naive:
         self.proc.wait(10)
 
 
+def shed_prelude(spec: str) -> str:
+    """Python run in the agent's process before main(): the shedder's bound per `spec`."""
+    lines = ["import edge_agent.ingest.shed as _shed"]
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, _, value = item.partition("=")
+        if key in ("backlog_s", "max_bytes"):
+            num = float(value) if key == "backlog_s" else int(float(value))
+            lines.append(f"_shed.Shedder.__init__.__kwdefaults__[{key!r}] = {num!r}")
+        elif key in ("max_limit", "min_limit"):
+            lines.append(f"_shed.{key.upper()} = {int(float(value))!r}")
+        else:
+            raise SystemExit(f"--variant: unknown key {key!r}")
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
 class Agent:
-    def __init__(self, work: Path, local: int, up: int) -> None:
+    def __init__(self, work: Path, local: int, up: int, prelude: str = "") -> None:
         cfg = work / "agent.toml"
         health = free_port()
         cfg.write_text(
             AGENT_TOML.format(state=work / "state", local=local, upstream=up, health=health)
         )
-        self.agent = AgentProcess(cfg, health, work / "agent.log").start()
+        self.agent = AgentProcess(cfg, health, work / "agent.log", prelude=prelude).start()
         self.ready_after = self.agent.ready_after
+
+    def ingest(self) -> dict[str, float]:
+        """/healthz `ingest` (inbox, shed_limit, ...); {} if unreachable."""
+        return dict(self.agent.health().get("ingest", {}))
 
     @property
     def pid(self) -> int:
@@ -210,6 +238,19 @@ def step(
     before, cpu0 = subject.count(), cpu_seconds(subject.pid)
     shed0 = subject.shed() if isinstance(subject, Agent) else 0
     t0 = time.monotonic()
+    seen = {"inbox": 0, "limit": 0}
+    done = threading.Event()
+
+    def sample(agent: Agent) -> None:  # the largest inbox and limit, while publishing too
+        while not done.wait(0.2):
+            ing = agent.ingest()
+            seen["inbox"] = max(seen["inbox"], int(ing.get("inbox", 0)))
+            seen["limit"] = max(seen["limit"], int(ing.get("shed_limit", 0)))
+
+    sampler = None
+    if isinstance(subject, Agent):
+        sampler = threading.Thread(target=sample, args=(subject,), daemon=True)
+        sampler.start()
     pub = pool.publish(int(rate * duration), rate)
     last, t_last = subject.count(), time.monotonic()
     while time.monotonic() - t_last < 1.0 and time.monotonic() - t0 < duration + 30:
@@ -217,6 +258,9 @@ def step(
         now = subject.count()
         if now != last:
             last, t_last = now, time.monotonic()
+    done.set()
+    if sampler is not None:
+        sampler.join()
     elapsed = max(t_last - t0, pub["elapsed"])
     lag = (t_last - t0) - pub["elapsed"]
     processed = last - before
@@ -230,11 +274,71 @@ def step(
         "cpu_per_1k": (cpu / elapsed) / (goodput / 1000) if goodput else float("nan"),
         "shed": (subject.shed() - shed0) if isinstance(subject, Agent) else 0,
         "lag": lag,
+        "inbox": seen["inbox"],
+        "limit": seen["limit"],
     }
 
 
-def one_run(args: argparse.Namespace, k: int) -> dict[str, float]:
+def run_subject(
+    args: argparse.Namespace, k: int, subject: Naive | Agent, label: str, pool: PublisherPool
+) -> dict[str, float]:
+    """The ramp (and, for an agent, the 2x step) against one subject; figures by key."""
     out: dict[str, float] = {}
+    kind = "agent" if isinstance(subject, Agent) else "naive"
+    limiter = Limiter(subject.pid) if args.pi else None
+    if isinstance(subject, Agent):
+        out["rss_start_mib"] = rss_now(subject.pid) / 2**20
+    try:
+        sustained = 0.0
+        for rate in args.rates:
+            st = step(subject, pool, rate, args.duration)
+            ok = st["processed"] >= st["sent"] and st["lag"] <= args.keepup
+            print(
+                f"run {k} {label:<10} {rate:>7,}/s: sent {st['sent']:,.0f} at {st['rate']:,.0f}/s,"
+                f" processed {st['processed']:,.0f} ({st['processed'] / st['sent']:.1%}),"
+                f" goodput {st['goodput']:,.0f}/s, {st['cpu_per_1k']:.3f} cpu/1k/s,"
+                f" shed {st['shed']:,.0f}, lag {st['lag']:.1f} s"
+                + (f", inbox <= {st['inbox']:,} (limit {st['limit']:,})" if kind == "agent" else "")
+                + (f" [{limiter.kind}]" if limiter else ""),
+                flush=True,
+            )
+            if rate == 5000:
+                out["cpu_per_1k_at_5k"] = st["cpu_per_1k"]
+            if ok:
+                sustained = max(sustained, st["rate"])
+                if kind == "agent":
+                    out["peak_rss_sustained_mib"] = peak_rss(subject.pid) / 2**20
+            else:
+                break
+        out["sustained"] = sustained
+        if isinstance(subject, Agent):
+            st = step(subject, pool, int(2 * sustained), args.duration)
+            out["goodput_at_2x"] = st["goodput"]
+            out["goodput_at_2x_share"] = st["goodput"] / sustained if sustained else float("nan")
+            out["shed_at_2x"] = st["shed"]
+            out["inbox_at_2x"] = st["inbox"]
+            out["limit_at_2x"] = st["limit"]
+            print(
+                f"run {k} {label} at 2x sustained ({2 * sustained:,.0f}/s, sent at"
+                f" {st['rate']:,.0f}/s): goodput {st['goodput']:,.0f}/s ="
+                f" {st['goodput'] / sustained:.0%} of sustained, shed {st['shed']:,.0f},"
+                f" inbox <= {st['inbox']:,} (limit {st['limit']:,})",
+                flush=True,
+            )
+            out["peak_rss_mib"] = peak_rss(subject.pid) / 2**20
+            out["ready_s"] = subject.ready_after
+    finally:
+        if limiter is not None:
+            limiter.close()
+        subject.close()
+    return out
+
+
+def one_run(args: argparse.Namespace, k: int) -> dict[str, dict[str, float]]:
+    """One run: figures per subject ("naive", then each agent variant in rotated order)."""
+    out: dict[str, dict[str, float]] = {}
+    variants = list(args.variants.items())
+    variants = variants[k % len(variants) :] + variants[: k % len(variants)]
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         work = Path(tmp)
         with (
@@ -243,55 +347,14 @@ def one_run(args: argparse.Namespace, k: int) -> dict[str, float]:
         ):
             pool = PublisherPool(local.port, sensors=args.sensors, procs=2, qos=0)
             try:
-                for name in ("naive", "agent"):
-                    subject: Naive | Agent = (
-                        Naive(work, local.port, up.port)
-                        if name == "naive"
-                        else Agent(work, local.port, up.port)
-                    )
-                    limiter = Limiter(subject.pid) if args.pi else None
-                    if name == "agent":
-                        out["agent_rss_start_mib"] = rss_now(subject.pid) / 2**20
-                    try:
-                        sustained = 0.0
-                        for rate in args.rates:
-                            st = step(subject, pool, rate, args.duration)
-                            ok = st["processed"] >= st["sent"] and st["lag"] <= args.keepup
-                            print(
-                                f"run {k} {name:<5} {rate:>7,}/s: sent {st['sent']:,.0f} at {st['rate']:,.0f}/s,"
-                                f" processed {st['processed']:,.0f} ({st['processed'] / st['sent']:.1%}),"
-                                f" goodput {st['goodput']:,.0f}/s, {st['cpu_per_1k']:.3f} cpu/1k/s,"
-                                f" shed {st['shed']:,.0f}, lag {st['lag']:.1f} s"
-                                + (f" [{limiter.kind}]" if limiter else ""),
-                                flush=True,
-                            )
-                            if rate == 5000:
-                                out[f"{name}_cpu_per_1k_at_5k"] = st["cpu_per_1k"]
-                            if ok:
-                                sustained = max(sustained, st["rate"])
-                                if name == "agent":
-                                    out["agent_peak_rss_sustained_mib"] = (
-                                        peak_rss(subject.pid) / 2**20
-                                    )
-                            else:
-                                break
-                        out[f"{name}_sustained"] = sustained
-                        if name == "agent":
-                            st = step(subject, pool, int(2 * sustained), args.duration)
-                            out["agent_goodput_at_2x"] = st["goodput"]
-                            out["agent_shed_at_2x"] = st["shed"]
-                            print(
-                                f"run {k} agent at 2x sustained ({2 * sustained:,.0f}/s): goodput "
-                                f"{st['goodput']:,.0f}/s = {st['goodput'] / sustained:.0%} of sustained,"
-                                f" shed {st['shed']:,.0f}",
-                                flush=True,
-                            )
-                            out["agent_peak_rss_mib"] = peak_rss(subject.pid) / 2**20
-                            out["agent_ready_s"] = subject.ready_after
-                    finally:
-                        if limiter is not None:
-                            limiter.close()
-                        subject.close()
+                if "naive" in args.subjects:
+                    naive = Naive(work, local.port, up.port)
+                    out["naive"] = run_subject(args, k, naive, "naive", pool)
+                if "agent" in args.subjects:
+                    for name, spec in variants:
+                        (work / name).mkdir()
+                        agent = Agent(work / name, local.port, up.port, shed_prelude(spec))
+                        out[name] = run_subject(args, k, agent, name, pool)
             finally:
                 pool.close()
     return out
@@ -307,36 +370,68 @@ def main() -> int:
         "--keepup", type=float, default=1.5, help="seconds a subject may lag and still pass a step"
     )
     ap.add_argument("--pi", action="store_true", help="one core, half of it (see the docstring)")
+    ap.add_argument("--subjects", default="naive,agent", help="naive, agent or both")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="an agent variant: NAME=backlog_s=S,max_limit=N,min_limit=N,max_bytes=B (repeatable)",
+    )
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
+    args.subjects = {s.strip() for s in args.subjects.split(",")}
+    args.variants = {}
+    for v in args.variant or ["agent="]:
+        name, _, spec = v.partition("=")
+        shed_prelude(spec)  # an unknown key fails now, not after the first run
+        args.variants[name] = spec
     load0 = os.getloadavg()
     runs = [one_run(args, k) for k in range(args.runs)]
-    med = {key: median([r[key] for r in runs if key in r]) for key in runs[0]}
+    load1 = os.getloadavg()
+
+    def med(subject: str, key: str, default: float = float("nan")) -> float:
+        xs = [r[subject][key] for r in runs if subject in r and key in r[subject]]
+        return median(xs) if xs else default
+
     print(
         f"\nmedians of {args.runs} runs ({'pinned, half a core' if args.pi else 'unpinned'};"
-        f" load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})"
+        f" load {load0[0]:.1f} -> {load1[0]:.1f})"
     )
-    print("| figure | agent | naive forwarder | ratio | target |\n|---|---|---|---|---|")
-    a, n = med.get("agent_sustained", 0), med.get("naive_sustained", 0)
-    print(
-        f"| QoS 0 sustained zero-loss rate | {a:,.0f}/s | {n:,.0f}/s | {a / n if n else float('nan'):.2f}x | >= 2x |"
-    )
-    g = med.get("agent_goodput_at_2x", 0)
-    print(
-        f"| goodput at 2x own sustained rate | {g:,.0f}/s | | {g / a if a else float('nan'):.0%} of sustained | >= 90 % |"
-    )
-    ca, cn = (
-        med.get("agent_cpu_per_1k_at_5k", float("nan")),
-        med.get("naive_cpu_per_1k_at_5k", float("nan")),
-    )
-    print(f"| CPU-s per 1k readings/s at 5k/s | {ca:.3f} | {cn:.3f} | {ca / cn:.2f}x | <= 0.6x |")
-    for key, label in (
-        ("agent_rss_start_mib", "RSS right after start"),
-        ("agent_peak_rss_sustained_mib", "peak RSS over the sustained steps"),
-        ("agent_peak_rss_mib", "peak RSS including the 2x (overload) step"),
-    ):
-        print(f"| {label} ({args.sensors} keys) | {med.get(key, 0):.1f} MiB | | | <= 40 MiB |")
-    print(f"| run to ready | {med.get('agent_ready_s', 0):.2f} s | | | <= 1 s |")
+    n = med("naive", "sustained", 0)
+    cn = med("naive", "cpu_per_1k_at_5k")
+    if "naive" in args.subjects:
+        print(f"naive forwarder: sustained {n:,.0f}/s, {cn:.3f} CPU-s per 1k readings/s at 5k/s")
+    for name, spec in args.variants.items():
+        print(f"\nagent {name} ({spec or 'shipped inbox bound'})")
+        print("| figure | agent | naive forwarder | ratio | target |\n|---|---|---|---|---|")
+        a = med(name, "sustained", 0)
+        print(
+            f"| QoS 0 sustained zero-loss rate | {a:,.0f}/s | {n:,.0f}/s |"
+            f" {a / n if n else float('nan'):.2f}x | >= 2x |"
+        )
+        g, share = med(name, "goodput_at_2x", 0), med(name, "goodput_at_2x_share")
+        print(
+            f"| goodput at 2x own sustained rate | {g:,.0f}/s | |"
+            f" {share:.0%} of sustained (median of the runs' ratios) | >= 90 % |"
+        )
+        ca = med(name, "cpu_per_1k_at_5k")
+        print(
+            f"| CPU-s per 1k readings/s at 5k/s | {ca:.3f} | {cn:.3f} | {ca / cn:.2f}x | <= 0.6x |"
+        )
+        for key, label in (
+            ("rss_start_mib", "RSS right after start"),
+            ("peak_rss_sustained_mib", "peak RSS over the sustained steps"),
+            ("peak_rss_mib", "peak RSS including the 2x (overload) step"),
+        ):
+            print(
+                f"| {label} ({args.sensors} keys) | {med(name, key, 0):.1f} MiB | | | <= 40 MiB |"
+            )
+        print(
+            f"| largest inbox at 2x (shed limit) | {med(name, 'inbox_at_2x', 0):,.0f}"
+            f" ({med(name, 'limit_at_2x', 0):,.0f}) messages, shed {med(name, 'shed_at_2x', 0):,.0f} | | | |"
+        )
+        print(f"| run to ready | {med(name, 'ready_s', 0):.2f} s | | | <= 1 s |")
     return 0
 
 

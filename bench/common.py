@@ -591,12 +591,16 @@ class AgentProcess:
     def ready(self) -> bool:
         return self._get("/readyz")[0] == 200
 
-    def counters(self) -> dict[str, float]:
-        """The /healthz counters (readings_in, windows_emitted, batches_sent, ...); {} if unreachable."""
+    def health(self) -> dict[str, Any]:
+        """The /healthz document; {} if unreachable."""
         code, text = self._get("/healthz")
         if code not in (200, 503) or not text:
             return {}
-        return dict(json.loads(text).get("counters", {}))
+        return dict(json.loads(text))
+
+    def counters(self) -> dict[str, float]:
+        """The /healthz counters (readings_in, windows_emitted, batches_sent, ...); {} if unreachable."""
+        return dict(self.health().get("counters", {}))
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:

@@ -24,10 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["MIN_SAMPLE", "SLICE_S", "Shedder"]
+__all__ = ["BACKLOG_S", "MAX_BYTES", "MAX_LIMIT", "MIN_LIMIT", "MIN_SAMPLE", "SLICE_S", "Shedder"]
 
 SLICE_S = 0.05  # processing per event-loop turn before reading the socket again
+BACKLOG_S = 1.0  # seconds of work (CPU time) the inbox holds before QoS 0 is shed
 MIN_LIMIT = 8192  # messages the inbox may always hold
+MAX_LIMIT = 100_000  # messages the inbox holds at most before QoS 0 is shed
+MAX_BYTES = 16 * 1024 * 1024  # payload and topic bytes likewise
 MIN_SAMPLE = 64  # the fewest messages a slice needs to update the cost per message
 # 50 ms of processing per turn against at most one 256 KiB socket read (~5 ms of
 # parsing and shedding on this machine): >= 90 % of the time goes to readings kept.
@@ -50,8 +53,8 @@ class Shedder:
         route: Callable[[str], tuple[int, ...]],
         pipelines: Sequence[Sheddable],
         *,
-        backlog_s: float = 1.0,
-        max_bytes: int = 16 * 1024 * 1024,
+        backlog_s: float = BACKLOG_S,
+        max_bytes: int = MAX_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._route = route
@@ -66,7 +69,7 @@ class Shedder:
         self.last_shed_at: float | None = None
 
     def _limit(self) -> int:
-        return int(min(100_000, max(MIN_LIMIT, self.backlog_s / self.per_message)))
+        return int(min(MAX_LIMIT, max(MIN_LIMIT, self.backlog_s / self.per_message)))
 
     def note_processed(self, messages: int, seconds: float) -> None:
         """The cost of a processing slice: keeps `limit` at `backlog_s` of work."""
