@@ -298,7 +298,12 @@ def run_subject(
                 f" processed {st['processed']:,.0f} ({st['processed'] / st['sent']:.1%}),"
                 f" goodput {st['goodput']:,.0f}/s, {st['cpu_per_1k']:.3f} cpu/1k/s,"
                 f" shed {st['shed']:,.0f}, lag {st['lag']:.1f} s"
-                + (f", inbox <= {st['inbox']:,} (limit {st['limit']:,})" if kind == "agent" else "")
+                + (
+                    f", inbox <= {st['inbox']:,} (limit {st['limit']:,}),"
+                    f" peak RSS {peak_rss(subject.pid) / 2**20:.1f} MiB"
+                    if kind == "agent"
+                    else ""
+                )
                 + (f" [{limiter.kind}]" if limiter else ""),
                 flush=True,
             )
@@ -311,7 +316,7 @@ def run_subject(
             else:
                 break
         out["sustained"] = sustained
-        if isinstance(subject, Agent):
+        if isinstance(subject, Agent) and sustained:
             st = step(subject, pool, int(2 * sustained), args.duration)
             out["goodput_at_2x"] = st["goodput"]
             out["goodput_at_2x_share"] = st["goodput"] / sustained if sustained else float("nan")
@@ -322,7 +327,8 @@ def run_subject(
                 f"run {k} {label} at 2x sustained ({2 * sustained:,.0f}/s, sent at"
                 f" {st['rate']:,.0f}/s): goodput {st['goodput']:,.0f}/s ="
                 f" {st['goodput'] / sustained:.0%} of sustained, shed {st['shed']:,.0f},"
-                f" inbox <= {st['inbox']:,} (limit {st['limit']:,})",
+                f" inbox <= {st['inbox']:,} (limit {st['limit']:,}),"
+                f" peak RSS {peak_rss(subject.pid) / 2**20:.1f} MiB",
                 flush=True,
             )
             out["peak_rss_mib"] = peak_rss(subject.pid) / 2**20

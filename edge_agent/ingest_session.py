@@ -109,7 +109,7 @@ class IngestSession:
         self._emitted = Emitted()
         # Messages read and not yet processed, and their arrival (wall) times in a
         # parallel array: 8 bytes a message instead of a tuple and a float (80 bytes),
-        # ~25 % of what a queued reading costs (a full inbox holds up to 100,000).
+        # ~25 % of what a queued reading costs (a full inbox holds up to shed.MAX_LIMIT).
         self.inbox: list[Message] = []
         self._arrivals = array("d")
         self._topics: dict[bytes, bytes] = {}  # topic names queued messages share

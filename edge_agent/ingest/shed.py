@@ -2,13 +2,22 @@
 
 The agent reads its local socket as fast as the broker sends and processes the
 inbox in time slices (`SLICE_S`). When more arrives than it can process, the inbox
-grows; once it holds `backlog_s` seconds of work (at the measured CPU cost per
-message, at least 8,192 messages: more than one 256 KiB socket read of small
-readings, so a burst after the process was descheduled is not mistaken for
-overload) or `max_bytes` of payload, further QoS 0 messages are dropped as they
-arrive and counted as `readings_shed` per pipeline. Everything already queued is
-processed, so the agent keeps working at its full rate on the readings it keeps:
-what is shed is the excess, never the stream.
+grows; once it holds `MAX_LIMIT` (16,384) messages, or `backlog_s` seconds of work
+if that is fewer (at the measured CPU cost per message, at least `MIN_LIMIT`, 8,192
+messages: more than one 256 KiB socket read of small readings, so a burst after the
+process was descheduled is not mistaken for overload), or `max_bytes` of payload,
+further QoS 0 messages are dropped as they arrive and counted as `readings_shed`
+per pipeline. Everything already queued is processed, so the agent keeps working at
+its full rate on the readings it keeps: what is shed is the excess, never the stream.
+
+The cap is memory: a queued reading costs ~210 bytes, so 16,384 of them ~3.4 MiB.
+At 2-5 us of CPU per message on a PC-class core, 1 s of work would be 200,000+
+messages; measured with 1,000 keys (bench/README.md, "Inbox bound"), the former
+cap of 100,000 let the agent's peak RSS reach 38-54 MiB at twice its sustained
+rate (inboxes of up to 81,000 messages), 16,384 kept it at 37.5-38.6 MiB with
+goodput there still >= 90 % of the sustained rate (a cap of 8,192 shed already at
+20,000 readings/s at load 10). What goodput needs is an inbox that does not run dry between socket reads:
+one 256 KiB read brings at most ~4,000 small messages, so 16,384 is four reads ahead.
 
 - QoS 1 messages are never shed: the broker holds them back once our Receive
   Maximum is reached, and acknowledgements wait for the checkpoint.
@@ -29,7 +38,7 @@ __all__ = ["BACKLOG_S", "MAX_BYTES", "MAX_LIMIT", "MIN_LIMIT", "MIN_SAMPLE", "SL
 SLICE_S = 0.05  # processing per event-loop turn before reading the socket again
 BACKLOG_S = 1.0  # seconds of work (CPU time) the inbox holds before QoS 0 is shed
 MIN_LIMIT = 8192  # messages the inbox may always hold
-MAX_LIMIT = 100_000  # messages the inbox holds at most before QoS 0 is shed
+MAX_LIMIT = 16_384  # messages the inbox holds at most before QoS 0 is shed (memory)
 MAX_BYTES = 16 * 1024 * 1024  # payload and topic bytes likewise
 MIN_SAMPLE = 64  # the fewest messages a slice needs to update the cost per message
 # 50 ms of processing per turn against at most one 256 KiB socket read (~5 ms of

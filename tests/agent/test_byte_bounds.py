@@ -142,7 +142,7 @@ def test_an_oversized_message_is_skipped_counted_and_acknowledged(
 
 def test_queued_messages_share_one_copy_of_each_short_topic_name(tmp_path: Path) -> None:
     # Each parsed message brings its own bytes of the topic name; while queued they
-    # share one (a full inbox holds up to 100,000). Long names keep their own copy,
+    # share one (a full inbox holds up to shed.MAX_LIMIT). Long names keep their own copy,
     # so the shared table stays small; what is processed is the same either way.
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f"""

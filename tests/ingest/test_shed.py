@@ -14,7 +14,14 @@ from pathlib import Path
 
 from edge_agent.config import load_config
 from edge_agent.health.metrics import render_metrics
-from edge_agent.ingest.shed import Shedder
+from edge_agent.ingest.shed import (
+    BACKLOG_S,
+    MAX_BYTES,
+    MAX_LIMIT,
+    MIN_LIMIT,
+    MIN_SAMPLE,
+    Shedder,
+)
 from edge_agent.mqtt import Message
 from edge_agent.runtime import Agent
 from edge_agent.windows.engine import Emitted
@@ -135,15 +142,28 @@ class _P:
 
 
 def test_the_limit_follows_the_measured_cost_per_message() -> None:
+    # The rule: BACKLOG_S of work at the measured cost per message, within
+    # [MIN_LIMIT, MAX_LIMIT] messages, or MAX_BYTES of payload.
+    assert 0 < MIN_LIMIT < MAX_LIMIT
     pipes = [_P(False)]
-    s = Shedder(lambda t: (0,), pipes, backlog_s=2.0)
+    s = Shedder(lambda t: (0,), pipes)
+    assert s.backlog_s == BACKLOG_S and s.max_bytes == MAX_BYTES
+    assert MIN_LIMIT <= s.limit <= MAX_LIMIT  # before anything was measured too
+    mid = (MIN_LIMIT + MAX_LIMIT) // 2
+    cost = BACKLOG_S / mid  # a cost per message at which BACKLOG_S of work is `mid` messages
     for _ in range(50):
-        s.note_processed(1000, 1000 * 100e-6)  # 100 us per message
-    assert 19_500 <= s.limit <= 20_500  # two seconds of work
+        s.note_processed(1000, 1000 * cost)
+    assert 0.98 * mid <= s.limit <= 1.02 * mid  # BACKLOG_S of work
     for _ in range(50):
-        s.note_processed(1000, 1000 * 1e-3)  # slow: the floor holds
-    assert s.limit == 8192
+        s.note_processed(1000, 1000 * cost / 10)  # fast: the cap holds (memory)
+    assert s.limit == MAX_LIMIT
+    for _ in range(50):
+        s.note_processed(MIN_SAMPLE - 1, (MIN_SAMPLE - 1) * cost * 10)  # too few to learn from
+    assert s.limit == MAX_LIMIT
+    for _ in range(50):
+        s.note_processed(1000, 1000 * cost * 10)  # slow: the floor holds (bursts)
+    assert s.limit == MIN_LIMIT
     assert not s.over(s.limit - 1, 0) and s.over(s.limit, 0)
-    assert s.over(0, s.max_bytes)  # or bounded by bytes
+    assert not s.over(0, MAX_BYTES - 1) and s.over(0, MAX_BYTES)  # or bounded by bytes
     assert not s.keep(b"t", s.limit, 0) and pipes[0].readings_shed == 1 and s.messages_shed == 1
     assert s.shedding()
