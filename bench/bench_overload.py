@@ -19,8 +19,8 @@ upstream) and the agent (tumbling 1 s windows, CBOR batches upstream). Per step:
 - CPU: the subject's CPU seconds over the step, per 1,000 readings/s of goodput;
 - the agent's readings_shed, its run-to-ready time (exec -> /readyz 200, polled every
   50 ms) and its RSS: right after start, peak (VmHWM) over the steps it sustained, and
-  peak including the 2x step below (while overloaded the inbox holds up to 1 s of
-  work, up to 100,000 messages of ~220 B, before it sheds).
+  peak including the 2x step below (while overloaded the inbox holds up to 16,384
+  messages of ~210 B, or 1 s of work if fewer, before it sheds: shed.MAX_LIMIT).
 
 Then one step at 2x the agent's own sustained rate: its goodput there against its
 sustained rate. Figures are medians over --runs, ratios against the naive forwarder
