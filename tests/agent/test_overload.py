@@ -33,7 +33,7 @@ from tests.helpers.agent_harness import (
     write_config,
 )
 from tests.helpers.brokers import Broker, find_mosquitto
-from tests.helpers.load import FIELDS, FloodPublisher, join
+from tests.helpers.load import FIELDS, FloodPublisher, PipeFlood, join
 from tests.helpers.tcp_proxy import TcpProxy
 
 PIPELINES = 16
@@ -100,7 +100,9 @@ def _flood(
         )
         with AgentProcess(cfg) as agent:
             agent.wait_ready()
-            flood = FloodPublisher(local.port, qos, seconds)
+            flood = (
+                FloodPublisher(local.port, qos, seconds) if qos else PipeFlood(local.port, seconds)
+            )
             t0 = time.monotonic()
             try:
                 while flood.running():

@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from tests.helpers.agent_harness import AgentProcess, Consumer, poll
+from tests.helpers.agent_harness import TIME_SCALE, AgentProcess, Consumer, poll
 
 JOIN_TIMEOUT = 10.0  # a publisher thread that does not stop within this is a hang: fail
 
@@ -153,6 +153,77 @@ class FloodPublisher:
             poll(lambda: not self.client._out_packet, 30, what="every publish written")
         self.client.disconnect()
         self.client.loop_stop()
+        return self.count
+
+
+class PipeFlood:
+    """QoS 0 multi-field readings flat out for `seconds`, through `mosquitto_pub -l`
+    (one process per topic, fed lines from a thread) at about `rate` messages/s: C
+    publishes them, so the flood outpaces the agent even when this test process gets
+    little CPU on a loaded machine (paho from a Python thread managed ~1,000
+    messages/s there: no overload, nothing shed, the test failed).
+    Same interface as FloodPublisher; `close()` returns the messages written."""
+
+    TOPICS = 8
+    CHUNK = 400  # lines per write
+
+    def __init__(self, port: int, seconds: float, rate: float = 30_000.0) -> None:
+        import shutil
+        import subprocess
+
+        exe = shutil.which("mosquitto_pub")
+        assert exe, "mosquitto_pub is not installed (Debian package mosquitto-clients)"
+        self.seconds = seconds
+        self.rate = rate  # messages/s in all: about 2.5x what the overload test's agent
+        # processes on a quiet 2-core machine (16 pipelines of 10 fields a message)
+        self.count = 0
+        self._stop = threading.Event()
+        self.procs = [
+            subprocess.Popen(
+                [exe, "-h", "127.0.0.1", "-p", str(port), "-q", "0", "-t", f"f/{t}", "-l"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+            )
+            for t in range(self.TOPICS)
+        ]
+        self.thread = threading.Thread(target=self._run, name="pipe-flood", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        body = ", ".join(f'"f{i}": {i}.5' for i in range(FIELDS)).encode()
+        t0 = time.monotonic()
+        deadline = t0 + self.seconds
+        try:
+            while time.monotonic() < deadline and not self._stop.is_set():
+                ahead = self.count / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+                line = b'{"ts": %.3f, %s}\n' % (time.time(), body)
+                chunk = line * self.CHUNK
+                for p in self.procs:
+                    assert p.stdin is not None
+                    p.stdin.write(chunk)
+                    p.stdin.flush()
+                    self.count += self.CHUNK
+        except BrokenPipeError:
+            pass  # a publisher died: close() reports it
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        join(self.thread)
+
+    def close(self) -> int:
+        """Stop; every line written is handed to the broker before the publishers exit."""
+        self.stop()
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.close()
+        for p in self.procs:
+            code = p.wait(30 * TIME_SCALE)
+            assert code == 0, f"mosquitto_pub exited with {code}"
         return self.count
 
 
