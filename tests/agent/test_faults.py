@@ -319,13 +319,23 @@ def test_agent_bounds_its_buffer_and_counts_what_it_drops(
         agent.wait_ready()
         load = LoadPublisher(broker.port, rate=3000, sensors=200).start()
 
+        # While a commit is being written its pages may pass the bound by up to the
+        # WAL's cap, until its checkpoint truncates the WAL (edge_agent/buffer/bounds.py,
+        # docs/configuration.md); once the load stops, the files are within the bound.
+        transient = max_bytes + wal_limit(max_bytes)
+
         def dropping() -> Any:
             h = agent.health()
-            assert h["buffer"]["bytes"] <= max_bytes, h["buffer"]
+            assert h["buffer"]["bytes"] <= transient, h["buffer"]
             return h["counters"]["batches_dropped"] >= 20 and h
 
         h = poll(dropping, 25, interval=0.1, what="the buffer dropping by policy")
         load.stop()
+        poll(
+            lambda: agent.health()["buffer"]["bytes"] <= max_bytes,
+            10,
+            what=f"the buffer's files within {max_bytes} bytes once the load stopped",
+        )
         assert h["status"] == "degraded" and h["dropped_by_reason"].get("full", 0) >= 20
         assert any("drop" in r for r in h["reasons"]), h["reasons"]
         dropped = agent.health()["counters"]["batches_dropped"]
