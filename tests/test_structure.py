@@ -91,3 +91,21 @@ def test_edge_agent_does_not_import_firmware_bridge() -> None:
         if mod.startswith("edge_agent") and mod != "edge_agent.cli.demo":
             bad = sorted(d for d in deps if d.startswith("firmware_bridge"))
             assert not bad, f"{mod} imports {bad} (only the demo may)"
+
+
+# Issue #18: no module over about 400 lines, so each keeps one job a newcomer can name.
+# The generated window kernels are the exception (their generator and a test that the
+# two agree live beside them).
+MAX_MODULE_LINES = 420
+GENERATED = {"edge_agent/windows/_kernels.py"}
+
+
+def test_no_hand_written_module_over_about_400_lines() -> None:
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+    }
+    assert sizes and sizes.keys() >= GENERATED
+    big = {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES and m not in GENERATED}
+    assert not big, f"split these along a real seam (docs/architecture.md): {big}"
