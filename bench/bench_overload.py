@@ -63,16 +63,8 @@ from bench.common import (
     free_port,
     median,
     peak_rss,
+    status_bytes,
 )
-
-
-def rss_now(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_TOML = """\
@@ -287,7 +279,7 @@ def run_subject(
     kind = "agent" if isinstance(subject, Agent) else "naive"
     limiter = Limiter(subject.pid) if args.pi else None
     if isinstance(subject, Agent):
-        out["rss_start_mib"] = rss_now(subject.pid) / 2**20
+        out["rss_start_mib"] = status_bytes(subject.pid, "VmRSS") / 2**20
     try:
         sustained = 0.0
         for rate in args.rates:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Broker, free_port, median
+from bench.common import Broker, free_port, median, status_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "edge_agent"
@@ -64,14 +64,6 @@ window = "tumbling"
 size = "1s"
 aggregates = ["count", "min", "max", "mean"]
 """
-
-
-def _rss(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def timed_exit(cmd: list[str], env: dict[str, str]) -> float:
@@ -102,7 +94,7 @@ def run_to_ready(work: Path, local: int, up: int, env0: dict[str, str]) -> tuple
         while b"READY=1" not in sock.recv(4096):
             pass
         took = time.perf_counter() - t0
-        rss = _rss(proc.pid, "VmRSS:")
+        rss = status_bytes(proc.pid, "VmRSS")
         with open(f"/proc/{proc.pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
         cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

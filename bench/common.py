@@ -59,13 +59,18 @@ def cpu_seconds(pid: int) -> float:
     return float(t.user + t.system)
 
 
-def peak_rss(pid: int) -> int:
-    """Peak resident set size in bytes (VmHWM: the kernel's high-water mark)."""
+def status_bytes(pid: int, key: str) -> int:
+    """A size field of /proc/PID/status in bytes (`VmRSS`, `VmHWM`, ...); 0 if absent."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    return int(psutil.Process(pid).memory_info().rss)
+    return 0
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident set size in bytes (VmHWM: the kernel's high-water mark)."""
+    return status_bytes(pid, "VmHWM") or int(psutil.Process(pid).memory_info().rss)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
