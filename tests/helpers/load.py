@@ -97,7 +97,29 @@ class LoadPublisher:
 FIELDS = 10  # number fields in each flood message
 
 
-class FloodPublisher:
+class _Flood:
+    """A publishing thread that runs `_run` for its `seconds` or until stopped."""
+
+    _stop: threading.Event
+    thread: threading.Thread
+
+    def _start(self, name: str) -> None:
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        join(self.thread)
+
+
+class FloodPublisher(_Flood):
     """Multi-field readings flat out from a thread for `seconds` (or until stopped).
 
     `count` is what was published so far, `acked` what the broker acknowledged (QoS 1).
@@ -108,14 +130,12 @@ class FloodPublisher:
         self.seconds = seconds
         self.count = 0
         self.acked = 0
-        self._stop = threading.Event()
         self.client = _client("flood")
         self.client.max_inflight_messages_set(1000)
         self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.thread = threading.Thread(target=self._run, name="flood", daemon=True)
-        self.thread.start()
+        self._start("flood")
 
     def _on_publish(self, *_args: Any) -> None:
         self.acked += 1  # paho calls back from its one network thread
@@ -136,13 +156,6 @@ class FloodPublisher:
             ) and not self._stop.is_set():
                 time.sleep(0.001)
 
-    def running(self) -> bool:
-        return self.thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        join(self.thread)
-
     def close(self) -> int:
         """Stop, wait until the broker has all of it (QoS 1: acknowledged, QoS 0: written);
         the number of messages published."""
@@ -156,7 +169,7 @@ class FloodPublisher:
         return self.count
 
 
-class PipeFlood:
+class PipeFlood(_Flood):
     """QoS 0 multi-field readings flat out for `seconds`, through `mosquitto_pub -l`
     (one process per topic, fed lines from a thread) at about `rate` messages/s: C
     publishes them, so the flood outpaces the agent even when this test process gets
@@ -177,7 +190,6 @@ class PipeFlood:
         self.rate = rate  # messages/s in all: about 2.5x what the overload test's agent
         # processes on a quiet 2-core machine (16 pipelines of 10 fields a message)
         self.count = 0
-        self._stop = threading.Event()
         self.procs = [
             subprocess.Popen(
                 [exe, "-h", "127.0.0.1", "-p", str(port), "-q", "0", "-t", f"f/{t}", "-l"],
@@ -186,8 +198,7 @@ class PipeFlood:
             )
             for t in range(self.TOPICS)
         ]
-        self.thread = threading.Thread(target=self._run, name="pipe-flood", daemon=True)
-        self.thread.start()
+        self._start("pipe-flood")
 
     def _run(self) -> None:
         body = ", ".join(f'"f{i}": {i}.5' for i in range(FIELDS)).encode()
@@ -207,13 +218,6 @@ class PipeFlood:
                     self.count += self.CHUNK
         except BrokenPipeError:
             pass  # a publisher died: close() reports it
-
-    def running(self) -> bool:
-        return self.thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        join(self.thread)
 
     def close(self) -> int:
         """Stop; every line written is handed to the broker before the publishers exit."""
