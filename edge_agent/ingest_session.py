@@ -342,9 +342,8 @@ class IngestSession:
         # transaction would lose the acknowledgements it owes the local broker.
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._commit_now.wait(), self._config().buffer.checkpoint_interval
-                )
+                async with asyncio.timeout(self._config().buffer.checkpoint_interval):
+                    await self._commit_now.wait()
             self._commit_now.clear()
             if not self._closing:
                 await self.commit()

@@ -232,7 +232,8 @@ class Supervisor:
         commit_task = self._tasks.pop("commit", None)
         if commit_task is not None:
             try:
-                await asyncio.wait_for(commit_task, 10.0)
+                async with asyncio.timeout(10.0):
+                    await commit_task
             except (TimeoutError, asyncio.CancelledError, Exception):
                 log.warning("checkpoint task did not finish in time")
         for name in ("idle", "local", "reclaim", "watchdog", "lag", "status", "devstatus"):

@@ -109,3 +109,18 @@ def test_no_hand_written_module_over_about_400_lines() -> None:
     assert sizes and sizes.keys() >= GENERATED
     big = {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES and m not in GENERATED}
     assert not big, f"split these along a real seam (docs/architecture.md): {big}"
+
+
+def test_no_asyncio_wait_for() -> None:
+    """On Python 3.11 (our floor: Raspberry Pi OS bookworm), `asyncio.wait_for` swallows
+    the caller's cancellation when the awaited thing finishes in the same loop turn; the
+    bridge's Publisher kept running after close() that way. `async with asyncio.timeout()`
+    has no inner task and lets the CancelledError through
+    (tests/mqtt/test_cancellation.py shows the race)."""
+    found = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute) and node.attr == "wait_for":
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not found, f"use `async with asyncio.timeout(...)`: {found}"

@@ -111,7 +111,8 @@ class _Stop:
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless a stop is requested first; True if it was."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.requested.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.requested.wait()
         return self.requested.is_set()
 
 
@@ -163,7 +164,8 @@ async def _demo(tmp: Path, duration: float, sensors: int, rate: float) -> int:
         consumer_stop = asyncio.Event()
         consumer_task = asyncio.create_task(consumer.run(consumer_stop), name="consumer")
         stack.push_async_callback(_stop_consumer, consumer_stop, consumer_task)
-        await asyncio.wait_for(consumer.subscribed.wait(), 10.0)
+        async with asyncio.timeout(10.0):
+            await consumer.subscribed.wait()
         shown = _Shown(db_path)
         show_task = asyncio.create_task(_show_stored(shown, totals, consumer))
         stack.push_async_callback(_cancel, show_task)
@@ -319,7 +321,8 @@ async def _show_stored(shown: _Shown, totals: dict[str, int], consumer: Consumer
 async def _stop_consumer(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
     stop.set()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(task, 5.0)
+        async with asyncio.timeout(5.0):
+            await task
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -278,7 +278,8 @@ def _encoding(m: Message) -> str | None:
 
 async def _wait(stop: asyncio.Event, delay: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
+        async with asyncio.timeout(delay):
+            await stop.wait()
 
 
 async def consume(opts: ConsumeOptions, storage: Storage | None = None) -> None:

@@ -85,16 +85,14 @@ class MqttClient(Connection):
         self._disconnected = loop.create_future()
         ctx = self._tls.context() if self._tls is not None else None
         try:
-            await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(
                     lambda: _Protocol(self),
                     self.host,
                     self.port,
                     ssl=ctx,
                     server_hostname=self.host if ctx is not None else None,
-                ),
-                timeout,
-            )
+                )
         except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
             self._teardown()
             raise MqttError(
@@ -102,7 +100,8 @@ class MqttClient(Connection):
             ) from exc
         self._send(self._connect_packet())
         try:
-            return await asyncio.wait_for(asyncio.shield(self._connack), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._connack)
         except TimeoutError as exc:
             self._teardown()
             raise MqttError(
@@ -160,7 +159,8 @@ class MqttClient(Connection):
                 transport.close()  # after the buffered writes
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 assert self._disconnected is not None
-                await asyncio.wait_for(asyncio.shield(self._disconnected), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._disconnected)
         self._teardown()
 
     def close(self) -> None:
@@ -214,7 +214,8 @@ class MqttClient(Connection):
         granted: list[int] = []
         try:
             for group, _, fut in waits:
-                codes = await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):
+                    codes = await fut
                 for (topic, _), code in zip(group, codes, strict=False):
                     if code >= 0x80:
                         raise MqttError(f"subscription to {topic!r} refused: {reason_name(code)}")
@@ -237,7 +238,8 @@ class MqttClient(Connection):
             encode_packet(0xA2, U16.pack(mid) + b"\x00" + b"".join(encode_utf8(f) for f in filters))
         )
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         finally:
             self._subacks.pop(mid, None)
 

@@ -198,7 +198,8 @@ class Uplink:
                 fut = client.publish(
                     self.status_topic, self.status("offline")[0], 1, CONTENT_TYPE, retain=True
                 )
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(fut)
             except (MqttError, TimeoutError) as exc:
                 log.warning("offline status not acknowledged: %s", exc)
         await client.disconnect(timeout=timeout)
@@ -206,7 +207,8 @@ class Uplink:
     async def _pause(self, delay: float) -> None:
         """The reconnect wait; a reconfigure ends it at once."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kick.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._kick.wait()
 
     def _note_error(self, why: str) -> None:
         if why != self.last_error:
