@@ -9,6 +9,7 @@ after 0, 1, 2, ... loop turns lands on that turn for sure."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from edge_agent.mqtt import MqttClient, MqttError
@@ -25,10 +26,8 @@ def _closed_port() -> int:
 async def _connect_then_retry(client: MqttClient) -> None:
     """The Publisher's shape: a failed connect is an MqttError, then a retry later."""
     while True:
-        try:
+        with contextlib.suppress(MqttError):
             await client.connect(timeout=5.0)
-        except MqttError:
-            pass
         await asyncio.sleep(3600)
 
 
@@ -44,4 +43,3 @@ async def test_cancel_during_a_refused_connect_always_cancels() -> None:
         assert task in done, f"cancel after {turns} loop turns was swallowed"
         assert task.cancelled()
         client.close()
-
