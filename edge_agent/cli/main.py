@@ -202,6 +202,14 @@ def _consume(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    from edge_agent.consume.results import StorageError
+    from edge_agent.consume.storage import open_storage
+
+    try:
+        open_storage(args.db)  # the URL's form only: nothing is opened or connected yet
+    except StorageError as exc:
+        print(f"edge-agent consume: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     password = ""
     if args.password_file:
         from edge_agent.logs import register_secret

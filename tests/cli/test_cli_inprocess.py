@@ -107,6 +107,12 @@ def test_consume_refuses_bad_flags_before_connecting(
     assert main(["consume", "--broker", "127.0.0.1:1", "--db", db, "--topic", "a/#/b"]) == 2
     assert "--topic" in capsys.readouterr().err
     assert main(["consume", "--broker", "127.0.0.1:1", "--db", db, "--share", "a/b"]) == 2
+    assert "--share" in capsys.readouterr().err
+    # SPEC 6: a bad --db is a usage error (2), said before any connection is tried
+    for bad in ("mysql://u@h/db", "sqlite://"):
+        assert main(["consume", "--broker", "127.0.0.1:1", "--db", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("edge-agent consume: --db ") and "connecting" not in err, err
 
 
 def test_bridge_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
