@@ -642,3 +642,19 @@ def test_line_numbers_survive_multiline_strings_arrays_and_comments() -> None:
         "agent.toml:13: pipeline[0].aggregates: expected an array of aggregate names, got an array",
         'agent.toml:18: upstream.port: expected an integer, got "here"',
     ]
+
+
+def test_a_buffer_too_small_for_its_batches_is_said_right_whichever_key_comes_later() -> None:
+    """SPEC 1: the error names the documented minimum and, of two keys in conflict, the
+    later one; either way it says that buffer.max_bytes is too small and what it is."""
+    minimum = "the minimum is 1152KiB (128KiB + 2 x upstream.max_batch_bytes)"
+    later_buffer = '[upstream]\nmax_batch_bytes = "512KiB"\n[buffer]\nmax_bytes = "1MiB"\n' + PIPE
+    assert error(later_buffer) == (
+        f"agent.toml:4: buffer.max_bytes: too small to work: {minimum}, got 1MiB"
+        " (with upstream.max_batch_bytes on line 2)"
+    )
+    later_upstream = '[buffer]\nmax_bytes = "1MiB"\n[upstream]\nmax_batch_bytes = "512KiB"\n' + PIPE
+    assert error(later_upstream) == (
+        "agent.toml:4: upstream.max_batch_bytes: 512KiB leaves buffer.max_bytes (1MiB) too"
+        f" small to work: {minimum} (with buffer.max_bytes on line 2)"
+    )

@@ -229,12 +229,16 @@ class _Validator(_Problems):
             return
         least = min_buffer_bytes(upstream.max_batch_bytes)
         if buffer.max_bytes < least:
-            self.conflict(
-                ("buffer", "max_bytes"),
-                ("upstream", "max_batch_bytes"),
-                f"too small to work: the minimum is {format_size(least)} "
-                f"(128KiB + 2 x upstream.max_batch_bytes), got {format_size(buffer.max_bytes)}",
-            )
+            bound, batch = ("buffer", "max_bytes"), ("upstream", "max_batch_bytes")
+            minimum = f"the minimum is {format_size(least)} (128KiB + 2 x upstream.max_batch_bytes)"
+            if self.order(bound) >= self.order(batch):  # conflict() names the later key
+                problem = f"too small to work: {minimum}, got {format_size(buffer.max_bytes)}"
+            else:
+                problem = (
+                    f"{format_size(upstream.max_batch_bytes)} leaves buffer.max_bytes"
+                    f" ({format_size(buffer.max_bytes)}) too small to work: {minimum}"
+                )
+            self.conflict(bound, batch, problem)
 
     def check_topics(self, agent_id: str) -> None:
         """Topics with `{agent}` expanded must still be valid topic names."""
