@@ -1,0 +1,36 @@
+"""SPEC 4, device status: published "on every connect", so an upstream broker that lost
+its retained messages (restarted without persistence) has the device's status again
+as soon as the agent is back, without waiting for status_interval (60 s by default)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.agent_harness import Consumer, poll, running_agent, write_config
+from tests.helpers.brokers import Broker
+
+pytestmark = pytest.mark.slow
+
+
+def test_status_is_published_again_on_every_reconnect(broker: Broker, tmp_path: Path) -> None:
+    with Broker(tmp_path / "upstream", persistence=False) as up:
+        cfg = write_config(tmp_path, broker.port, up.port)
+        topic = f"edge/{cfg.agent_id}/status"
+        with running_agent(cfg) as agent:
+            with Consumer(up.port, "edge/+/status") as c:
+                poll(lambda: [s for s in c.statuses if s[0] == topic], 10, what="a first status")
+            up.stop()  # retained messages are gone with it
+            poll(lambda: not agent.health()["upstream"]["connected"], 10, what="upstream lost")
+            restarted = time.time()
+            up.start()
+            poll(lambda: agent.health()["upstream"]["connected"], 20, what="upstream back")
+            with Consumer(up.port, "edge/+/status") as c:
+                got = poll(
+                    lambda: [d for t, d, retained in c.statuses if t == topic and retained],
+                    10,
+                    what="the retained status after the reconnect",
+                )
+            assert got[-1]["state"] == "online" and got[-1]["time"] >= restarted - 1
