@@ -1,12 +1,15 @@
 """SPEC 4, device status: published "on every connect", so an upstream broker that lost
 its retained messages (restarted without persistence) has the device's status again
-as soon as the agent is back, without waiting for status_interval (60 s by default)."""
+as soon as the agent is back, without waiting for status_interval (60 s by default);
+and a plain CBOR map at QoS 1 whatever `compression` does to batches."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import cbor2
+import paho.mqtt.client as paho
 import pytest
 
 from tests.helpers.agent_harness import Consumer, poll, running_agent, write_config
@@ -34,3 +37,30 @@ def test_status_is_published_again_on_every_reconnect(broker: Broker, tmp_path: 
                     what="the retained status after the reconnect",
                 )
             assert got[-1]["state"] == "online" and got[-1]["time"] >= restarted - 1
+
+
+def test_status_stays_plain_cbor_when_batches_are_deflated(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
+    """`compression` is for batches; the status map stays CBOR a fleet manager reads as is."""
+    got: list[paho.MQTTMessage] = []
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    sub.on_message = lambda _c, _u, m: got.append(m)
+    sub.connect("127.0.0.1", upstream_broker.port)
+    sub.subscribe("edge/+/status", qos=1)
+    sub.loop_start()
+    try:
+        cfg = write_config(
+            tmp_path, broker.port, upstream_broker.port, upstream={"compression": "deflate"}
+        )
+        with running_agent(cfg):
+            poll(lambda: got, 10, what="a status")
+        m = got[0]
+        assert m.qos == 1 and m.topic == f"edge/{cfg.agent_id}/status"
+        assert cbor2.loads(m.payload)["schema"] == "edge-agent/status/1"
+        assert ("content-encoding", "deflate") not in (
+            getattr(m.properties, "UserProperty", None) or []
+        )
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
