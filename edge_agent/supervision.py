@@ -117,9 +117,17 @@ class Supervisor:
                 self._parts.notifier.status(self._parts.report.status_line())
 
     async def _device_status_loop(self) -> None:
-        """Status over MQTT: the uplink republishes on a health change or each status_interval."""
+        """Status over MQTT: the uplink republishes on a health change or each status_interval.
+
+        Health is checked once a second, and at once when the local connection is made
+        or lost (the usual change at start: upstream connected first, status "degraded")."""
+        changed = asyncio.Event()
+        self._parts.session.conn.on_change = changed.set
         while True:
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await changed.wait()
+            changed.clear()
             uplink = self._parts.uplink
             if uplink is not None and uplink.connected:
                 uplink.status_tick(self._parts.report.health_status()[0])

@@ -60,6 +60,9 @@ class LocalConnection:
         self.filters_before: list[str] = []  # filters the broker's session holds (from meta)
         self.password = ""  # from local.password_file, read at start and on reload
         self._ready_notified = False
+        # Called when the connection is made or lost: the device status (SPEC 4)
+        # publishes a health change at once rather than at its next check.
+        self.on_change: Callable[[], None] = _nothing
 
     async def run(self) -> None:
         """Connect and stay connected (until cancelled); each loss is logged and retried."""
@@ -111,9 +114,11 @@ class LocalConnection:
                 self._ready_notified = True
                 self._notifier.ready()
                 self._notifier.status(f"subscribed to {len(filters)} filter(s)")
+            self.on_change()
             why = await client.wait_disconnected()
             self.connected = self.subscribed = False
             self.lost_since = time.monotonic()
+            self.on_change()
             self.client = None
             client.close()
             log.warning("local broker connection lost: %s", why)
@@ -150,3 +155,7 @@ class LocalConnection:
         self.lost_since = time.monotonic()
         if client is not None:
             await client.disconnect()
+
+
+def _nothing() -> None:
+    pass

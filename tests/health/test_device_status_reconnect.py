@@ -64,3 +64,22 @@ def test_status_stays_plain_cbor_when_batches_are_deflated(
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_the_retained_status_says_what_healthz_says_once_the_agent_is_ready(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
+    """Upstream often connects before the local broker: its first status says "degraded,
+    local broker not reached yet". Once the agent is ready (subscribed locally), that
+    change is published at once, not at the next once-a-second check."""
+    cfg = write_config(tmp_path, broker.port, upstream_broker.port)
+    topic = f"edge/{cfg.agent_id}/status"
+    with running_agent(cfg) as agent:
+        assert agent.health()["status"] == "ok"
+        with Consumer(upstream_broker.port, "edge/+/status") as c:
+            got = poll(
+                lambda: [d for t, d, retained in c.statuses if t == topic and retained],
+                10,
+                what="the retained status",
+            )
+        assert (got[0]["health"], got[0]["reasons"]) == ("ok", []), got[0]
