@@ -82,8 +82,9 @@ class HealthReport:
         totals["broker_dropped"] = self._broker_drops.dropped
         return totals
 
-    def health_status(self) -> tuple[str, list[str]]:
-        """The /healthz status ("ok", "degraded", "failing") and its reasons (SPEC 5)."""
+    def health_status(self, *, upstream_up: bool = False) -> tuple[str, list[str]]:
+        """The /healthz status ("ok", "degraded", "failing") and its reasons (SPEC 5);
+        `upstream_up` counts the upstream link as connected (see status_payload)."""
         now = time.monotonic()
         up = self._uplink()
         writable = state_dir_writable(self._cfg().agent.state_dir)
@@ -93,7 +94,7 @@ class HealthReport:
             local_connected=self._conn.connected,
             local_ever_connected=self._conn.ever_connected,
             local_lost_since=self._conn.lost_since,
-            upstream_connected=bool(up and up.connected),
+            upstream_connected=upstream_up or bool(up and up.connected),
             upstream_lost_since=up.lost_since if up else self._started,
             last_drop_at=self._outbox.last_drop_at,
             state_dir_writable=writable,
@@ -206,9 +207,13 @@ class HealthReport:
         )
 
     def status_payload(self, state: str) -> tuple[bytes, str]:
-        """The device status map (SPEC 4) for `state` "online" or "offline", and its health."""
+        """The device status map (SPEC 4) for `state` "online" or "offline", and its health.
+
+        An offline map reaches the broker only through a connection the agent had: as the
+        will of one being made (built before it is up) or on a graceful stop. So the
+        upstream link is never one of its reasons."""
         cfg = self._cfg()
-        health, reasons = self.health_status()
+        health, reasons = self.health_status(upstream_up=state == "offline")
         payload = encode_status(
             cfg.agent.id, state, __version__, cfg.hash, health, reasons, time.time()
         )

@@ -83,3 +83,23 @@ def test_the_retained_status_says_what_healthz_says_once_the_agent_is_ready(
                 what="the retained status",
             )
         assert (got[0]["health"], got[0]["reasons"]) == ("ok", []), got[0]
+
+
+def test_the_will_does_not_blame_the_upstream_link_it_travels_on(
+    broker: Broker, upstream_broker: Broker, tmp_path: Path
+) -> None:
+    """The will is made before the connection it rides on is up; an offline map only
+    ever reaches the broker through a connection the agent had, so "upstream
+    unreachable" is never one of its reasons."""
+    cfg = write_config(tmp_path, broker.port, upstream_broker.port, upstream={"keepalive": "1s"})
+    topic = f"edge/{cfg.agent_id}/status"
+    with Consumer(upstream_broker.port, "edge/+/status") as c, running_agent(cfg) as agent:
+        poll(lambda: [s for s in c.statuses if s[0] == topic], 10, what="online")
+        agent.kill()  # kill -9: the broker publishes the will
+        will = poll(
+            lambda: [d for t, d, _ in c.statuses if t == topic and d["state"] == "offline"],
+            10,
+            what="the will",
+        )[-1]
+    assert will["agent"] == cfg.agent_id and will["schema"] == "edge-agent/status/1"
+    assert not [r for r in will["reasons"] if "upstream" in r], will
