@@ -57,6 +57,7 @@ class MqttClient(Connection):
         on_message: Callable[[Message], None] | None = None,
         max_inflight: int = 100,
         will: Will | None = None,
+        read_nap: float = 0.0,
     ) -> None:
         super().__init__(
             host=host,
@@ -65,6 +66,7 @@ class MqttClient(Connection):
             keepalive=keepalive,
             on_message=on_message,
             max_inflight=max_inflight,
+            read_nap=read_nap,
         )
         self._client_id = client_id
         self._clean_start = clean_start

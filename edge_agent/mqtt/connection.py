@@ -1,6 +1,6 @@
 """One MQTT 5 byte stream over an asyncio transport: the `Protocol` that parses what
 the event loop reads, writes batched once per loop turn, the in-flight limit on our
-publishes, manual acknowledgements and read backpressure.
+publishes and manual acknowledgements (read backpressure and naps: flow.py).
 
 `MqttClient` (client.py) builds on it with the API (connect, subscribe, publish);
 this layer owns the bytes and the per-connection state, nothing of the session.
@@ -9,7 +9,6 @@ this layer owns the bytes and the per-connection state, nothing of the session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import time
@@ -35,6 +34,7 @@ from edge_agent.mqtt.codec import (
     read_remaining_length,
     reason_name,
 )
+from edge_agent.mqtt.flow import NAP_BELOW, ReadFlow
 from edge_agent.mqtt.messages import Message, MqttError, PublishGroup
 from edge_agent.mqtt.tls import describe_failure
 
@@ -68,7 +68,7 @@ class _Protocol(asyncio.Protocol):
         self.client._connection_lost(exc)
 
 
-class Connection:
+class Connection(ReadFlow):
     """The wire half of one MQTT 5 connection, read and written from the event loop."""
 
     def __init__(
@@ -80,8 +80,11 @@ class Connection:
         keepalive: int,
         on_message: Callable[[Message], None] | None,
         max_inflight: int,
+        read_nap: float = 0.0,
     ) -> None:
         self.host, self.port = host, port
+        self._read_nap = max(0.0, read_nap)  # seconds; see flow.py
+        self._napping = False
         self._manual_ack = manual_ack
         self._keepalive = max(0, int(keepalive))
         self._on_message = on_message
@@ -128,26 +131,6 @@ class Connection:
     @property
     def unacked_publishes(self) -> int:
         return len(self._pending)
-
-    def pause_reading(self) -> None:
-        """Stop reading the socket (backpressure): the broker holds what we do not read."""
-        if self._transport is not None and not self._paused:
-            self._paused = True
-            with contextlib.suppress(RuntimeError):
-                self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._transport is not None and self._paused:
-            self._paused = False
-            with contextlib.suppress(RuntimeError):
-                self._transport.resume_reading()
-            if self._buf and self._parse_handle is None and self._loop is not None:
-                # Bytes read before the pause wait in our buffer; select() cannot see them.
-                self._parse_handle = self._loop.call_soon(self._parse_later)
-
-    @property
-    def reading_paused(self) -> bool:
-        return self._paused
 
     # -- the wire --------------------------------------------------------
 
@@ -218,6 +201,8 @@ class Connection:
         self._buf = self._buf + data if self._buf else data
         if not self._paused:
             self._parse()
+        if self._read_nap and len(data) < NAP_BELOW and not self._napping:
+            self._nap()
 
     def _parse_later(self) -> None:
         self._parse_handle = None
