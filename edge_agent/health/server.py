@@ -37,7 +37,7 @@ __all__ = ["HealthServer"]
 log = logging.getLogger(__name__)
 
 _ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
-_ALLOWED = "GET, HEAD"
+_ALLOWED = "GET"  # SPEC 5: "any other method: 405", HEAD included
 _DRAIN_BYTES = 64 * 1024  # what we read and discard after answering, at most
 _DRAIN_SECONDS = 1.0
 _REFUSE_SECONDS = 0.25  # write and drain budget for a 503 past the connection cap
@@ -359,8 +359,9 @@ class HealthServer:
             return http_response(401, extra=(("WWW-Authenticate", 'Bearer realm="edge-agent"'),))
         if request.path not in _ROUTES or (request.path == "/metrics" and self._metrics is None):
             return error_response(404, head_only=head_only)
-        if request.method not in ("GET", "HEAD"):
-            return error_response(405, (("Allow", _ALLOWED),))
+        if request.method != "GET":
+            # A HEAD gets its 405 without a body (a response to HEAD never has one).
+            return error_response(405, (("Allow", _ALLOWED),), head_only=head_only)
         try:
             if request.path == "/readyz":
                 ready = bool(self._ready())

@@ -252,7 +252,7 @@ def test_token_guards_every_path_and_the_cli_passes_it(
         status, _, body = _get(cfg.base_url + "/metrics", TOKEN)
         assert status == 200 and b"edge_agent_up " in body
         assert _get(cfg.base_url + "/readyz", TOKEN)[0] == 200
-        assert _get(cfg.base_url + "/healthz", TOKEN, method="HEAD")[0] == 200
+        assert _get(cfg.base_url + "/healthz", TOKEN, method="HEAD")[0] == 405
         assert _get(cfg.base_url + "/healthz", None, method="HEAD")[0] == 401
 
         # The CLI, as a fleet manager runs it over SSH: URL and --token, or --token-file.
