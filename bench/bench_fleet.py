@@ -638,11 +638,21 @@ def main() -> None:
     ap.add_argument(
         "--db", choices=["sqlite", "postgresql"], default=None, help="consume: only this one"
     )
+    ap.add_argument(
+        "--pg-setting",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a PostgreSQL server setting (repeatable); default shared_buffers=128MB,"
+        " PostgreSQL's own default (the test fixture's 64MB is sized for tests)",
+    )
     a = ap.parse_args()
+    pg_settings = dict(item.split("=", 1) for item in (a.pg_setting or ["shared_buffers=128MB"]))
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     try:
         if a.only in (None, "consume"):
-            with Postgres() as pg:
+            with Postgres(settings=pg_settings) as pg:
+                print(f"PostgreSQL settings: {pg_settings}", flush=True)
                 for kind in ("sqlite", "postgresql"):
                     if a.db and kind != a.db:
                         continue

@@ -51,7 +51,7 @@ def postgres_unavailable() -> str:
 class Postgres:
     """One PostgreSQL server: `with Postgres(tmp) as pg: pg.url`."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, settings: dict[str, str] | None = None) -> None:
         why = postgres_unavailable()
         if why:
             raise RuntimeError(why)
@@ -69,6 +69,8 @@ class Postgres:
         self.log = self.workdir / "server.log"
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        # Server settings (-c NAME=VALUE) over the small ones below (benchmarks)
+        self.settings = dict(settings or {})
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin / args[0]), *args[1:]]
@@ -97,7 +99,7 @@ class Postgres:
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             f"-c unix_socket_directories={self.workdir} -c fsync=on "
             f"-c max_connections=50 -c shared_buffers=64MB"
-        )
+        ) + "".join(f" -c {k}={v}" for k, v in self.settings.items())
         r = self._run(
             "pg_ctl",
             "-D",
