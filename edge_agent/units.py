@@ -97,7 +97,11 @@ def _decimal(text: str) -> tuple[int, int]:
 
 
 def parse_duration(value: str | int | float) -> float:
-    """`"250ms"`, `"10s"`, `"1h30m"`, `"7d"` or a bare number of seconds -> float seconds."""
+    """`"250ms"`, `"10s"`, `"1h30m"`, `"7d"` or a bare number of seconds -> float seconds.
+
+    The agent's config refuses bare numbers before this (config/converters.py, SPEC 1);
+    the bridge's config takes them as seconds.
+    """
     bad = f'expected a duration such as "10s" or "250ms" (units ms, s, m, h, d), got {show_value(value)}'
     if isinstance(value, bool):
         raise ValueError(bad)

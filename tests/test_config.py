@@ -246,7 +246,7 @@ def test_values_of_every_section() -> None:
         host = "broker.lan"
         port = 1884
         qos = 2
-        max_future_skew = 0
+        max_future_skew = "0s"
         client_id = "me"
         session_expiry = "1h"
         [upstream]
@@ -658,3 +658,11 @@ def test_a_buffer_too_small_for_its_batches_is_said_right_whichever_key_comes_la
         "agent.toml:4: upstream.max_batch_bytes: 512KiB leaves buffer.max_bytes (1MiB) too"
         f" small to work: {minimum} (with buffer.max_bytes on line 2)"
     )
+
+
+@pytest.mark.parametrize("value", ["5", "2.5", '"5"', '" 10 "', "0", "true"])
+def test_a_duration_without_its_unit_is_refused_naming_key_and_line(value: str) -> None:
+    """SPEC 1: durations are strings such as "250ms" or "10s"; only sizes may be plain
+    integers. A bare number would be a guess at the unit."""
+    msg = error(f"[upstream]\nmax_batch_delay = {value}\n" + PIPE)
+    assert msg.startswith("agent.toml:2: upstream.max_batch_delay: expected a duration"), msg

@@ -30,7 +30,7 @@ def test_environment_overrides_single_keys() -> None:
         "EDGE_AGENT_AGENT_STATE_DIR": "/tmp/edge-state",
         "EDGE_AGENT_AGENT_ID": "42",  # a string key takes the text, not the TOML integer
         "EDGE_AGENT_BUFFER_MAX_BYTES": "1MiB",
-        "EDGE_AGENT_BUFFER_TTL": "60",  # a TOML integer: seconds
+        "EDGE_AGENT_BUFFER_TTL": "60s",  # not TOML: the text
         "EDGE_AGENT_HEALTH_LISTEN": "[::1]:9300",
         "EDGE_AGENT_LOCAL_HOST": '"quoted.host"',  # a TOML string
         "PATH": "/usr/bin",  # not ours

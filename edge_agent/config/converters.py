@@ -79,10 +79,20 @@ def _boolean(v: object) -> bool:
     return v
 
 
+# SPEC 1: "Durations in config are strings such as "250ms", "10s" ...; sizes are
+# strings ... or plain integers (bytes)": a duration carries its unit.
+_UNITLESS = re.compile(r"\s*[0-9.]*\s*")
+
+
 def _duration(positive: bool, hi: float | None = None) -> Callable[[object], float]:
     def conv(v: object) -> float:
+        if not isinstance(v, str) or _UNITLESS.fullmatch(v):
+            raise _Problem(
+                f'expected a duration such as "10s" or "250ms" (a string with its unit:'
+                f" ms, s, m, h, d), got {show_value(v)}"
+            )
         try:
-            d = parse_duration(v)  # type: ignore[arg-type]
+            d = parse_duration(v)
         except ValueError as e:
             raise _Problem(str(e)) from None
         if positive and d <= 0:
