@@ -258,7 +258,6 @@ class HealthServer:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
     ) -> None:
-        head_only = False
         try:
             async with asyncio.timeout(self._timeout):
                 head = await self._read_head(reader)
@@ -278,8 +277,7 @@ class HealthServer:
             except Reject as r:
                 response = error_response(r.status)
             else:
-                head_only = request.method == "HEAD"
-                response = self._route(request, head_only)
+                response = self._route(request)
         conn.evictable_at = math.inf  # being answered
         conn.answering = True
         if writer.transport.is_closing():  # evicted or shut down meanwhile
@@ -354,26 +352,24 @@ class HealthServer:
         given = credentials.strip().encode("latin-1", errors="replace")
         return hmac.compare_digest(given, self._token)
 
-    def _route(self, request: Request, head_only: bool) -> bytes:
+    def _route(self, request: Request) -> bytes:
+        head_only = request.method == "HEAD"  # its 404 or 405 has no body
         if not self._authorized(request):
             return http_response(401, extra=(("WWW-Authenticate", 'Bearer realm="edge-agent"'),))
         if request.path not in _ROUTES or (request.path == "/metrics" and self._metrics is None):
             return error_response(404, head_only=head_only)
         if request.method != "GET":
-            # A HEAD gets its 405 without a body (a response to HEAD never has one).
             return error_response(405, (("Allow", _ALLOWED),), head_only=head_only)
         try:
             if request.path == "/readyz":
                 ready = bool(self._ready())
-                return http_response(
-                    200 if ready else 503, json_body({"ready": ready}), JSON, head_only=head_only
-                )
+                return http_response(200 if ready else 503, json_body({"ready": ready}), JSON)
             health = self._health()
             if request.path == "/metrics" and self._metrics is not None:
                 body = self._metrics(health).encode("utf-8")
-                return http_response(200, body, METRICS_CONTENT_TYPE, head_only=head_only)
+                return http_response(200, body, METRICS_CONTENT_TYPE)
             status = 503 if health.get("status") == "failing" else 200
-            return http_response(status, json_body(health), JSON, head_only=head_only)
+            return http_response(status, json_body(health), JSON)
         except Exception:
             log.exception("health endpoint: %s failed", request.path)
-            return error_response(500, head_only=head_only)
+            return error_response(500)
