@@ -18,6 +18,7 @@ from tests.helpers.agent_harness import (
     Publisher,
     pipeline,
     poll,
+    raw_messages,
     running_agent,
     write_config,
 )
@@ -130,15 +131,7 @@ def test_deflate_batches_carry_the_user_property_and_resend_the_stored_bytes(
 def test_deflate_property_on_the_wire(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
-    import paho.mqtt.client as paho
-
-    got: list[paho.MQTTMessage] = []
-    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    sub.on_message = lambda _c, _u, m: got.append(m)
-    sub.connect("127.0.0.1", upstream_broker.port)
-    sub.subscribe("edge/+/batches", qos=1)
-    sub.loop_start()
-    try:
+    with raw_messages(upstream_broker.port, "edge/+/batches") as got:
         time.sleep(0.3)
         cfg = write_config(
             tmp_path, broker.port, upstream_broker.port, upstream={"compression": "deflate"}
@@ -150,9 +143,6 @@ def test_deflate_property_on_the_wire(
         assert m.properties.ContentType == "application/cbor"
         assert ("content-encoding", "deflate") in m.properties.UserProperty
         assert cbor2.loads(zlib.decompress(m.payload))["schema"] == "edge-agent/batch/1"
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
 
 
 def test_a_health_change_publishes_at_once(

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import cbor2
-import paho.mqtt.client as paho
 import pytest
 
-from tests.helpers.agent_harness import Consumer, poll, running_agent, write_config
+from tests.helpers.agent_harness import Consumer, poll, raw_messages, running_agent, write_config
 from tests.helpers.brokers import Broker
 
 pytestmark = pytest.mark.slow
@@ -43,13 +42,7 @@ def test_status_stays_plain_cbor_when_batches_are_deflated(
     broker: Broker, upstream_broker: Broker, tmp_path: Path
 ) -> None:
     """`compression` is for batches; the status map stays CBOR a fleet manager reads as is."""
-    got: list[paho.MQTTMessage] = []
-    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    sub.on_message = lambda _c, _u, m: got.append(m)
-    sub.connect("127.0.0.1", upstream_broker.port)
-    sub.subscribe("edge/+/status", qos=1)
-    sub.loop_start()
-    try:
+    with raw_messages(upstream_broker.port, "edge/+/status") as got:
         cfg = write_config(
             tmp_path, broker.port, upstream_broker.port, upstream={"compression": "deflate"}
         )
@@ -61,9 +54,6 @@ def test_status_stays_plain_cbor_when_batches_are_deflated(
         assert ("content-encoding", "deflate") not in (
             getattr(m.properties, "UserProperty", None) or []
         )
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
 
 
 def test_the_retained_status_says_what_healthz_says_once_the_agent_is_ready(

@@ -399,6 +399,23 @@ def _client(client_id: str = "") -> paho.Client:
     )
 
 
+@contextlib.contextmanager
+def raw_messages(port: int, topic: str) -> Iterator[list[paho.MQTTMessage]]:
+    """The messages on `topic` as they came over the wire (QoS, properties, bytes), from
+    a plain MQTT 5 subscriber; Consumer decodes, this does not."""
+    got: list[paho.MQTTMessage] = []
+    sub = _client()
+    sub.on_message = lambda _c, _u, m: got.append(m)
+    sub.connect("127.0.0.1", port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    try:
+        yield got
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+
 class Publisher:
     """A sensor: QoS 1 publishes to the local broker, each waited for."""
 
