@@ -91,11 +91,46 @@ log "demo exit $rc in $((SECONDS - s)) s"
     || { tail -20 /out/rss.log >&2; log "RSS probe failed"; }
 
 # ---- the tests, against the installed wheel -------------------------------------
+# The tests' waits are for events, never speeds (tests/helpers/agent_harness.py):
+# under emulation everything runs several times slower, so they wait longer.
+export EDGE_TEST_TIME_SCALE=${EDGE_TEST_TIME_SCALE:-4}
 s=$SECONDS
 cd /check
-/opt/edge-agent/bin/python -m pytest -p no:cacheprovider -q --junitxml=/out/junit.xml "$@" > /out/pytest.log 2>&1
-echo "$?" > /out/pytest.rc
-echo "$((SECONDS - s))" > /out/pytest.seconds
+PYTEST=(/opt/edge-agent/bin/python -m pytest -p no:cacheprovider -q)
+"${PYTEST[@]}" --junitxml=/out/junit.xml "$@" > /out/pytest.log 2>&1
+rc=$?
+echo "$rc" > /out/pytest.rc
 tail -15 /out/pytest.log >&2
+# A test that fails here is run once more, alone (at most 3 of them): one that then
+# passes is a flake of the emulated machine, reported as such (with its first
+# failure printed in full) rather than failing the tier; one that fails again, or
+# more than 3 failures, fails it. The failed node ids come from the junit report.
+: > /out/flaky
+if [ "$rc" != 0 ]; then
+    sed -n '/= FAILURES =/,/short test summary/p' /out/pytest.log | tail -120 >&2
+    mapfile -t FAILED < <(/opt/edge-agent/bin/python - /out/junit.xml <<'PY'
+import os, sys, xml.etree.ElementTree as ET
+for case in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    if case.find("failure") is None and case.find("error") is None:
+        continue
+    parts = case.get("classname", "").split(".")  # module path, then any classes
+    for i in range(len(parts), 0, -1):
+        if os.path.isfile("/".join(parts[:i]) + ".py"):
+            print("::".join(["/".join(parts[:i]) + ".py", *parts[i:], case.get("name", "")]))
+            break
+PY
+    )
+    if [ "${#FAILED[@]}" -ge 1 ] && [ "${#FAILED[@]}" -le 3 ]; then
+        log "rerunning ${#FAILED[@]} failed test(s) alone: ${FAILED[*]}"
+        "${PYTEST[@]}" --junitxml=/out/junit-rerun.xml "${FAILED[@]}" > /out/pytest-rerun.log 2>&1
+        rrc=$?
+        tail -3 /out/pytest-rerun.log >&2
+        if [ "$rrc" = 0 ]; then
+            printf '%s\n' "${FAILED[@]}" > /out/flaky
+            echo 0 > /out/pytest.rc
+        fi
+    fi
+fi
+echo "$((SECONDS - s))" > /out/pytest.seconds
 log "tests done in $((SECONDS - s)) s"
 exit 0

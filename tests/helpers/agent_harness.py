@@ -332,7 +332,12 @@ class AgentProcess:
             except OSError:
                 return False
 
-        poll(ready, timeout, what="/readyz 200")
+        try:
+            poll(ready, timeout, what="/readyz 200")
+        except AssertionError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise AssertionError(f"{exc}; the agent's log:\n{self.log()[-4000:]}") from None
 
     def health(self) -> dict[str, Any]:
         return healthz(self.cfg.base_url)
