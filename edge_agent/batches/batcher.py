@@ -21,6 +21,7 @@ from edge_agent.batches.builder import (
     CutBatch,
     Stream,
     deflate,
+    deflate_growth,
     encode_batch,
 )
 from edge_agent.buffer.store import Checkpoint, NewBatch
@@ -62,15 +63,13 @@ class Batcher:
         self.cfg = cfg
         self._high = {p.name for p in cfg.pipelines if p.priority == "high"}
         up = cfg.upstream
+        max_bytes = up.max_batch_bytes
+        if up.compression == "deflate":  # incompressible records grow a little
+            max_bytes -= deflate_growth(max_bytes)
         old, self.streams = self.streams, {}
         for sid, schema in _SCHEMAS:
             s = Stream(
-                schema,
-                cfg.agent.id,
-                cfg.hash,
-                up.max_batch_windows,
-                up.max_batch_bytes,
-                up.max_batch_delay,
+                schema, cfg.agent.id, cfg.hash, up.max_batch_windows, max_bytes, up.max_batch_delay
             )
             if sid in old:
                 s.adopt(old[sid])

@@ -25,6 +25,7 @@ __all__ = [
     "CutBatch",
     "Stream",
     "deflate",
+    "deflate_growth",
     "encode_batch",
     "is_deflated",
 ]
@@ -80,6 +81,13 @@ def deflate(payload: bytes) -> bytes:
     resent batch is the same bytes whatever zlib version runs by then.
     """
     return zlib.compress(payload, 6)
+
+
+def deflate_growth(n: int) -> int:
+    """The most `deflate` can add to `n` bytes that do not compress (zlib's
+    compressBound): with deflate on, batches are cut this much below
+    `max_batch_bytes`, so the payload on the wire is within it (SPEC 4)."""
+    return (n >> 12) + (n >> 14) + (n >> 25) + 13
 
 
 def is_deflated(payload: bytes) -> bool:

@@ -3,6 +3,9 @@ delivery log and the window spec's engine, without brokers or processes."""
 
 from __future__ import annotations
 
+import random
+import zlib
+
 import cbor2
 
 from edge_agent.batches.batcher import STREAM_BATCHES, STREAM_LATE, STREAM_PRIORITY, Batcher
@@ -81,3 +84,26 @@ def test_delivery_log_checkpoints_changed_blocks_only() -> None:
     assert other.table[BLOCK] == 0
     d.dirty.add(7)
     assert d.take_dirty(keep=False) == {} and not d.dirty  # checkpoints off: nothing kept
+
+
+def test_deflated_batches_stay_within_max_batch_bytes_even_when_records_do_not_compress() -> None:
+    cfg = config_from_text(
+        '[agent]\nid = "a1"\n[upstream]\ncompression = "deflate"\nmax_batch_bytes = "1MiB"\n'
+        '[[pipeline]]\nname = "normal"\ntopics = ["s/#"]\n',
+        environ={},
+    )
+    limit, rnd, sizes = 2**20, random.Random(7), []
+    # Random keys make CBOR that zlib cannot shrink: its stream is up to ~300 bytes
+    # longer than 1 MiB of it. Sweeping the key length fills batches up to the limit.
+    for length in range(524_000, 524_220, 20):
+        keys = [rnd.randbytes(length) for _ in range(2)]
+        e = Emitted()
+        e.windows += [{"pipeline": "normal", "key": k} for k in keys]
+        b = Batcher(cfg)
+        b.take(e)
+        cp = Checkpoint()
+        b.cut(cp, force=True, durable=True)
+        got = [cbor2.loads(zlib.decompress(nb.payload))["windows"] for nb in cp.batches]
+        assert [w["key"] for ws in got for w in ws] == keys  # all of them, in order
+        sizes += [len(nb.payload) for nb in cp.batches]
+    assert limit - 1000 < max(sizes) <= limit, max(sizes) - limit  # the margin: zlib's bound
