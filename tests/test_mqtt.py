@@ -13,6 +13,7 @@ import pytest
 
 from edge_agent.mqtt import Message, MqttClient, MqttError, Will
 from tests.helpers.brokers import Broker
+from tests.helpers.fake_broker import serving
 
 
 async def _until(cond: object, timeout: float = 30.0) -> None:
@@ -261,10 +262,8 @@ async def _fake_broker(
     """Answers a CONNECT with `script`, written `chunk` bytes at a time, and the client's
     next packet with `then`; records what the client sent."""
     seen: list[bytes] = []
-    handlers: list[asyncio.Task[None]] = []
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await serve(r, w)
         finally:
@@ -282,15 +281,8 @@ async def _fake_broker(
                 if then and len(seen) == 2:
                     w.write(then)
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], seen
-    finally:
-        server.close()
-        for t in handlers:
-            t.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
+    async with serving(handle) as port:
+        yield port, seen
 
 
 async def test_any_split_of_the_stream_gives_the_same_messages() -> None:

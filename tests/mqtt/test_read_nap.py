@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from edge_agent.mqtt import Message, MqttClient
+from tests.helpers.fake_broker import serving
 from tests.test_mqtt import _CONNACK, _publish
 
 
@@ -28,10 +29,8 @@ async def _broker() -> AsyncIterator[tuple[int, asyncio.Queue[bytes]]]:
     """Answers CONNECT with CONNACK, then writes whatever the test puts in the queue,
     one write each."""
     out: asyncio.Queue[bytes] = asyncio.Queue()
-    tasks: list[asyncio.Task[None]] = []
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await r.read(65536)
             w.write(_CONNACK)
@@ -41,15 +40,8 @@ async def _broker() -> AsyncIterator[tuple[int, asyncio.Queue[bytes]]]:
         finally:
             w.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], out
-    finally:
-        server.close()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
+    async with serving(handle) as port:
+        yield port, out
 
 
 async def _wait(cond: object, timeout: float = 10.0) -> None:
