@@ -206,7 +206,7 @@ def _consume(args: argparse.Namespace) -> int:
     from edge_agent.consume.storage import open_storage
 
     try:
-        open_storage(args.db)  # the URL's form only: nothing is opened or connected yet
+        storage = open_storage(args.db)  # the URL's form only: not opened or connected yet
     except StorageError as exc:
         print(f"edge-agent consume: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -236,7 +236,7 @@ def _consume(args: argparse.Namespace) -> int:
         tls=TlsSettings(args.ca_file, args.cert_file, args.key_file) if args.tls else None,
         client_id=args.client_id,
     )
-    asyncio.run(consume(opts))
+    asyncio.run(consume(opts, storage))
     return EXIT_OK
 
 
